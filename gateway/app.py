@@ -1,0 +1,127 @@
+"""The ASGI application: ``create_app(settings)`` wires settings, client, pool, router and routes.
+
+Routes only dispatch; the logic lives in :mod:`gateway.serving`. Every error leaves as an
+OpenAI envelope, including framework 404/405 and unexpected exceptions (logged, never shown).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.arms import ArmCatalog
+from gateway.backends import BackendPool
+from gateway.errors import GatewayError, InvalidRequest, error_response
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.protocol import ModelCard, ModelList
+from gateway.serving import Proxy
+from gateway.settings import Settings
+from router import build_policy
+
+log = logging.getLogger("gateway.app")
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def create_app(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None, metrics: GatewayMetrics | None = None
+) -> FastAPI:
+    """Build the gateway app. ``transport`` replaces the network for tests (e.g. ``httpx.MockTransport``)."""
+    metrics = metrics or GatewayMetrics()
+    catalog = ArmCatalog(settings)
+    policy = build_policy(settings.routing.policy, settings.routing.params)
+    client = httpx.AsyncClient(
+        transport=transport,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=60),
+        timeout=httpx.Timeout(settings.timeouts.first_byte_s, connect=settings.timeouts.connect_s),
+    )
+    pool = BackendPool(settings.backends, settings.health, client, metrics)
+    proxy = Proxy(settings, client, pool, catalog, policy, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await pool.start()
+        healthy = [b.name for b in pool.backends.values() if b.healthy]
+        log.info("gateway ready: %d arms, healthy backends: %s", len(catalog.arms), ", ".join(healthy) or "none")
+        try:
+            yield
+        finally:
+            await pool.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="llm-gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="OpenAI-compatible gateway that routes each request to a model and decoding strategy.",
+    )
+    app.state.settings, app.state.pool, app.state.catalog, app.state.metrics = settings, pool, catalog, metrics
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = f"no route for {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
+        err = GatewayError(str(detail), code="not_found" if exc.status_code == 404 else None)
+        err.status, err.type = exc.status_code, "invalid_request_error"
+        return error_response(err, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return error_response(InvalidRequest(str(first.get("msg", "invalid request")), param=param))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(GatewayError("internal gateway error; see the gateway log", code="internal_error"))
+
+    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible), streaming or not")
+    async def chat_completions(request: Request) -> Response:
+        return await proxy.handle("chat", request)  # type: ignore[no-any-return]
+
+    @app.post("/v1/completions", summary="Text completion (OpenAI-compatible), streaming or not")
+    async def completions(request: Request) -> Response:
+        return await proxy.handle("completions", request)  # type: ignore[no-any-return]
+
+    @app.get("/v1/models", summary="Public models, plus 'auto' (the router chooses)")
+    async def models() -> Response:
+        cards = [ModelCard(id=m, created=catalog.created) for m in catalog.public_models()]
+        return _json(ModelList(data=cards).model_dump())
+
+    @app.get("/health", summary="Liveness: the process answers")
+    async def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/ready", summary="Readiness: at least one backend is healthy")
+    async def ready() -> Response:
+        backends = {
+            b.name: {"healthy": b.healthy, "load": b.load, "inflight": b.inflight, "error": b.last_error}
+            for b in pool.backends.values()
+        }
+        ok = pool.any_healthy()
+        return _json(
+            {"ready": ok, "backends": backends},
+            200 if ok else 503,
+            None if ok else {"retry-after": str(settings.timeouts.retry_after_s)},
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,76 @@
+"""The arms a deployment serves: their router-facing description, their backend pools and live
+per-arm measurements (TTFT and decode speed, as exponentially weighted means).
+
+:class:`ArmCatalog` answers "which arms may serve model X" and builds the
+:class:`router.ArmState` snapshots the router decides on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from gateway.backends import BackendPool
+from gateway.settings import AUTO_MODEL, Settings
+from router import Arm, ArmState
+
+
+class LiveArm:
+    """One arm at run time. ``ewma_*`` are ``None`` until the first measurement."""
+
+    __slots__ = ("arm", "backends", "ewma_tokens_per_s", "ewma_ttft_s", "strategy_label")
+
+    ALPHA = 0.2
+
+    def __init__(self, arm: Arm, backends: Sequence[str]) -> None:
+        self.arm = arm
+        self.backends = tuple(backends)
+        self.strategy_label = arm.strategy.label
+        self.ewma_ttft_s: float | None = None
+        self.ewma_tokens_per_s: float | None = None
+
+    def record(self, ttft_s: float | None, tokens_per_s: float | None) -> None:
+        a = self.ALPHA
+        if ttft_s is not None:
+            self.ewma_ttft_s = ttft_s if self.ewma_ttft_s is None else (1 - a) * self.ewma_ttft_s + a * ttft_s
+        if tokens_per_s is not None:
+            prev = self.ewma_tokens_per_s
+            self.ewma_tokens_per_s = tokens_per_s if prev is None else (1 - a) * prev + a * tokens_per_s
+
+
+class ArmCatalog:
+    """Arms by name and by public model, in configuration order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.arms: dict[str, LiveArm] = {}
+        self.by_model: dict[str, list[LiveArm]] = {}
+        for a in settings.arms:
+            live = LiveArm(Arm(name=a.name, model=a.model, strategy=a.build_strategy()), a.backends)
+            self.arms[a.name] = live
+            self.by_model.setdefault(a.model, []).append(live)
+        self.created = int(time.time())
+
+    def public_models(self) -> list[str]:
+        return [*self.by_model, AUTO_MODEL]
+
+    def candidates(self, model: str) -> list[LiveArm] | None:
+        """Arms that may answer ``model`` (all arms for ``auto``); ``None`` for an unknown model."""
+        if model == AUTO_MODEL:
+            return list(self.arms.values())
+        return self.by_model.get(model)
+
+    def states(self, arms: Sequence[LiveArm], pool: BackendPool) -> list[ArmState]:
+        """Snapshot of each arm for the router: healthy if any backend is; load of its best backend."""
+        out = []
+        for live in arms:
+            loads = [pool.backends[n].load for n in live.backends if pool.backends[n].healthy]
+            out.append(
+                ArmState(
+                    arm=live.arm,
+                    healthy=bool(loads),
+                    load=min(loads) if loads else 0.0,
+                    ttft_s=live.ewma_ttft_s,
+                    tokens_per_s=live.ewma_tokens_per_s,
+                )
+            )
+        return out

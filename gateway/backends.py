@@ -1,0 +1,204 @@
+"""Upstream backends: their health and load, and the least-loaded choice within a pool.
+
+A background task polls every backend's ``/health`` and, for vLLM servers, the load gauges on
+``/metrics`` (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+``vllm:kv_cache_usage_perc``). Request handlers report failures as they see them
+(:meth:`BackendPool.report_failure`): a refused connection takes a backend out at once; timeouts
+and 5xx take it out after ``health.unhealthy_after`` in a row. A backend that is down comes back
+when its ``/health`` passes again.
+
+All methods run on the event loop; none blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+import httpx
+
+from gateway.metrics import GatewayMetrics
+from gateway.settings import BackendSettings, HealthSettings
+
+log = logging.getLogger("gateway.backends")
+
+_GAUGES = {
+    b"vllm:num_requests_running": "running",
+    b"vllm:num_requests_waiting": "waiting",
+    b"vllm:kv_cache_usage_perc": "kv_usage",
+}
+
+
+class Backend:
+    """One upstream server and what the gateway knows about it now."""
+
+    __slots__ = (
+        "_inflight_gauge",
+        "auth_header",
+        "base_url",
+        "checked_at",
+        "failures",
+        "healthy",
+        "inflight",
+        "kv_usage",
+        "last_error",
+        "name",
+        "running",
+        "settings",
+        "waiting",
+    )
+
+    def __init__(self, settings: BackendSettings, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.base_url = settings.base_url
+        self.healthy = False
+        self.failures = 0
+        self.running = 0.0
+        self.waiting = 0.0
+        self.kv_usage = 0.0
+        self.inflight = 0
+        self.checked_at = 0.0
+        self.last_error: str | None = None
+        self._inflight_gauge = metrics.inflight(self.name)
+        self.auth_header = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+
+    @property
+    def load(self) -> float:
+        """Outstanding work: our own in-flight count (fresh) or the scraped running count (includes
+        other clients; stale by up to one poll), whichever is larger, plus the upstream queue, with
+        KV-cache use as a tie-breaker."""
+        return max(float(self.inflight), self.running) + self.waiting + self.kv_usage
+
+    def acquire(self) -> None:
+        self.inflight += 1
+        self._inflight_gauge.inc()
+
+    def release(self) -> None:
+        self.inflight -= 1
+        self._inflight_gauge.dec()
+
+
+def parse_vllm_load(text: bytes) -> dict[str, float]:
+    """Sum vLLM's load gauges over all label sets in a Prometheus text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(b"vllm:"):
+            continue
+        name_end = line.find(b"{")
+        if name_end < 0:
+            name_end = line.find(b" ")
+        field = _GAUGES.get(line[:name_end])
+        if field is None:
+            continue
+        try:
+            out[field] = out.get(field, 0.0) + float(line.rsplit(b" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+class BackendPool:
+    """All backends, their health loop, and the choice of a backend for a request."""
+
+    def __init__(
+        self,
+        backends: Iterable[BackendSettings],
+        health: HealthSettings,
+        client: httpx.AsyncClient,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._metrics = metrics
+        self._client = client
+        self._health = health
+        self.backends: dict[str, Backend] = {b.name: Backend(b, metrics) for b in backends}
+        self._task: asyncio.Task[None] | None = None
+        for name in self.backends:
+            metrics.set_backend_up(name, False)
+
+    def any_healthy(self) -> bool:
+        return any(b.healthy for b in self.backends.values())
+
+    def choose(self, names: Iterable[str], exclude: set[str] = frozenset()) -> Backend | None:  # type: ignore[assignment]
+        """The healthy backend with the least load among ``names``, skipping ``exclude``.
+
+        Ties go to the first in configuration order. ``None`` if none is healthy.
+        """
+        best: Backend | None = None
+        for name in names:
+            b = self.backends[name]
+            if not b.healthy or name in exclude:
+                continue
+            if best is None or b.load < best.load:
+                best = b
+        return best
+
+    def report_failure(self, backend: Backend, kind: str, detail: str = "") -> None:
+        """Record a failure seen while serving; ``kind`` is a metric label (connect, timeout, ...)."""
+        self._metrics.upstream_error(backend.name, kind)
+        backend.last_error = f"{kind}: {detail}" if detail else kind
+        backend.failures += 1
+        if kind == "connect" or backend.failures >= self._health.unhealthy_after:
+            self._set_health(backend, False)
+
+    def report_success(self, backend: Backend) -> None:
+        backend.failures = 0
+
+    def _set_health(self, backend: Backend, up: bool) -> None:
+        if backend.healthy != up:
+            if up:
+                log.info("backend %s is up", backend.name)
+            else:
+                log.warning("backend %s is DOWN (%s)", backend.name, backend.last_error)
+        backend.healthy = up
+        self._metrics.set_backend_up(backend.name, up)
+
+    async def check(self, backend: Backend) -> None:
+        """One health check (and load scrape) of ``backend``; never raises."""
+        timeout = self._health.timeout_s
+        try:
+            r = await self._client.get(backend.base_url + "/health", timeout=timeout, headers=backend.auth_header)
+            ok = r.status_code == 200
+            if not ok:
+                backend.last_error = f"/health returned {r.status_code}"
+            if ok and backend.settings.scrape_metrics:
+                m = await self._client.get(backend.base_url + "/metrics", timeout=timeout, headers=backend.auth_header)
+                if m.status_code == 200:
+                    load = parse_vllm_load(m.content)
+                    backend.running = load.get("running", 0.0)
+                    backend.waiting = load.get("waiting", 0.0)
+                    backend.kv_usage = load.get("kv_usage", 0.0)
+        except httpx.HTTPError as exc:
+            ok = False
+            backend.last_error = f"health check: {type(exc).__name__}"
+        backend.checked_at = time.monotonic()
+        if ok:
+            backend.failures = 0
+            self._set_health(backend, True)
+        else:
+            backend.failures += 1
+            if backend.failures >= self._health.unhealthy_after or not backend.healthy:
+                self._set_health(backend, False)
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check(b) for b in self.backends.values()))
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._health.interval_s)
+            await self.check_all()
+
+    async def start(self) -> None:
+        """Check every backend once (so the first request sees real health), then poll."""
+        await self.check_all()
+        self._task = asyncio.create_task(self._loop(), name="backend-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,113 @@
+"""The gateway's error hierarchy, mapped to OpenAI's envelope in one place.
+
+::
+
+    GatewayError                     status  type                    code
+    ├── InvalidRequest               400     invalid_request_error   (param named)
+    ├── PayloadTooLarge              413     invalid_request_error   payload_too_large
+    ├── ModelNotFound                404     invalid_request_error   model_not_found
+    ├── NoHealthyBackend             503     service_unavailable     no_healthy_backend (+Retry-After)
+    ├── UpstreamError                502/504 upstream_error          upstream_<kind>
+    └── UpstreamHTTPError            as upstream (4xx passed through)
+
+Handlers raise these; :func:`error_response` renders them. Once a stream has started an error
+becomes an SSE ``data:`` event followed by ``data: [DONE]`` (:func:`sse_error_event`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "internal_error"
+    code: str | None = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NoHealthyBackend(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_healthy_backend"
+
+
+class UpstreamError(GatewayError):
+    """The upstream could not be reached, timed out, or broke the protocol."""
+
+    status = 502
+    type = "upstream_error"
+
+    def __init__(self, message: str, *, kind: str, status: int = 502) -> None:
+        super().__init__(message, code=f"upstream_{kind}")
+        self.kind = kind
+        self.status = status
+
+
+class UpstreamHTTPError(GatewayError):
+    """The upstream answered with an error status; its message is kept."""
+
+    def __init__(self, status: int, payload: bytes) -> None:
+        message, etype, param, code = _parse_upstream_error(payload, status)
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        self.type = etype
+
+
+def _parse_upstream_error(payload: bytes, status: int) -> tuple[str, str, str | None, Any]:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        nested = data.get("error")
+        err: dict[str, Any] = nested if isinstance(nested, dict) else data
+        message = err.get("message") or err.get("detail")
+        if message is not None:
+            etype = err.get("type") or ("invalid_request_error" if status < 500 else "upstream_error")
+            return str(message), str(etype), err.get("param"), err.get("code")
+    text = payload.decode("utf-8", "replace").strip()[:500] or f"upstream returned HTTP {status}"
+    return text, "invalid_request_error" if status < 500 else "upstream_error", None, None
+
+
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    """Render ``exc`` as a JSON response in OpenAI's envelope."""
+    merged = {**(headers or {}), **exc.headers}
+    return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json", headers=merged)
+
+
+def sse_error_event(exc: GatewayError) -> bytes:
+    """An error after the stream started: one ``data:`` event with the envelope, then ``[DONE]``."""
+    return b"data: " + orjson.dumps(exc.body()) + b"\n\ndata: [DONE]\n\n"

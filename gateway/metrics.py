@@ -1,0 +1,210 @@
+"""Every Prometheus collector the gateway exports, behind helper methods.
+
+Names and labels are public (dashboards and alerts use them); change them only with a
+migration note. Call sites use the methods of :class:`GatewayMetrics`, never the collectors.
+Each app owns its own :class:`~prometheus_client.CollectorRegistry`, so tests can build many
+apps in one process and compare exposition output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+TTFT_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+)
+DURATION_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    45.0,
+    60.0,
+    90.0,
+    120.0,
+    180.0,
+    300.0,
+    600.0,
+)
+TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
+DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# `*_created` series double the exposition size and no dashboard of ours uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+@dataclass
+class RequestSeries:
+    """The labelled children for one (model, strategy) pair, resolved once and cached."""
+
+    ttft: Histogram
+    itl: Histogram
+    duration: Histogram
+    tokens_per_s: Histogram
+    prompt_tokens: Counter
+    output_tokens: Counter
+
+
+class GatewayMetrics:
+    """The gateway's metrics. Methods are safe to call from the event loop (no I/O)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "gateway_requests_total",
+            "Requests answered, by final HTTP status.",
+            ["model", "strategy", "endpoint", "status"],
+            registry=r,
+        )
+        self._ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "From request received to the first generated token leaving the gateway.",
+            ["model", "strategy"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self._itl = Histogram(
+            "gateway_inter_token_latency_seconds",
+            "Time between consecutive streamed chunks.",
+            ["model", "strategy"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self._duration = Histogram(
+            "gateway_request_duration_seconds",
+            "From request received to the last byte sent.",
+            ["model", "strategy"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self._tps = Histogram(
+            "gateway_output_tokens_per_second",
+            "Per request: decode rate after the first token (output tokens - 1) / decode time.",
+            ["model", "strategy"],
+            buckets=TOKENS_PER_S_BUCKETS,
+            registry=r,
+        )
+        self._prompt_tokens = Counter(
+            "gateway_prompt_tokens_total", "Prompt tokens, from upstream usage.", ["model", "strategy"], registry=r
+        )
+        self._output_tokens = Counter(
+            "gateway_output_tokens_total", "Generated tokens, from upstream usage.", ["model", "strategy"], registry=r
+        )
+        self._inflight = Gauge(
+            "gateway_inflight_requests", "Requests in flight to each backend.", ["backend"], registry=r
+        )
+        self._backend_up = Gauge(
+            "gateway_backend_up", "1 if the backend passes health checks, else 0.", ["backend"], registry=r
+        )
+        self._upstream_errors = Counter(
+            "gateway_upstream_errors_total",
+            "Upstream failures by kind (connect, timeout, http_5xx, http_4xx, stream, protocol).",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self._decisions = Counter(
+            "gateway_routing_decisions_total",
+            "Routing decisions by chosen arm and reason.",
+            ["model", "strategy", "reason"],
+            registry=r,
+        )
+        self._decision_seconds = Histogram(
+            "gateway_router_decision_seconds", "Time the router took to decide.", buckets=DECISION_BUCKETS, registry=r
+        )
+        self._series: dict[tuple[str, str], RequestSeries] = {}
+
+    def series(self, model: str, strategy: str) -> RequestSeries:
+        """Per-(model, strategy) children; cache-friendly for the streaming hot path."""
+        key = (model, strategy)
+        s = self._series.get(key)
+        if s is None:
+            s = RequestSeries(
+                ttft=self._ttft.labels(model, strategy),
+                itl=self._itl.labels(model, strategy),
+                duration=self._duration.labels(model, strategy),
+                tokens_per_s=self._tps.labels(model, strategy),
+                prompt_tokens=self._prompt_tokens.labels(model, strategy),
+                output_tokens=self._output_tokens.labels(model, strategy),
+            )
+            self._series[key] = s
+        return s
+
+    def request_done(self, model: str, strategy: str, endpoint: str, status: int) -> None:
+        self._requests.labels(model, strategy, endpoint, str(status)).inc()
+
+    def observe_usage(self, series: RequestSeries, prompt_tokens: int, output_tokens: int) -> None:
+        if prompt_tokens > 0:
+            series.prompt_tokens.inc(prompt_tokens)
+        if output_tokens > 0:
+            series.output_tokens.inc(output_tokens)
+
+    def inflight(self, backend: str) -> Gauge:
+        return self._inflight.labels(backend)
+
+    def set_backend_up(self, backend: str, up: bool) -> None:
+        self._backend_up.labels(backend).set(1 if up else 0)
+
+    def upstream_error(self, backend: str, kind: str) -> None:
+        self._upstream_errors.labels(backend, kind).inc()
+
+    def decision(self, model: str, strategy: str, reason: str, seconds: float) -> None:
+        self._decisions.labels(model, strategy, reason).inc()
+        self._decision_seconds.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

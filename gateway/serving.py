@@ -1,0 +1,328 @@
+"""Serving ``/v1/chat/completions`` and ``/v1/completions``: validate, route, forward, relay.
+
+The request's own JSON goes upstream with two changes only: ``model`` becomes the backend's
+``served_model`` and, for streams, ``stream_options.include_usage`` is forced on so token
+counts are always known (the usage chunk is removed again when the client did not ask for it).
+
+Before the first byte reaches the client, a connection failure, timeout, 5xx or broken read
+is retried on the next least-loaded backend of the arm, then of the next-ranked arm, up to
+``max_attempts``. After the first byte, failures are reported in-stream (see :mod:`relay`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import httpx
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from gateway.arms import ArmCatalog, LiveArm
+from gateway.backends import Backend, BackendPool
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyBackend,
+    PayloadTooLarge,
+    UpstreamError,
+    UpstreamHTTPError,
+    error_response,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, prompt_text
+from gateway.relay import RelayResponse, StreamOutcome
+from gateway.settings import Settings
+from router import Decision, NoArmAvailable, Policy, RouteFlags, RouteRequest
+
+log = logging.getLogger("gateway.serving")
+
+Endpoint = Literal["chat", "completions"]
+_PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_MODELS: dict[str, type[BaseModel]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+_UNKNOWN = "unknown"
+_NONE = "none"
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    msg = err["msg"]
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return InvalidRequest(f"{param}: {msg}{suffix}" if param else msg + suffix, param=param)
+
+
+class Proxy:
+    """Forwards generation requests. One instance per app; safe for concurrent requests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        pool: BackendPool,
+        catalog: ArmCatalog,
+        policy: Policy,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.pool = pool
+        self.catalog = catalog
+        self.policy = policy
+        self.metrics = metrics
+        t = settings.timeouts
+        self._timeout_stream = httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.connect_s, pool=t.connect_s)
+        self._timeout_once = httpx.Timeout(
+            connect=t.connect_s, read=t.first_byte_s, write=t.connect_s, pool=t.connect_s
+        )
+        self._needs_prompt = getattr(policy, "needs_prompt", False)
+
+    async def _read_body(self, request: Request) -> dict[str, Any]:
+        limit = self.settings.server.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw:
+            raise InvalidRequest("request body is empty; expected a JSON object")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        return body
+
+    def _decide(self, body: dict[str, Any], arms: list[LiveArm]) -> Decision:
+        started = time.perf_counter()
+        req = RouteRequest(
+            prompt=prompt_text(body) if self._needs_prompt else "",
+            flags=RouteFlags(),
+            max_tokens=body.get("max_tokens"),
+        )
+        try:
+            decision = self.policy.decide(req, self.catalog.states(arms, self.pool))
+        except NoArmAvailable as exc:
+            raise NoHealthyBackend(
+                f"no healthy backend for model '{body['model']}': {exc}",
+                headers={"retry-after": str(self.settings.timeouts.retry_after_s)},
+            ) from None
+        self.metrics.decision(
+            decision.arm.model, decision.arm.strategy.label, decision.reason, time.perf_counter() - started
+        )
+        return decision
+
+    async def handle(self, endpoint: Endpoint, request: Request) -> Any:
+        """Answer one request; every failure becomes an OpenAI error response (never raises)."""
+        started = time.perf_counter()
+        model_label, strategy_label = _UNKNOWN, _NONE
+        try:
+            body = await self._read_body(request)
+            try:
+                _MODELS[endpoint].model_validate(body)
+            except ValidationError as exc:
+                raise _validation_error(exc) from None
+            arms = self.catalog.candidates(body["model"])
+            if arms is None:
+                raise ModelNotFound(
+                    f"The model '{body['model']}' does not exist; available: "
+                    + ", ".join(self.catalog.public_models()),
+                    param="model",
+                )
+            decision = self._decide(body, arms)
+            model_label, strategy_label = decision.arm.model, decision.arm.strategy.label
+            return await self._forward(endpoint, body, decision, started)
+        except GatewayError as exc:
+            self.metrics.request_done(model_label, strategy_label, endpoint, exc.status)
+            return error_response(exc)
+        except ClientDisconnect:
+            self.metrics.request_done(model_label, strategy_label, endpoint, 499)
+            return Response(status_code=499)
+
+    async def _send(self, backend: Backend, endpoint: Endpoint, payload: bytes, stream: bool) -> httpx.Response:
+        req = self.client.build_request(
+            "POST",
+            backend.base_url + _PATHS[endpoint],
+            content=payload,
+            headers={"content-type": "application/json", **backend.auth_header},
+            timeout=self._timeout_stream if stream else self._timeout_once,
+        )
+        return await self.client.send(req, stream=True)
+
+    async def _forward(self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float) -> Any:
+        stream = bool(body.get("stream"))
+        client_opts = body.get("stream_options") or {}
+        wants_usage = bool(client_opts.get("include_usage"))
+        if stream:
+            body["stream_options"] = {**client_opts, "include_usage": True}
+        last_error: GatewayError | None = None
+        tried: set[str] = set()
+        attempts = 0
+        for arm in decision.ranked or (decision.arm,):
+            live = self.catalog.arms[arm.name]
+            while attempts < self.settings.max_attempts:
+                backend = self.pool.choose(live.backends, tried)
+                if backend is None:
+                    break
+                tried.add(backend.name)
+                attempts += 1
+                body["model"] = backend.settings.served_model
+                backend.acquire()
+                try:
+                    resp = await self._send(backend, endpoint, orjson.dumps(body), stream)
+                except httpx.TimeoutException as exc:
+                    backend.release()
+                    kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+                    self.pool.report_failure(backend, kind, type(exc).__name__)
+                    last_error = UpstreamError(
+                        f"backend '{backend.name}' timed out ({type(exc).__name__})", kind="timeout", status=504
+                    )
+                    continue
+                except httpx.HTTPError as exc:
+                    backend.release()
+                    kind = "connect" if isinstance(exc, httpx.ConnectError) else "protocol"
+                    self.pool.report_failure(backend, kind, type(exc).__name__)
+                    last_error = UpstreamError(f"backend '{backend.name}' failed: {type(exc).__name__}", kind=kind)
+                    continue
+                headers = {
+                    "x-route-arm": live.arm.name,
+                    "x-route-model": live.arm.model,
+                    "x-route-strategy": live.strategy_label,
+                    "x-route-backend": backend.name,
+                    "x-route-reason": decision.reason if live.arm is decision.arm else "failover",
+                }
+                if resp.status_code >= 400:
+                    try:
+                        payload = await resp.aread()
+                    except httpx.HTTPError:
+                        payload = b""
+                    finally:
+                        await resp.aclose()
+                        backend.release()
+                    if resp.status_code >= 500:
+                        self.pool.report_failure(backend, "http_5xx", str(resp.status_code))
+                        last_error = UpstreamHTTPError(resp.status_code, payload)
+                        continue
+                    self.metrics.upstream_error(backend.name, "http_4xx")
+                    raise _with_headers(UpstreamHTTPError(resp.status_code, payload), headers)
+                if stream:
+                    return self._relay(endpoint, live, backend, resp, headers, wants_usage, started)
+                try:
+                    return await self._complete(endpoint, live, backend, resp, headers, started)
+                except UpstreamError as exc:
+                    last_error = exc
+                    continue
+        if last_error is not None:
+            raise last_error
+        raise NoHealthyBackend(
+            f"no healthy backend for model '{decision.arm.model}'",
+            headers={"retry-after": str(self.settings.timeouts.retry_after_s)},
+        )
+
+    async def _complete(
+        self,
+        endpoint: Endpoint,
+        live: LiveArm,
+        backend: Backend,
+        resp: httpx.Response,
+        headers: dict[str, str],
+        started: float,
+    ) -> Response:
+        try:
+            content = await resp.aread()
+        except httpx.HTTPError as exc:
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "stream"
+            self.pool.report_failure(backend, kind, type(exc).__name__)
+            raise UpstreamError(
+                f"backend '{backend.name}' failed while answering: {type(exc).__name__}",
+                kind=kind,
+                status=504 if kind == "timeout" else 502,
+            ) from None
+        finally:
+            await resp.aclose()
+            backend.release()
+        self.pool.report_success(backend)
+        needle = b'"model":' + orjson.dumps(backend.settings.served_model)
+        content = content.replace(needle, b'"model":' + orjson.dumps(live.arm.model), 1)
+        series = self.metrics.series(live.arm.model, live.strategy_label)
+        try:
+            usage = orjson.loads(content).get("usage") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            usage = {}
+        if isinstance(usage, dict):
+            self.metrics.observe_usage(
+                series, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
+        series.duration.observe(time.perf_counter() - started)
+        self.metrics.request_done(live.arm.model, live.strategy_label, endpoint, resp.status_code)
+        return Response(
+            content,
+            status_code=resp.status_code,
+            media_type=resp.headers.get("content-type", "application/json"),
+            headers=headers,
+        )
+
+    def _relay(
+        self,
+        endpoint: Endpoint,
+        live: LiveArm,
+        backend: Backend,
+        resp: httpx.Response,
+        headers: dict[str, str],
+        wants_usage: bool,
+        started: float,
+    ) -> RelayResponse:
+        metrics = self.metrics
+        series = metrics.series(live.arm.model, live.strategy_label)
+
+        def done(out: StreamOutcome) -> None:
+            backend.release()
+            end = time.perf_counter()
+            series.duration.observe(end - started)
+            ttft = None
+            if out.first_token_at is not None:
+                ttft = out.first_token_at - started
+                series.ttft.observe(ttft)
+                for gap in out.itl:
+                    series.itl.observe(gap)
+            completion = 0
+            if out.usage:
+                completion = int(out.usage.get("completion_tokens") or 0)
+                metrics.observe_usage(series, int(out.usage.get("prompt_tokens") or 0), completion)
+            tps = None
+            if completion > 1 and out.first_token_at is not None and out.last_token_at is not None:
+                span = out.last_token_at - out.first_token_at
+                if span > 0:
+                    tps = (completion - 1) / span
+                    series.tokens_per_s.observe(tps)
+            if out.disconnected:
+                status = 499
+            elif out.error is not None:
+                status = out.error.status
+                self.pool.report_failure(backend, out.error.kind, out.error.message)
+            else:
+                status = 200
+                self.pool.report_success(backend)
+                live.record(ttft, tps)
+            metrics.request_done(live.arm.model, live.strategy_label, endpoint, status)
+
+        return RelayResponse(
+            resp, headers, backend.settings.served_model, live.arm.model, strip_usage=not wants_usage, on_done=done
+        )
+
+
+def _with_headers(exc: GatewayError, headers: dict[str, str]) -> GatewayError:
+    exc.headers.update(headers)
+    return exc

@@ -1,0 +1,199 @@
+"""The gateway's typed settings: one object, built once in ``main()`` and passed down.
+
+Sources, later wins: defaults < YAML file < environment variables ``GATEWAY_<KEY>`` with ``__``
+between nesting levels and list indices, e.g. ``GATEWAY_SERVER__PORT=9000`` or
+``GATEWAY_BACKENDS__0__URL=http://10.0.0.5:8000``. Values from the environment are parsed as
+YAML scalars (``true``, ``2.5``, ``[a, b]``).
+
+Everything is validated at start-up; :class:`SettingsError` carries messages that name the bad
+key (``backends[1].url: ...``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
+
+from router import Strategy, StrategyError, available_policies, build_policy, build_strategy
+
+ENV_PREFIX = "GATEWAY_"
+AUTO_MODEL = "auto"
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message lists every problem with its key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    drain_timeout_s: float = Field(30.0, ge=0, description="How long in-flight requests may finish on shutdown.")
+
+
+class BackendSettings(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: HttpUrl
+    served_model: str = Field(min_length=1, description="The model name the upstream server answers to.")
+    api_key: str | None = Field(None, description="Sent upstream as a Bearer token, if set.")
+    scrape_metrics: bool = Field(True, description="Read vLLM load gauges from the upstream /metrics.")
+
+    @property
+    def base_url(self) -> str:
+        return str(self.url).rstrip("/")
+
+
+class ArmSettings(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(min_length=1, description="The public model name clients use.")
+    backends: list[str] = Field(min_length=1)
+    strategy: dict[str, Any] = Field(default_factory=lambda: {"kind": "plain"})
+
+    @field_validator("model")
+    @classmethod
+    def _not_auto(cls, v: str) -> str:
+        if v == AUTO_MODEL:
+            raise ValueError(f"'{AUTO_MODEL}' is reserved for router-chosen arms")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _valid_strategy(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            build_strategy(v)
+        except StrategyError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def build_strategy(self) -> Strategy:
+        return build_strategy(self.strategy)
+
+
+class RoutingSettings(_Strict):
+    policy: str = "least-loaded"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid_policy(self) -> RoutingSettings:
+        if self.policy not in available_policies():
+            raise ValueError(f"unknown policy '{self.policy}'; available: {', '.join(available_policies())}")
+        build_policy(self.policy, self.params)
+        return self
+
+
+class HealthSettings(_Strict):
+    interval_s: float = Field(2.0, gt=0, description="Period of /health and /metrics polling per backend.")
+    timeout_s: float = Field(2.0, gt=0)
+    unhealthy_after: int = Field(2, ge=1, description="Consecutive failed checks before a backend is marked down.")
+
+
+class TimeoutSettings(_Strict):
+    connect_s: float = Field(5.0, gt=0)
+    first_byte_s: float = Field(600.0, gt=0, description="Until upstream response headers arrive.")
+    idle_s: float = Field(120.0, gt=0, description="Longest silence between two stream chunks.")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when no backend is healthy.")
+
+
+class Settings(_Strict):
+    """Root of the configuration. See ``deploy/local/gateway.yaml`` for an example."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    backends: list[BackendSettings] = Field(min_length=1)
+    arms: list[ArmSettings] = Field(min_length=1)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)  # type: ignore[arg-type]
+    health: HealthSettings = Field(default_factory=HealthSettings)  # type: ignore[arg-type]
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)  # type: ignore[arg-type]
+    max_attempts: int = Field(3, ge=1, le=10, description="Backends tried per request before the first byte.")
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Settings:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for i, b in enumerate(self.backends):
+            if b.name in seen:
+                problems.append(f"backends[{i}].name: duplicate backend name '{b.name}'")
+            seen.add(b.name)
+        arm_names: set[str] = set()
+        for i, a in enumerate(self.arms):
+            if a.name in arm_names:
+                problems.append(f"arms[{i}].name: duplicate arm name '{a.name}'")
+            arm_names.add(a.name)
+            for j, ref in enumerate(a.backends):
+                if ref not in seen:
+                    problems.append(
+                        f"arms[{i}].backends[{j}]: unknown backend '{ref}'; known: {', '.join(sorted(seen))}"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def backend(self, name: str) -> BackendSettings:
+        return next(b for b in self.backends if b.name == name)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ""
+        for part in err["loc"]:
+            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
+            if isinstance(node, list) and (not isinstance(key, int) or key >= len(node)):
+                raise SettingsError(f"{var}: index '{part}' does not exist in the configuration")
+            if last:
+                node[key] = yaml.safe_load(raw) if raw else raw
+            else:
+                if isinstance(node, dict) and key not in node:
+                    node[key] = {}
+                node = node[key]
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from a YAML file (optional) and ``GATEWAY_*`` variables.
+
+    Raises :class:`SettingsError` with every problem named by key.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    where = "environment"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    _apply_env(data, environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid configuration ({where}):\n{_format_errors(exc)}") from None

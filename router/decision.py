@@ -1,0 +1,83 @@
+"""The routing vocabulary: arms, their live state, a request to route, and the decision.
+
+All types are immutable dataclasses so decisions are deterministic and cheap to log. Nothing
+here knows about HTTP: the gateway translates requests into :class:`RouteRequest` and live
+backend statistics into :class:`ArmState`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from router.strategy import Strategy
+
+Prefer = Literal["quality", "balanced", "speed"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What the router chooses among: a public model served with a decoding strategy.
+
+    ``name`` is unique across the deployment; ``model`` is the name clients use (several arms
+    may share it); ``strategy`` says how the arm decodes.
+    """
+
+    name: str
+    model: str
+    strategy: Strategy
+
+
+@dataclass(frozen=True)
+class ArmState:
+    """Live view of one arm, built by the caller at decision time.
+
+    ``healthy``: at least one backend of the arm can take a request. ``load``: outstanding
+    requests per healthy backend (>= 0; running + queued, as the caller measures it).
+    ``ttft_s`` / ``tokens_per_s``: recent measurements, ``None`` until there are some.
+    """
+
+    arm: Arm
+    healthy: bool = True
+    load: float = 0.0
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RouteFlags:
+    """The caller's wishes. Every field is optional; ``None`` means "no constraint"."""
+
+    accuracy: float | None = None
+    max_latency_ms: int | None = None
+    max_ttft_ms: int | None = None
+    prefer: Prefer | None = None
+    arm: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """One request to route: the prompt text (chat messages flattened) and the flags."""
+
+    prompt: str = ""
+    flags: RouteFlags = field(default_factory=RouteFlags)
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The chosen arm and why.
+
+    ``reason`` is a short, low-cardinality label (it becomes a metric label and the
+    ``x-route-reason`` header), e.g. ``pinned``, ``single-arm``, ``least-loaded``.
+    ``ranked`` lists every candidate arm name in the order the policy preferred them, so the
+    caller can fail over to the next arm without asking again.
+    """
+
+    arm: Arm
+    reason: str
+    ranked: tuple[Arm, ...] = ()
+
+
+class NoArmAvailable(Exception):
+    """No candidate arm can take the request (all unhealthy, or none given)."""
