@@ -5,19 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from gateway.settings import Settings, SettingsError, load_settings
+
+
+def _load(path: str) -> Settings | None:
+    try:
+        return load_settings(path)
+    except SettingsError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    return _run_server(settings, args)
+
+
+def _run_server(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings(args.config)
-    except SettingsError as exc:
-        print(f"llm-gateway: {exc}", file=sys.stderr)
-        return 2
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     logging.basicConfig(
@@ -40,15 +52,44 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings(args.config)
-    except SettingsError as exc:
-        print(f"llm-gateway: {exc}", file=sys.stderr)
+    settings = _load(args.config)
+    if settings is None:
         return 2
     print(f"{args.config}: OK ({len(settings.backends)} backends, {len(settings.arms)} arms)")
     return 0
+
+
+def _local_stack(args: argparse.Namespace) -> int:
+    from gateway.launcher import BackendSpec, Launcher, home_dir
+
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    spec = BackendSpec.load(args.backends)
+    log_dir = Path(args.log_dir) if args.log_dir else home_dir() / "logs"
+    print(
+        f"==> starting {len(spec.servers)} vLLM-CPU backends (logs in {log_dir}); Ctrl-C stops everything", flush=True
+    )
+    try:
+        with Launcher(spec, log_dir) as launcher:
+            launcher.start()
+            launcher.wait_ready(timeout_s=args.ready_timeout)
+            host, port = args.host or settings.server.host, args.port or settings.server.port
+            model = settings.arms[0].model
+            print(
+                f"""==> gateway on http://{host}:{port}  (OpenAI base URL http://{host}:{port}/v1)
+    try:  curl -s http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' \\
+            -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
+          curl -s http://{host}:{port}/v1/models;  curl -s http://{host}:{port}/metrics | grep gateway_""",
+                flush=True,
+            )
+            return _run_server(settings, args)
+    except KeyboardInterrupt:
+        print("\n==> stopped", file=sys.stderr)
+        return 130
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
     serve.set_defaults(func=_serve)
+    stack = sub.add_parser("local-stack", help="start local vLLM-CPU backends, then the gateway (Ctrl-C stops all)")
+    stack.add_argument("--config", default="deploy/local/gateway.yaml")
+    stack.add_argument("--backends", default="deploy/local/backends.yaml")
+    stack.add_argument("--log-dir", help="backend logs (default $LLM_GATEWAY_HOME/logs)")
+    stack.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the backends")
+    stack.add_argument("--host")
+    stack.add_argument("--port", type=int)
+    stack.add_argument("--access-log", action="store_true")
+    stack.set_defaults(func=_local_stack)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check)

