@@ -37,7 +37,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, prompt_text
 from gateway.relay import RelayResponse, StreamOutcome
 from gateway.settings import Settings
-from router import Decision, NoArmAvailable, Policy, RouteFlags, RouteRequest
+from router import Decision, FlagError, NoArmAvailable, Policy, RouteFlags, RouteRequest, parse_flags
 
 log = logging.getLogger("gateway.serving")
 
@@ -105,11 +105,25 @@ class Proxy:
             raise InvalidRequest("request body must be a JSON object")
         return body
 
-    def _decide(self, body: dict[str, Any], arms: list[LiveArm]) -> Decision:
+    def _flags(self, body: dict[str, Any], request: Request, arms: list[LiveArm]) -> RouteFlags:
+        """Parse (and remove from the body) the caller's routing flags; check a pinned arm."""
+        try:
+            flags = parse_flags(body.pop("route", None), request.headers)
+        except FlagError as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from None
+        if flags.arm is not None and not any(a.arm.name == flags.arm for a in arms):
+            param = "route.arm" if flags.arm not in self.catalog.arms else "model"
+            raise InvalidRequest(
+                f"unknown arm '{flags.arm}' for model '{body['model']}'; arms: " + ", ".join(a.arm.name for a in arms),
+                param=param,
+            )
+        return flags
+
+    def _decide(self, body: dict[str, Any], arms: list[LiveArm], flags: RouteFlags) -> Decision:
         started = time.perf_counter()
         req = RouteRequest(
             prompt=prompt_text(body) if self._needs_prompt else "",
-            flags=RouteFlags(),
+            flags=flags,
             max_tokens=body.get("max_tokens"),
         )
         try:
@@ -141,7 +155,7 @@ class Proxy:
                     + ", ".join(self.catalog.public_models()),
                     param="model",
                 )
-            decision = self._decide(body, arms)
+            decision = self._decide(body, arms, self._flags(body, request, arms))
             model_label, strategy_label = decision.arm.model, decision.arm.strategy.label
             return await self._forward(endpoint, body, decision, started)
         except GatewayError as exc:

@@ -11,6 +11,7 @@ The gateway imports this package; this package never imports the gateway.
 """
 
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteFlags, RouteRequest
+from router.flags import FlagError, parse_flags
 from router.policy import Policy, available_policies, build_policy
 from router.strategy import Strategy, StrategyError, available_strategies, build_strategy
 
@@ -18,6 +19,7 @@ __all__ = [
     "Arm",
     "ArmState",
     "Decision",
+    "FlagError",
     "NoArmAvailable",
     "Policy",
     "RouteFlags",
@@ -28,4 +30,5 @@ __all__ = [
     "available_strategies",
     "build_policy",
     "build_strategy",
+    "parse_flags",
 ]

@@ -46,9 +46,13 @@ class ArmState:
 
 @dataclass(frozen=True)
 class RouteFlags:
-    """The caller's wishes. Every field is optional; ``None`` means "no constraint"."""
+    """The caller's wishes. Every field is optional; ``None`` means "no constraint".
 
-    accuracy: float | None = None
+    ``accuracy`` is a probability floor in [0, 1] or a named level (``low``/``medium``/``high``)
+    that the policy maps to a calibrated floor. ``arm`` pins one arm.
+    """
+
+    accuracy: float | str | None = None
     max_latency_ms: int | None = None
     max_ttft_ms: int | None = None
     prefer: Prefer | None = None

