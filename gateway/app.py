@@ -25,7 +25,6 @@ from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.protocol import ModelCard, ModelList
 from gateway.serving import Proxy
 from gateway.settings import Settings
-from router import build_policy
 
 log = logging.getLogger("gateway.app")
 
@@ -40,7 +39,7 @@ def create_app(
     """Build the gateway app. ``transport`` replaces the network for tests (e.g. ``httpx.MockTransport``)."""
     metrics = metrics or GatewayMetrics()
     catalog = ArmCatalog(settings)
-    policy = build_policy(settings.routing.policy, settings.routing.params)
+    policy = settings.routing.build([live.arm for live in catalog.arms.values()])
     client = httpx.AsyncClient(
         transport=transport,
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=60),
@@ -97,6 +96,10 @@ def create_app(
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible), streaming or not")
     async def completions(request: Request) -> Response:
         return await proxy.handle("completions", request)  # type: ignore[no-any-return]
+
+    @app.post("/v1/route", summary="Dry run: which arm would answer this chat/completion body, and why")
+    async def route(request: Request) -> Response:
+        return await proxy.dry_run(request)
 
     @app.get("/v1/models", summary="Public models, plus 'auto' (the router chooses)")
     async def models() -> Response:

@@ -11,6 +11,7 @@ is retried on the next least-loaded backend of the arm, then of the next-ranked 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Literal
@@ -80,7 +81,6 @@ class Proxy:
         self._timeout_once = httpx.Timeout(
             connect=t.connect_s, read=t.first_byte_s, write=t.connect_s, pool=t.connect_s
         )
-        self._needs_prompt = getattr(policy, "needs_prompt", False)
 
     async def _read_body(self, request: Request) -> dict[str, Any]:
         limit = self.settings.server.max_body_bytes
@@ -119,13 +119,15 @@ class Proxy:
             )
         return flags
 
-    def _decide(self, body: dict[str, Any], arms: list[LiveArm], flags: RouteFlags) -> Decision:
+    async def _decide(
+        self, body: dict[str, Any], arms: list[LiveArm], flags: RouteFlags, record: bool = True
+    ) -> Decision:
         started = time.perf_counter()
-        req = RouteRequest(
-            prompt=prompt_text(body) if self._needs_prompt else "",
-            flags=flags,
-            max_tokens=body.get("max_tokens"),
-        )
+        prompt, features = "", None
+        if self.policy.needs_features and flags.arm is None and len(arms) > 1:
+            prompt = prompt_text(body)
+            features = await asyncio.to_thread(self.policy.featurize, prompt)  # encoder: keep it off the loop
+        req = RouteRequest(prompt=prompt, flags=flags, max_tokens=body.get("max_tokens"), features=features)
         try:
             decision = self.policy.decide(req, self.catalog.states(arms, self.pool))
         except NoArmAvailable as exc:
@@ -133,29 +135,60 @@ class Proxy:
                 f"no healthy backend for model '{body['model']}': {exc}",
                 headers={"retry-after": str(self.settings.timeouts.retry_after_s)},
             ) from None
-        self.metrics.decision(
-            decision.arm.model, decision.arm.strategy.label, decision.reason, time.perf_counter() - started
-        )
+        if record:
+            self.metrics.decision(
+                decision.arm.model, decision.arm.strategy.label, decision.reason, time.perf_counter() - started
+            )
         return decision
+
+    async def _route(
+        self, endpoint: Endpoint, request: Request, body: dict[str, Any] | None = None, record: bool = True
+    ) -> tuple[dict[str, Any], Decision]:
+        if body is None:
+            body = await self._read_body(request)
+        try:
+            _MODELS[endpoint].model_validate(body)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        arms = self.catalog.candidates(body["model"])
+        if arms is None:
+            raise ModelNotFound(
+                f"The model '{body['model']}' does not exist; available: " + ", ".join(self.catalog.public_models()),
+                param="model",
+            )
+        return body, await self._decide(body, arms, self._flags(body, request, arms), record)
+
+    async def dry_run(self, request: Request) -> Response:
+        """``POST /v1/route``: the decision for a chat or completion body, without calling any backend."""
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+            endpoint: Endpoint = "completions" if "prompt" in body and "messages" not in body else "chat"
+            _, decision = await self._route(endpoint, request, body, record=False)
+        except GatewayError as exc:
+            return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        live = self.catalog.arms[decision.arm.name]
+        doc = {
+            "arm": decision.arm.name,
+            "model": decision.arm.model,
+            "strategy": live.strategy_label,
+            "backends": list(live.backends),
+            "reason": decision.reason,
+            "explanation": decision.explanation,
+            "ranked": [a.name for a in decision.ranked],
+            "predictions": {name: p.as_dict() for name, p in decision.predictions.items()},
+            "decision_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        return Response(orjson.dumps(doc), media_type="application/json")
 
     async def handle(self, endpoint: Endpoint, request: Request) -> Any:
         """Answer one request; every failure becomes an OpenAI error response (never raises)."""
         started = time.perf_counter()
         model_label, strategy_label = _UNKNOWN, _NONE
         try:
-            body = await self._read_body(request)
-            try:
-                _MODELS[endpoint].model_validate(body)
-            except ValidationError as exc:
-                raise _validation_error(exc) from None
-            arms = self.catalog.candidates(body["model"])
-            if arms is None:
-                raise ModelNotFound(
-                    f"The model '{body['model']}' does not exist; available: "
-                    + ", ".join(self.catalog.public_models()),
-                    param="model",
-                )
-            decision = self._decide(body, arms, self._flags(body, request, arms))
+            body, decision = await self._route(endpoint, request)
             model_label, strategy_label = decision.arm.model, decision.arm.strategy.label
             return await self._forward(endpoint, body, decision, started)
         except GatewayError as exc:

@@ -12,14 +12,14 @@ key (``backends[1].url: ...``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
-from router import Strategy, StrategyError, available_policies, build_policy, build_strategy
+from router import Arm, Policy, Strategy, StrategyError, available_policies, build_policy, build_strategy
 
 ENV_PREFIX = "GATEWAY_"
 AUTO_MODEL = "auto"
@@ -87,8 +87,16 @@ class RoutingSettings(_Strict):
     def _valid_policy(self) -> RoutingSettings:
         if self.policy not in available_policies():
             raise ValueError(f"unknown policy '{self.policy}'; available: {', '.join(available_policies())}")
-        build_policy(self.policy, self.params)
         return self
+
+    def build(self, arms: Sequence[Arm]) -> Policy:
+        """Build the policy and let it check the arms; :class:`SettingsError` names what is wrong."""
+        try:
+            policy = build_policy(self.policy, self.params)
+            policy.bind(arms)
+        except ValueError as exc:
+            raise SettingsError(f"routing.policy '{self.policy}': {exc}") from None
+        return policy
 
 
 class HealthSettings(_Strict):

@@ -7,9 +7,11 @@ backend statistics into :class:`ArmState`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from router.predictor import Prediction
 from router.strategy import Strategy
 
 Prefer = Literal["quality", "balanced", "speed"]
@@ -66,6 +68,7 @@ class RouteRequest:
     prompt: str = ""
     flags: RouteFlags = field(default_factory=RouteFlags)
     max_tokens: int | None = None
+    features: Any = None  # what Policy.featurize returned for this prompt, if the policy needs it
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,15 @@ class Decision:
     ``reason`` is a short, low-cardinality label (it becomes a metric label and the
     ``x-route-reason`` header), e.g. ``pinned``, ``single-arm``, ``least-loaded``.
     ``ranked`` lists every candidate arm name in the order the policy preferred them, so the
-    caller can fail over to the next arm without asking again.
+    caller can fail over to the next arm without asking again. ``predictions`` (learned
+    policies only) holds each candidate's forecast; ``explanation`` is a sentence for humans.
     """
 
     arm: Arm
     reason: str
     ranked: tuple[Arm, ...] = ()
+    predictions: Mapping[str, Prediction] = field(default_factory=dict)
+    explanation: str = ""
 
 
 class NoArmAvailable(Exception):

@@ -8,11 +8,12 @@ and states give the same decision.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from router.decision import ArmState, Decision, NoArmAvailable, RouteRequest
+from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteRequest
 
 
 class Policy(ABC):
@@ -24,6 +25,16 @@ class Policy(ABC):
     """
 
     name: str = ""
+    needs_features: bool = False
+
+    def bind(self, arms: Sequence[Arm]) -> None:
+        """Called once at start-up with every configured arm; raise ``ValueError`` to refuse them."""
+        return None
+
+    def featurize(self, prompt: str) -> Any:
+        """Prompt features for :attr:`RouteRequest.features`; may block (the gateway runs it in a
+        worker thread). Only called when :attr:`needs_features` is true."""
+        return None
 
     @abstractmethod
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
@@ -46,13 +57,19 @@ def register_policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
     return wrap
 
 
+# Policies whose module is heavy to import (model runtimes) register when first built.
+_LAZY = {"learned": "router.learned"}
+
+
 def available_policies() -> list[str]:
     """Registered policy names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_LAZY})
 
 
 def build_policy(name: str, params: Mapping[str, Any] | None = None) -> Policy:
     """Build the policy registered as ``name``; ``ValueError`` names an unknown one or bad params."""
+    if name not in _REGISTRY and name in _LAZY:
+        importlib.import_module(_LAZY[name])
     factory = _REGISTRY.get(name)
     if factory is None:
         raise ValueError(f"unknown routing policy '{name}'; available: " + ", ".join(available_policies()))
@@ -62,7 +79,7 @@ def build_policy(name: str, params: Mapping[str, Any] | None = None) -> Policy:
         raise ValueError(f"routing policy '{name}': bad parameters: {exc}") from exc
 
 
-def _pinned(request: RouteRequest, candidates: Sequence[ArmState]) -> Decision | None:
+def pinned_decision(request: RouteRequest, candidates: Sequence[ArmState]) -> Decision | None:
     pin = request.flags.arm
     if pin is None:
         return None
@@ -90,7 +107,7 @@ class LeastLoadedPolicy(Policy):
         self.assumed_output_tokens = assumed_output_tokens
 
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
-        pinned = _pinned(request, candidates)
+        pinned = pinned_decision(request, candidates)
         if pinned is not None:
             return pinned
         healthy = [(i, s) for i, s in enumerate(candidates) if s.healthy]

@@ -60,7 +60,9 @@ def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
                                             stream_options={"include_usage": True})
     chunks = list(stream)
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    content_chunks = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    # a chunk may carry several tokens (speculative decoding accepts several per step)
+    assert content_chunks <= chunks[-1].usage.completion_tokens <= 12
 
 
 def test_completions_stream_and_not(client: openai.OpenAI) -> None:

@@ -1,0 +1,131 @@
+"""The learned policy: per-prompt predictions for every arm, then the caller's flags decide.
+
+Scoring and deciding are separate (as in RouteLLM): :mod:`router.predictor` forecasts quality,
+length, TTFT and speed per arm; this policy filters arms by the caller's constraints and picks
+by preference, using thresholds calibrated at training time.
+
+Decision rules, in order:
+
+1. a pinned arm (``route.arm``) wins;
+2. keep healthy arms whose predicted quality ≥ the accuracy floor, latency ≤ ``max_latency_ms``
+   and TTFT ≤ ``max_ttft_ms``;
+3. among those, ``speed`` takes the least predicted latency, ``quality`` the highest predicted
+   quality (ties: less latency), ``balanced`` (the default) the highest
+   ``quality - balanced_weight * latency_s``;
+4. if none qualifies, best effort: when some arms meet the accuracy floor, the fastest of them
+   (reason ``best-effort-latency``); otherwise the arm with the highest predicted quality
+   (``best-effort-accuracy``).
+
+Ties always go to configuration order, so decisions are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.artifact import load_artifact
+from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteRequest
+from router.encoder import PromptEncoder
+from router.features import prompt_features
+from router.policy import Policy, pinned_decision, register_policy
+from router.predictor import Prediction, RouterModel
+
+DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "local"
+
+
+def prompt_vector(encoder: PromptEncoder, text: str) -> np.ndarray:
+    """Raw (unstandardised) vector: embedding followed by the cheap features."""
+    return np.concatenate([encoder.encode([text])[0].astype(np.float64), prompt_features(text).astype(np.float64)])
+
+
+@register_policy("learned")
+class LearnedPolicy(Policy):
+    """Routes on per-prompt predictions from a trained artifact (``llm-gateway train``).
+
+    Parameters: ``artifact`` — the artifact directory (default: the one shipped for the local
+    stack). Loading fails if the artifact is corrupt, was trained with another encoder, or lacks
+    a configured arm.
+    """
+
+    needs_features = True
+
+    def __init__(self, artifact: str | None = None) -> None:
+        try:
+            self.encoder = PromptEncoder.load()
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"cannot load the prompt encoder: {exc}") from exc
+        self.artifact = Path(artifact) if artifact else DEFAULT_ARTIFACT
+        self.model: RouterModel = load_artifact(self.artifact, encoder=self.encoder.name)
+
+    def bind(self, arms: Sequence[Arm]) -> None:
+        load_artifact(self.artifact, encoder=self.encoder.name, arms=[a.name for a in arms])
+
+    def featurize(self, prompt: str) -> Any:
+        return self.model.standardise(prompt_vector(self.encoder, prompt)), len(prompt) / 1000.0
+
+    def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
+        x, kchars = request.features if request.features is not None else self.featurize(request.prompt)
+        return {
+            s.arm.name: self.model.arms[s.arm.name].predict(x, kchars, request.max_tokens, s.ttft_s, s.tokens_per_s)
+            for s in candidates
+        }
+
+    def accuracy_floor(self, value: float | str | None) -> float | None:
+        if isinstance(value, str):
+            return self.model.calibration.accuracy_levels[value]
+        return value
+
+    def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
+        pinned = pinned_decision(request, candidates)
+        if pinned is not None:
+            return pinned
+        healthy = [s for s in candidates if s.healthy]
+        if not healthy:
+            raise NoArmAvailable("no candidate arm has a healthy backend")
+        preds = self.predict(request, healthy)
+        flags = request.flags
+        floor = self.accuracy_floor(flags.accuracy)
+        max_lat = flags.max_latency_ms / 1000 if flags.max_latency_ms else None
+        max_ttft = flags.max_ttft_ms / 1000 if flags.max_ttft_ms else None
+        order = {s.arm.name: i for i, s in enumerate(healthy)}
+        accurate = [s for s in healthy if floor is None or preds[s.arm.name].quality >= floor]
+        feasible = [
+            s
+            for s in accurate
+            if (max_lat is None or preds[s.arm.name].latency_s <= max_lat)
+            and (max_ttft is None or preds[s.arm.name].ttft_s <= max_ttft)
+        ]
+        prefer = flags.prefer or "balanced"
+        weight = self.model.calibration.balanced_weight
+
+        def by_latency(s: ArmState) -> tuple[float, int]:
+            return preds[s.arm.name].latency_s, order[s.arm.name]
+
+        def by_quality(s: ArmState) -> tuple[float, float, int]:
+            p = preds[s.arm.name]
+            return -p.quality, p.latency_s, order[s.arm.name]
+
+        def by_balance(s: ArmState) -> tuple[float, int]:
+            p = preds[s.arm.name]
+            return -(p.quality - weight * p.latency_s), order[s.arm.name]
+
+        if feasible:
+            key = {"speed": by_latency, "quality": by_quality}.get(prefer, by_balance)
+            ranked = sorted(feasible, key=key)  # type: ignore[arg-type]
+            reason = f"prefer-{prefer}"
+            why = f"{len(feasible)} of {len(healthy)} arms meet the constraints; chose by {prefer}"
+        elif accurate:
+            ranked = sorted(accurate, key=by_latency)
+            reason = "best-effort-latency"
+            why = "no arm meets the latency budget at the accuracy floor; chose the fastest accurate arm"
+        else:
+            ranked = sorted(healthy, key=by_quality)
+            reason = "best-effort-accuracy"
+            why = f"no arm reaches the accuracy floor {floor:.2f}; chose the highest predicted quality"
+        rest = [s for s in healthy if s not in ranked]
+        arms = tuple(s.arm for s in [*ranked, *sorted(rest, key=by_latency)])
+        return Decision(arm=arms[0], reason=reason, ranked=arms, predictions=preds, explanation=why)
