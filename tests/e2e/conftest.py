@@ -94,8 +94,13 @@ def gateway_url(gateway_config: dict[str, object], tmp_path_factory: pytest.Temp
     log = tmp / "gateway.log"
     port = gateway_config["server"]["port"]  # type: ignore[index]
     with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(path)], stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/ready", 60, proc, log)
@@ -112,16 +117,30 @@ def prometheus_url(gateway_url: str, tmp_path_factory: pytest.TempPathFactory) -
         pytest.fail("the prometheus binary is missing: apt-get install prometheus (scripts/test.sh does it)")
     tmp = tmp_path_factory.mktemp("prometheus")
     target = gateway_url.removeprefix("http://")
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "gateway", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}],
-    }))
+    (tmp / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "gateway", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
+                ],
+            }
+        )
+    )
     port = free_port()
     log = tmp / "prometheus.log"
     with log.open("wb") as fh:
-        proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/-/ready", 60, proc, log)

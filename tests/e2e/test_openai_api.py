@@ -12,7 +12,12 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 MODEL = "smollm2-135m"
-ARMS = {"smollm2-plain", "smollm2-spec-ngram4"}
+QWEN = "qwen2.5-coder-0.5b"
+ARMS = {
+    "smollm2-plain": ("smollm2-135m", "plain", "smol-plain"),
+    "smollm2-spec-ngram4": ("smollm2-135m", "speculative-ngram-k4", "smol-ngram4"),
+    "qwen-coder-0.5b-plain": (QWEN, "plain", "qwen-plain"),
+}
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
 
@@ -21,21 +26,23 @@ def client(gateway_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def assert_route_headers(headers: httpx.Headers) -> None:
-    assert headers["x-route-arm"] in ARMS
-    assert headers["x-route-model"] == MODEL
-    assert headers["x-route-strategy"] in {"plain", "speculative-ngram-k4"}
-    assert headers["x-route-backend"] in {"smol-plain", "smol-ngram4"}
+def assert_route_headers(headers: httpx.Headers, model: str | None = MODEL) -> str:
+    """The x-route-* headers name a configured arm consistently; returns the public model."""
+    arm = headers["x-route-arm"]
+    assert arm in ARMS
+    assert (headers["x-route-model"], headers["x-route-strategy"], headers["x-route-backend"]) == ARMS[arm]
+    if model is not None:
+        assert headers["x-route-model"] == model
+    return headers["x-route-model"]
 
 
 def test_models_lists_public_names_and_auto(client: openai.OpenAI) -> None:
     ids = {m.id for m in client.models.list()}
-    assert ids == {MODEL, "auto"}
+    assert ids == {MODEL, QWEN, "auto"}
 
 
 def test_chat_non_streaming(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=16,
-                                                           temperature=0)
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
     assert_route_headers(raw.headers)
     completion = raw.parse()
     assert completion.model == MODEL
@@ -44,20 +51,20 @@ def test_chat_non_streaming(client: openai.OpenAI) -> None:
 
 
 def test_chat_streaming_without_usage(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(model="auto", messages=MESSAGES, max_tokens=16,
-                                                           stream=True)
-    assert_route_headers(raw.headers)
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=MESSAGES, max_tokens=16, stream=True)
+    public = assert_route_headers(raw.headers, model=None)
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
-    assert all(c.model == MODEL for c in chunks)
+    assert all(c.model == public for c in chunks)
     assert all(not c.usage for c in chunks), "usage chunk must be stripped when the client did not ask"
     assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
 
 
 def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert chunks[-1].usage is not None
     content_chunks = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
@@ -66,8 +73,9 @@ def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_completions_stream_and_not(client: openai.OpenAI) -> None:
-    raw = client.completions.with_raw_response.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
-                                                      temperature=0)
+    raw = client.completions.with_raw_response.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
     assert_route_headers(raw.headers)
     done = raw.parse()
     assert done.model == MODEL and done.choices[0].text
@@ -76,8 +84,9 @@ def test_completions_stream_and_not(client: openai.OpenAI) -> None:
 
 
 def test_n_and_extra_fields_pass_through(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, n=2,
-                                                extra_body={"ignore_eos": True, "min_tokens": 4})
+    completion = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, n=2, extra_body={"ignore_eos": True, "min_tokens": 4}
+    )
     assert len(completion.choices) == 2
     assert completion.usage is not None and completion.usage.completion_tokens == 8  # ignore_eos reached vLLM
 
@@ -92,18 +101,19 @@ def test_errors_in_openai_envelope(client: openai.OpenAI) -> None:
 
 
 async def test_concurrent_streams_use_both_arms(gateway_url: str) -> None:
-    """Least-loaded routing: with several streams open at once, both strategy arms serve."""
+    """With several streams open at once, both strategy arms of one model serve."""
     client = openai.AsyncOpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
     async def one() -> str:
         raw = await client.chat.completions.with_raw_response.create(
-            model="auto", messages=MESSAGES, max_tokens=24, stream=True, extra_body={"ignore_eos": True})
+            model=MODEL, messages=MESSAGES, max_tokens=24, stream=True, extra_body={"ignore_eos": True}
+        )
         async for _ in raw.parse():
             pass
         return raw.headers["x-route-arm"]
 
     arms = await asyncio.gather(*(one() for _ in range(4)))
-    assert set(arms) == ARMS
+    assert set(arms) == {"smollm2-plain", "smollm2-spec-ngram4"}
 
 
 def _running(gateway_url: str) -> float:
@@ -122,8 +132,9 @@ def test_client_disconnect_releases_the_backend(gateway_url: str, backend_urls: 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = httpx.get(backend + "/metrics").text
-        running = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                      if line.startswith("vllm:num_requests_running"))
+        running = sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running")
+        )
         if running == 0 and _running(gateway_url) == 0:
             return
         time.sleep(0.5)
@@ -132,14 +143,14 @@ def test_client_disconnect_releases_the_backend(gateway_url: str, backend_urls: 
 
 def test_prometheus_scrapes_gateway_ttft(client: openai.OpenAI, prometheus_url: str) -> None:
     list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True))
-    query = 'sum by (model, strategy) (gateway_time_to_first_token_seconds_count)'
+    query = "sum by (model, strategy) (gateway_time_to_first_token_seconds_count)"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         data = httpx.get(prometheus_url + "/api/v1/query", params={"query": query}).json()
         assert data["status"] == "success"
         if data["data"]["result"]:
             series = data["data"]["result"]
-            assert {s["metric"]["model"] for s in series} == {MODEL}
+            assert {s["metric"]["model"] for s in series} <= {MODEL, QWEN}
             assert sum(float(s["value"][1]) for s in series) >= 1
             return
         time.sleep(1)

@@ -1,0 +1,296 @@
+"""Fitting the per-arm predictors from profiles (``llm-gateway train``).
+
+Input: profile rows (one per prompt x arm, see :mod:`gateway.profiling`) and the prompt texts.
+Only the ``train`` split is used; the split is a fixed function of the prompt id, so
+``evaluate`` always sees prompts the router never trained on. Regularisation strengths are
+chosen by K-fold cross-validation grouped by prompt (fixed seed); the decision thresholds
+(balanced trade-off weight, named accuracy levels) are calibrated on the out-of-fold
+predictions, never on training fits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from router.linear import Array, fit_logistic, fit_ridge, log_loss, predict_linear, predict_logistic
+from router.predictor import ArmModel, Calibration, RouterModel
+
+L2_GRID = (0.3, 3.0, 30.0, 300.0, 3000.0)
+LEVEL_QUANTILES = {"low": 0.25, "medium": 0.5, "high": 0.75}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One usable profile observation."""
+
+    prompt_id: str
+    task: str
+    split: str
+    arm: str
+    correct: bool | None
+    output_tokens: int
+    ttft_s: float
+    decode_tps: float | None
+    e2e_s: float
+
+
+def read_rows(lines: Iterable[str]) -> list[Row]:
+    """Parse profile JSONL; rows with an error or without timings are skipped."""
+    rows = []
+    for line in lines:
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r.get("error") or r.get("ttft_s") is None or r.get("e2e_s") is None:
+            continue
+        rows.append(
+            Row(
+                prompt_id=r["prompt_id"],
+                task=r.get("task", ""),
+                split=r.get("split", "train"),
+                arm=r["arm"],
+                correct=r.get("correct"),
+                output_tokens=int(r.get("output_tokens") or 0),
+                ttft_s=float(r["ttft_s"]),
+                decode_tps=r.get("decode_tps"),
+                e2e_s=float(r["e2e_s"]),
+            )
+        )
+    return rows
+
+
+def _folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
+    order = sorted(set(ids), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    return {pid: n % k for n, pid in enumerate(order)}
+
+
+def _cv_choose(
+    x: Array,
+    y: Array,
+    fold: np.ndarray,
+    fit: Callable[[Array, Array, float], Array],
+    loss: Callable[[Array, Array], float],
+    predict: Callable[[Array, Array], Array],
+) -> tuple[float, Array]:
+    """Pick the L2 strength with the least cross-validated loss; return it and the OOF predictions."""
+    best: tuple[float, float, Array] | None = None
+    for l2 in L2_GRID:
+        oof = np.zeros(len(y))
+        for f in np.unique(fold):
+            test = fold == f
+            w = fit(x[~test], y[~test], l2)
+            oof[test] = predict(w, x[test])
+        score = loss(oof, y)
+        if best is None or score < best[0] - 1e-12:
+            best = (score, l2, oof)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _mse(p: Array, y: Array) -> float:
+    return float(np.mean((p - y) ** 2))
+
+
+@dataclass
+class ArmReport:
+    rows: int
+    accuracy: float | None
+    quality_log_loss: float | None
+    quality_base_log_loss: float | None
+    quality_auc: float | None
+    length_mae_log: float
+    length_base_mae_log: float
+    speed_mae_log: float | None
+    median_tokens_per_s: float
+    median_ttft_s: float
+    l2: dict[str, float]
+
+
+def auc(scores: Array, labels: Array) -> float | None:
+    """Area under the ROC curve (ties averaged); ``None`` with one class only."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]), kind="stable"), kind="stable").astype(float) + 1
+    allv = np.concatenate([pos, neg])
+    for v in np.unique(allv):  # average ranks of ties
+        m = allv == v
+        ranks[m] = ranks[m].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def train(
+    rows: Sequence[Row],
+    vectors: Mapping[str, Array],
+    kchars: Mapping[str, float],
+    encoder: str,
+    feature_names: Sequence[str],
+    seed: int = 0,
+    folds: int = 5,
+) -> tuple[RouterModel, dict[str, Any]]:
+    """Fit every arm's predictors and calibrate the policy thresholds.
+
+    ``vectors``: raw prompt vector per prompt id (embedding + cheap features); ``kchars``: prompt
+    length in thousands of characters. Returns the model and a JSON-able report.
+    """
+    ids = sorted(vectors)
+    raw = np.stack([vectors[i] for i in ids])
+    mean = raw.mean(axis=0)
+    std = np.maximum(raw.std(axis=0), 1e-6)
+    x_of = {pid: (vectors[pid] - mean) / std for pid in ids}
+    fold_of = _folds(ids, folds, seed)
+    by_arm: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.prompt_id in x_of:
+            by_arm[r.arm].append(r)
+    arms: dict[str, ArmModel] = {}
+    reports: dict[str, ArmReport] = {}
+    oof_quality: dict[str, dict[str, float]] = defaultdict(dict)
+    oof_latency: dict[str, dict[str, float]] = defaultdict(dict)
+    for arm, arm_rows in sorted(by_arm.items()):
+        arm_rows.sort(key=lambda r: r.prompt_id)
+        x = np.stack([x_of[r.prompt_id] for r in arm_rows])
+        fold = np.array([fold_of[r.prompt_id] for r in arm_rows])
+        l2s: dict[str, float] = {}
+        q_ll: float | None
+        q_base: float | None
+        q_auc: float | None
+        # quality
+        lab = np.array([r.correct is not None for r in arm_rows])
+        y_q = np.array([1.0 if r.correct else 0.0 for r in arm_rows])
+        if lab.sum() >= folds:
+            l2s["quality"], oof_q = _cv_choose(x[lab], y_q[lab], fold[lab], fit_logistic, log_loss, predict_logistic)
+            w_q = fit_logistic(x[lab], y_q[lab], l2s["quality"])
+            base = np.full(int(lab.sum()), y_q[lab].mean())
+            q_ll, q_base, q_auc = log_loss(oof_q, y_q[lab]), log_loss(base, y_q[lab]), auc(oof_q, y_q[lab])
+            for r, p in zip([r for r, m in zip(arm_rows, lab, strict=True) if m], oof_q, strict=True):
+                oof_quality[r.prompt_id][arm] = float(p)
+        else:
+            w_q = np.zeros(x.shape[1] + 1)  # no labels for this arm: quality unknown (p = 0.5)
+            q_ll = q_base = q_auc = None
+        # output length
+        y_len = np.log1p(np.array([r.output_tokens for r in arm_rows], dtype=float))
+        l2s["length"], oof_len = _cv_choose(x, y_len, fold, fit_ridge, _mse, predict_linear)
+        w_len = fit_ridge(x, y_len, l2s["length"])
+        # decode speed factor
+        speed_rows = np.array([bool(r.decode_tps and r.decode_tps > 0) for r in arm_rows])
+        tps = np.array([r.decode_tps or 0.0 for r in arm_rows])
+        median_tps = float(np.median(tps[speed_rows])) if speed_rows.any() else 1.0
+        speed_mae = None
+        if speed_rows.sum() >= folds:
+            y_sp = np.log(tps[speed_rows] / median_tps)
+            l2s["speed"], oof_sp = _cv_choose(x[speed_rows], y_sp, fold[speed_rows], fit_ridge, _mse, predict_linear)
+            w_sp = fit_ridge(x[speed_rows], y_sp, l2s["speed"])
+            speed_mae = float(np.mean(np.abs(oof_sp - y_sp)))
+        else:
+            w_sp = np.zeros(x.shape[1] + 1)
+        # TTFT, linear in prompt length
+        kc = np.array([kchars[r.prompt_id] for r in arm_rows])
+        ttft = np.array([r.ttft_s for r in arm_rows])
+        design = np.stack([np.ones_like(kc), kc], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, ttft, rcond=None)
+        b = max(0.0, float(b))
+        a = float(np.median(ttft - b * kc))
+        median_ttft = float(np.median(ttft))
+        arms[arm] = ArmModel(
+            quality_w=w_q,
+            length_w=w_len,
+            speed_w=w_sp,
+            ttft_intercept_s=a,
+            ttft_per_kchar_s=b,
+            median_tokens_per_s=median_tps,
+            median_ttft_s=median_ttft,
+        )
+        for r, ln in zip(arm_rows, oof_len, strict=True):
+            length = max(1.0, float(np.expm1(ln)))
+            oof_latency[r.prompt_id][arm] = a + b * kchars[r.prompt_id] + length / median_tps
+        labelled = [r.correct for r in arm_rows if r.correct is not None]
+        reports[arm] = ArmReport(
+            rows=len(arm_rows),
+            accuracy=float(np.mean(labelled)) if labelled else None,
+            quality_log_loss=q_ll,
+            quality_base_log_loss=q_base,
+            quality_auc=q_auc,
+            length_mae_log=float(np.mean(np.abs(oof_len - y_len))),
+            length_base_mae_log=float(np.mean(np.abs(y_len - y_len.mean()))),
+            speed_mae_log=speed_mae,
+            median_tokens_per_s=median_tps,
+            median_ttft_s=median_ttft,
+            l2=l2s,
+        )
+    calibration, cal_report = calibrate(rows, oof_quality, oof_latency, sorted(arms))
+    model = RouterModel(
+        encoder=encoder, feature_names=tuple(feature_names), mean=mean, std=std, arms=arms, calibration=calibration
+    )
+    report = {
+        "arms": {k: vars(v) for k, v in reports.items()},
+        "calibration": cal_report,
+        "prompts": len(ids),
+        "seed": seed,
+        "folds": folds,
+    }
+    return model, report
+
+
+def calibrate(
+    rows: Sequence[Row],
+    oof_quality: Mapping[str, Mapping[str, float]],
+    oof_latency: Mapping[str, Mapping[str, float]],
+    arms: Sequence[str],
+) -> tuple[Calibration, dict[str, Any]]:
+    """Choose the balanced weight and the accuracy levels from out-of-fold predictions.
+
+    Balanced weight: on prompts labelled for every arm, route with ``argmax q - w * latency`` for
+    each ``w`` on a log grid and measure the *actual* accuracy and latency; normalise both by the
+    range the fixed arms span and keep the ``w`` that maximises accuracy gain minus latency cost.
+    Accuracy levels: quantiles (25/50/75 %) of the best arm's predicted quality per prompt.
+    """
+    actual: dict[str, dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        actual[r.prompt_id][r.arm] = r
+    pids = [
+        p
+        for p in sorted(oof_quality)
+        if all(a in oof_quality[p] and a in oof_latency[p] for a in arms)
+        and all(a in actual[p] and actual[p][a].correct is not None for a in arms)
+    ]
+    levels = {"low": 0.0, "medium": 0.0, "high": 0.0}
+    if not pids:
+        return Calibration(balanced_weight=0.0, accuracy_levels=levels), {"prompts": 0}
+    q = np.array([[oof_quality[p][a] for a in arms] for p in pids])
+    lat = np.array([[oof_latency[p][a] for a in arms] for p in pids])
+    acc = np.array([[1.0 if actual[p][a].correct else 0.0 for a in arms] for p in pids])
+    e2e = np.array([[actual[p][a].e2e_s for a in arms] for p in pids])
+    fixed_acc, fixed_lat = acc.mean(axis=0), e2e.mean(axis=0)
+    acc_span = max(fixed_acc.max() - fixed_acc.min(), 1e-9)
+    lat_span = max(fixed_lat.max() - fixed_lat.min(), 1e-9)
+    grid = [0.0, *np.geomspace(1e-4, 1.0, 25).tolist()]
+    best_w, best_u, sweep = 0.0, -np.inf, []
+    for w in grid:
+        pick = np.argmax(q - w * lat, axis=1)
+        a_mean = float(acc[np.arange(len(pids)), pick].mean())
+        t_mean = float(e2e[np.arange(len(pids)), pick].mean())
+        utility = (a_mean - fixed_acc.min()) / acc_span - (t_mean - fixed_lat.min()) / lat_span
+        sweep.append({"weight": w, "accuracy": a_mean, "latency_s": t_mean, "utility": utility})
+        if utility > best_u + 1e-12:
+            best_w, best_u = w, utility
+    best_q = q.max(axis=1)
+    levels = {name: float(np.quantile(best_q, qt)) for name, qt in LEVEL_QUANTILES.items()}
+    report = {
+        "prompts": len(pids),
+        "balanced_weight": best_w,
+        "accuracy_levels": levels,
+        "sweep": sweep,
+        "fixed_arms": {
+            a: {"accuracy": float(fa), "latency_s": float(fl)}
+            for a, fa, fl in zip(arms, fixed_acc, fixed_lat, strict=True)
+        },
+    }
+    return Calibration(balanced_weight=best_w, accuracy_levels=levels), report
