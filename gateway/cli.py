@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.settings import Settings, SettingsError, load_settings
@@ -92,6 +93,15 @@ def _local_stack(args: argparse.Namespace) -> int:
         return 1
 
 
+def _lab(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from gateway import lab
+
+        return int(getattr(lab, name)(args))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-gateway", description="OpenAI-compatible LLM gateway with a learned router."
@@ -112,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--port", type=int)
     stack.add_argument("--access-log", action="store_true")
     stack.set_defaults(func=_local_stack)
+    train = sub.add_parser("train", help="fit the learned router's predictors from profiles; write an artifact")
+    train.add_argument("--profiles", nargs="+", required=True, help="profile JSONL file(s) from `llm-gateway profile`")
+    train.add_argument("--out", required=True, help="artifact directory to write")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by prompt)")
+    train.set_defaults(func=_lab("train_command"))
+    evaluate = sub.add_parser("evaluate", help="score a router artifact on held-out profiled prompts")
+    evaluate.add_argument("--profiles", nargs="+", required=True)
+    evaluate.add_argument("--artifact", required=True)
+    evaluate.add_argument("--out", required=True, help="directory for evaluation.json/.md and pareto.png")
+    evaluate.set_defaults(func=_lab("evaluate_command"))
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check)
