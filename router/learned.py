@@ -53,18 +53,32 @@ class LearnedPolicy(Policy):
 
     needs_features = True
 
-    def __init__(self, artifact: str | None = None) -> None:
+    def __init__(
+        self, artifact: str | None = None, *, model: RouterModel | None = None, encoder: PromptEncoder | None = None
+    ) -> None:
+        """Load ``artifact`` with the installed encoder, or (tests, evaluation) take ``model`` as is."""
+        self.artifact = Path(artifact) if artifact else DEFAULT_ARTIFACT
+        self.encoder = encoder
+        if model is not None:
+            self.model = model
+            return
         try:
-            self.encoder = PromptEncoder.load()
+            self.encoder = encoder or PromptEncoder.load()
         except (OSError, RuntimeError) as exc:
             raise ValueError(f"cannot load the prompt encoder: {exc}") from exc
-        self.artifact = Path(artifact) if artifact else DEFAULT_ARTIFACT
-        self.model: RouterModel = load_artifact(self.artifact, encoder=self.encoder.name)
+        self.model = load_artifact(self.artifact, encoder=self.encoder.name)
 
     def bind(self, arms: Sequence[Arm]) -> None:
-        load_artifact(self.artifact, encoder=self.encoder.name, arms=[a.name for a in arms])
+        missing = sorted({a.name for a in arms} - set(self.model.arms))
+        if missing:
+            raise ValueError(
+                f"artifact {self.artifact} has no predictor for arm(s) {', '.join(missing)}; "
+                f"profile them and retrain (trained arms: {', '.join(sorted(self.model.arms))})"
+            )
 
     def featurize(self, prompt: str) -> Any:
+        if self.encoder is None:
+            raise RuntimeError("this policy was built without an encoder")
         return self.model.standardise(prompt_vector(self.encoder, prompt)), len(prompt) / 1000.0
 
     def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:

@@ -1,0 +1,128 @@
+"""Table-driven tests of the learned policy's decision rules on a hand-built model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router import Arm, ArmState, NoArmAvailable, RouteFlags, RouteRequest, build_strategy
+from router.learned import LearnedPolicy
+from router.predictor import ArmModel, Calibration, RouterModel
+
+DIM = 2
+
+
+def arm_model(quality_bias: float, length_tokens: float, tps: float, ttft: float = 0.1) -> ArmModel:
+    q = np.zeros(DIM + 1)
+    q[-1] = np.log(quality_bias / (1 - quality_bias))
+    q[0] = 2.0  # feature 0 ("hard maths") raises quality
+    length = np.zeros(DIM + 1)
+    length[-1] = np.log1p(length_tokens)
+    return ArmModel(
+        quality_w=q,
+        length_w=length,
+        speed_w=np.zeros(DIM + 1),
+        ttft_intercept_s=ttft,
+        ttft_per_kchar_s=0.0,
+        median_tokens_per_s=tps,
+        median_ttft_s=ttft,
+    )
+
+
+MODEL = RouterModel(
+    encoder="test",
+    feature_names=("f0", "f1"),
+    mean=np.zeros(DIM),
+    std=np.ones(DIM),
+    arms={
+        "small": arm_model(0.2, 100, 100.0),  # latency ~1.1 s
+        "spec": arm_model(0.2, 100, 150.0),  # latency ~0.77 s
+        "big": arm_model(0.6, 100, 20.0, ttft=0.5),  # latency ~5.5 s
+    },
+    calibration=Calibration(balanced_weight=0.02, accuracy_levels={"low": 0.1, "medium": 0.3, "high": 0.5}),
+)
+ARMS = {
+    name: Arm(name=name, model=name, strategy=build_strategy({"kind": "plain"})) for name in ("small", "spec", "big")
+}
+
+
+def states(unhealthy: tuple[str, ...] = ()) -> list[ArmState]:
+    return [ArmState(arm=ARMS[n], healthy=n not in unhealthy) for n in ("small", "spec", "big")]
+
+
+def decide(flags: RouteFlags, unhealthy: tuple[str, ...] = (), x: float = 0.0, max_tokens: int | None = None):
+    policy = LearnedPolicy(model=MODEL)
+    features = (np.array([x, 0.0]), 0.1)
+    return policy.decide(RouteRequest(flags=flags, features=features, max_tokens=max_tokens), states(unhealthy))
+
+
+@pytest.mark.parametrize(
+    ("flags", "unhealthy", "x", "arm", "reason"),
+    [
+        (RouteFlags(prefer="speed"), (), 0.0, "spec", "prefer-speed"),
+        (RouteFlags(prefer="quality"), (), 0.0, "big", "prefer-quality"),
+        # balanced: 0.6 - 0.02*5.5 = 0.49 beats 0.2 - 0.02*0.77
+        (RouteFlags(), (), 0.0, "big", "prefer-balanced"),
+        (RouteFlags(accuracy="high", prefer="speed"), (), 0.0, "big", "prefer-speed"),
+        (RouteFlags(accuracy=0.15, prefer="speed"), (), 0.0, "spec", "prefer-speed"),
+        # a hard prompt (x=1) lifts every arm above the 'high' floor: speed wins again
+        (RouteFlags(accuracy="high", prefer="speed"), (), 1.0, "spec", "prefer-speed"),
+        (RouteFlags(max_latency_ms=2000, prefer="quality"), (), 0.0, "small", "prefer-quality"),
+        # nothing reaches 0.99: best effort on accuracy
+        (RouteFlags(accuracy=0.99), (), 0.0, "big", "best-effort-accuracy"),
+        # accurate arm exists but is over budget: fastest accurate arm
+        (RouteFlags(accuracy="high", max_latency_ms=1000), (), 0.0, "big", "best-effort-latency"),
+        (RouteFlags(max_ttft_ms=200, prefer="quality"), (), 0.0, "small", "prefer-quality"),
+        (RouteFlags(prefer="speed"), ("spec",), 0.0, "small", "prefer-speed"),
+        (RouteFlags(prefer="quality"), ("big",), 0.0, "small", "prefer-quality"),
+        (RouteFlags(arm="big", prefer="speed"), (), 0.0, "big", "pinned"),
+    ],
+)
+def test_decision_table(flags, unhealthy, x, arm, reason) -> None:
+    d = decide(flags, unhealthy, x)
+    assert (d.arm.name, d.reason) == (arm, reason)
+    assert len(d.ranked) == (1 if reason == "pinned" else 3 - len(unhealthy))
+    assert d.ranked[0] == d.arm
+
+
+def test_ties_go_to_configuration_order() -> None:
+    d = decide(RouteFlags(prefer="quality"), x=0.0)
+    assert [a.name for a in d.ranked][:1] == ["big"]
+    d = decide(RouteFlags(accuracy=0.99, prefer="quality"), unhealthy=("big",))
+    assert d.arm.name == "spec"  # same quality as small, faster
+
+
+def test_all_unhealthy_raises() -> None:
+    with pytest.raises(NoArmAvailable):
+        decide(RouteFlags(), unhealthy=("small", "spec", "big"))
+
+
+def test_pinned_unhealthy_raises() -> None:
+    with pytest.raises(NoArmAvailable):
+        decide(RouteFlags(arm="big"), unhealthy=("big",))
+
+
+def test_predictions_and_max_tokens_cap() -> None:
+    d = decide(RouteFlags(), max_tokens=10)
+    assert set(d.predictions) == {"small", "spec", "big"}
+    assert d.predictions["big"].output_tokens == pytest.approx(10)
+    assert d.predictions["spec"].latency_s == pytest.approx(0.1 + 10 / 150)
+
+
+def test_live_speed_overrides_profile_median() -> None:
+    policy = LearnedPolicy(model=MODEL)
+    slow_spec = [ArmState(arm=ARMS["small"]), ArmState(arm=ARMS["spec"], tokens_per_s=10.0), ArmState(arm=ARMS["big"])]
+    d = policy.decide(RouteRequest(flags=RouteFlags(prefer="speed"), features=(np.zeros(DIM), 0.1)), slow_spec)
+    assert d.arm.name == "small"  # the speculative arm is measured slow right now: routed around
+
+
+def test_deterministic() -> None:
+    picks = {decide(RouteFlags(), x=0.3).arm.name for _ in range(20)}
+    assert len(picks) == 1
+
+
+def test_bind_refuses_unknown_arm() -> None:
+    policy = LearnedPolicy(model=MODEL)
+    extra = Arm(name="new-arm", model="m", strategy=build_strategy({"kind": "plain"}))
+    with pytest.raises(ValueError, match="new-arm"):
+        policy.bind([ARMS["small"], extra])

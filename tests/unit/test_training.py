@@ -1,0 +1,112 @@
+"""Training determinism, recovery of a planted signal, artifact round trip and refusal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.artifact import ArtifactError, load_artifact, save_artifact
+from router.linear import fit_logistic, predict_logistic
+from router.training import Row, auc, read_rows, train
+
+
+def synthetic(n: int = 120, seed: int = 1) -> tuple[list[Row], dict[str, np.ndarray], dict[str, float]]:
+    """Arm 'maths' is right when feature 0 > 0; arm 'chat' is right on a coin flip; chat is 3x faster."""
+    rng = np.random.default_rng(seed)
+    rows, vectors, kchars = [], {}, {}
+    for i in range(n):
+        pid = f"t/{i:04d}"
+        v = rng.normal(size=4)
+        vectors[pid], kchars[pid] = v, 0.2
+        rows.append(Row(pid, "t", "train", "maths", bool(v[0] > 0), 100 + int(50 * v[1] > 0), 0.5, 20.0, 5.5))
+        rows.append(Row(pid, "t", "train", "chat", bool(rng.random() < 0.3), 40, 0.1, 60.0, 0.8))
+    return rows, vectors, kchars
+
+
+def test_training_is_deterministic_and_learns_the_signal() -> None:
+    rows, vectors, kchars = synthetic()
+    m1, r1 = train(rows, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
+    m2, r2 = train(rows, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
+    assert np.array_equal(m1.arms["maths"].quality_w, m2.arms["maths"].quality_w)
+    assert r1 == r2
+    assert r1["arms"]["maths"]["quality_auc"] > 0.9  # out-of-fold, so not memorised
+    assert r1["arms"]["maths"]["quality_log_loss"] < r1["arms"]["maths"]["quality_base_log_loss"]
+    assert m1.arms["chat"].median_tokens_per_s == pytest.approx(60.0)
+    levels = m1.calibration.accuracy_levels
+    assert 0 <= levels["low"] <= levels["medium"] <= levels["high"] <= 1
+
+
+def test_artifact_round_trip_and_refusals(tmp_path: Path) -> None:
+    rows, vectors, kchars = synthetic(60)
+    model, report = train(rows, vectors, kchars, "enc-v1", ["a", "b", "c", "d"], seed=0)
+    save_artifact(model, tmp_path / "art", {"validation": report})
+    loaded = load_artifact(tmp_path / "art", encoder="enc-v1", arms=["maths", "chat"])
+    assert np.array_equal(loaded.arms["maths"].quality_w, model.arms["maths"].quality_w)
+    assert loaded.calibration == model.calibration
+
+    with pytest.raises(ArtifactError, match="encoder"):
+        load_artifact(tmp_path / "art", encoder="enc-v2")
+    with pytest.raises(ArtifactError, match="no predictor for arm"):
+        load_artifact(tmp_path / "art", arms=["maths", "other"])
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tmp_path / "art", corrupt)
+    data = bytearray((corrupt / "weights.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupt / "weights.npz").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        load_artifact(corrupt)
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(tmp_path / "art", wrong)
+    doc = json.loads((wrong / "router.json").read_text())
+    doc["format"] = "something-else"
+    (wrong / "router.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="format"):
+        load_artifact(wrong)
+    with pytest.raises(ArtifactError):
+        load_artifact(tmp_path / "missing")
+
+
+def test_weights_file_is_not_pickle(tmp_path: Path) -> None:
+    rows, vectors, kchars = synthetic(30)
+    model, _ = train(rows, vectors, kchars, "enc", ["a", "b", "c", "d"])
+    save_artifact(model, tmp_path, {})
+    with np.load(tmp_path / "weights.npz", allow_pickle=False) as npz:
+        assert all(npz[k].dtype == np.float64 for k in npz.files)
+
+
+def test_read_rows_skips_errors() -> None:
+    lines = [
+        json.dumps({"prompt_id": "a", "arm": "x", "correct": True, "output_tokens": 3, "ttft_s": 0.1, "e2e_s": 1.0}),
+        json.dumps({"prompt_id": "b", "arm": "x", "error": "boom", "ttft_s": None, "e2e_s": None}),
+        "",
+    ]
+    rows = read_rows(lines)
+    assert [r.prompt_id for r in rows] == ["a"]
+
+
+def test_logistic_separable_and_single_class() -> None:
+    x = np.array([[-2.0], [-1.0], [1.0], [2.0]])
+    w = fit_logistic(x, np.array([0, 0, 1, 1.0]), l2=0.1)
+    p = predict_logistic(w, x)
+    assert p[0] < 0.2 and p[-1] > 0.8
+    w1 = fit_logistic(x, np.ones(4), l2=1.0)
+    assert np.all(w1[:-1] == 0) and predict_logistic(w1, x)[0] > 0.8
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "expected"),
+    [
+        ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 1.0),
+        ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),
+        ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),
+        ([0.1, 0.2], [1, 1], None),
+    ],
+)
+def test_auc(scores, labels, expected) -> None:
+    assert auc(np.array(scores), np.array(labels)) == expected
