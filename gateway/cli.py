@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--artifact", required=True)
     evaluate.add_argument("--out", required=True, help="directory for evaluation.json/.md and pareto.png")
     evaluate.set_defaults(func=_lab("evaluate_command"))
+    from gateway import profiling
+
+    profiling.add_parser(sub)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check)
