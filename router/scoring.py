@@ -102,7 +102,7 @@ def score(prompt: Prompt, text: str) -> bool | None:
         got, want = gsm8k_answer(text), _to_float(str(prompt.reference))
         return got is not None and want is not None and abs(got - want) < 1e-6
     if prompt.task == "mmlu":
-        return mmlu_letter(text) == prompt.reference
+        return bool(mmlu_letter(text) == prompt.reference)
     if prompt.task == "humaneval":
-        return run_humaneval(prompt.reference, text)
+        return run_humaneval(dict(prompt.reference), text)
     return None

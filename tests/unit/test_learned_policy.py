@@ -67,14 +67,16 @@ def decide(flags: RouteFlags, unhealthy: tuple[str, ...] = (), x: float = 0.0, m
         (RouteFlags(accuracy=0.15, prefer="speed"), (), 0.0, "spec", "prefer-speed"),
         # a hard prompt (x=1) lifts every arm above the 'high' floor: speed wins again
         (RouteFlags(accuracy="high", prefer="speed"), (), 1.0, "spec", "prefer-speed"),
-        (RouteFlags(max_latency_ms=2000, prefer="quality"), (), 0.0, "small", "prefer-quality"),
+        # equal quality: the faster arm wins the tie
+        (RouteFlags(max_latency_ms=2000, prefer="quality"), (), 0.0, "spec", "prefer-quality"),
+        (RouteFlags(max_latency_ms=2000, prefer="quality"), ("spec",), 0.0, "small", "prefer-quality"),
         # nothing reaches 0.99: best effort on accuracy
         (RouteFlags(accuracy=0.99), (), 0.0, "big", "best-effort-accuracy"),
         # accurate arm exists but is over budget: fastest accurate arm
         (RouteFlags(accuracy="high", max_latency_ms=1000), (), 0.0, "big", "best-effort-latency"),
-        (RouteFlags(max_ttft_ms=200, prefer="quality"), (), 0.0, "small", "prefer-quality"),
+        (RouteFlags(max_ttft_ms=200, prefer="quality"), (), 0.0, "spec", "prefer-quality"),
         (RouteFlags(prefer="speed"), ("spec",), 0.0, "small", "prefer-speed"),
-        (RouteFlags(prefer="quality"), ("big",), 0.0, "small", "prefer-quality"),
+        (RouteFlags(prefer="quality"), ("big",), 0.0, "spec", "prefer-quality"),
         (RouteFlags(arm="big", prefer="speed"), (), 0.0, "big", "pinned"),
     ],
 )
@@ -85,11 +87,19 @@ def test_decision_table(flags, unhealthy, x, arm, reason) -> None:
     assert d.ranked[0] == d.arm
 
 
-def test_ties_go_to_configuration_order() -> None:
-    d = decide(RouteFlags(prefer="quality"), x=0.0)
-    assert [a.name for a in d.ranked][:1] == ["big"]
-    d = decide(RouteFlags(accuracy=0.99, prefer="quality"), unhealthy=("big",))
-    assert d.arm.name == "spec"  # same quality as small, faster
+def test_exact_ties_go_to_configuration_order() -> None:
+    twin = RouterModel(
+        encoder="test",
+        feature_names=("f0", "f1"),
+        mean=np.zeros(DIM),
+        std=np.ones(DIM),
+        arms={"small": MODEL.arms["small"], "spec": MODEL.arms["small"], "big": MODEL.arms["small"]},
+        calibration=MODEL.calibration,
+    )
+    policy = LearnedPolicy(model=twin)
+    for prefer in ("speed", "quality", "balanced"):
+        d = policy.decide(RouteRequest(flags=RouteFlags(prefer=prefer), features=(np.zeros(DIM), 0.1)), states())
+        assert [a.name for a in d.ranked] == ["small", "spec", "big"]
 
 
 def test_all_unhealthy_raises() -> None:

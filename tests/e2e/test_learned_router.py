@@ -1,0 +1,68 @@
+"""The shipped learned router on the real local stack: flags change decisions, visibly."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MATHS = (
+    "A baker sells 14 boxes of 12 muffins each day for 6 days and throws away 37 muffins. "
+    "How many muffins does she sell? Solve step by step and finish with 'The answer is N.'"
+)
+CHAT = "hi there! how are you today?"
+
+
+def dry_run(gateway_url: str, content: str, route: dict[str, object]) -> dict[str, object]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": content}], "route": route}
+    resp = httpx.post(gateway_url + "/v1/route", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_route_dry_run_explains_every_arm(gateway_url: str) -> None:
+    doc = dry_run(gateway_url, MATHS, {})
+    predictions = doc["predictions"]
+    assert set(predictions) == {"smollm2-plain", "smollm2-spec-ngram4", "qwen-coder-0.5b-plain"}
+    for p in predictions.values():
+        assert 0 <= p["quality"] <= 1 and p["latency_ms"] > 0 and p["tokens_per_s"] > 0
+    assert doc["arm"] == doc["ranked"][0] and doc["reason"].startswith(("prefer-", "best-effort-"))
+    assert doc["explanation"]
+
+
+def test_maths_with_high_accuracy_and_chat_with_speed_take_different_arms(gateway_url: str) -> None:
+    maths = dry_run(gateway_url, MATHS, {"accuracy": "high"})
+    chat = dry_run(gateway_url, CHAT, {"prefer": "speed"})
+    assert maths["arm"] != chat["arm"]
+    client = openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    real_maths = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": MATHS}],
+        max_tokens=8,
+        extra_body={"route": {"accuracy": "high"}},
+    )
+    real_chat = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": CHAT}],
+        max_tokens=8,
+        extra_headers={"x-route-prefer": "speed"},
+    )
+    assert real_maths.headers["x-route-arm"] == maths["arm"]
+    assert real_chat.headers["x-route-arm"] == chat["arm"]
+    assert real_maths.headers["x-route-reason"] == maths["reason"]
+
+
+def test_invalid_flags_are_400_naming_the_param(gateway_url: str) -> None:
+    client = openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "x"}], extra_body={"route": {"max_latency_ms": -5}}
+        )
+    assert err.value.param == "route.max_latency_ms"  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "x"}], extra_body={"route": {"arm": "no-such-arm"}}
+        )
+    assert "no-such-arm" in err.value.message
