@@ -102,6 +102,12 @@ def _lab(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from gateway.profiling import profile_command
+
+    return profile_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-gateway", description="OpenAI-compatible LLM gateway with a learned router."
@@ -133,9 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--artifact", required=True)
     evaluate.add_argument("--out", required=True, help="directory for evaluation.json/.md and pareto.png")
     evaluate.set_defaults(func=_lab("evaluate_command"))
-    from gateway import profiling
-
-    profiling.add_parser(sub)
+    profile = sub.add_parser("profile", help="measure every arm on offline prompt sets through the gateway (resumable)")
+    profile.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
+    profile.add_argument("--arms", required=True, help="comma-separated arm names")
+    profile.add_argument("--tasks", default="gsm8k,mmlu,humaneval,mtbench", help="comma-separated prompt sets")
+    profile.add_argument("--per-task", type=int, default=50, help="prompts per task (a fixed sample per seed)")
+    profile.add_argument("--split", choices=["all", "train", "test"], default="all")
+    profile.add_argument("--seed", type=int, default=0)
+    profile.add_argument("--concurrency", type=int, default=4, help="concurrent requests per arm")
+    profile.add_argument("--max-tokens", type=int, default=256)
+    profile.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    profile.add_argument("--out", required=True, help="JSONL file (appended; finished pairs are skipped)")
+    profile.add_argument(
+        "--backend-metrics", help="NAME=URL,... of vLLM backends to read spec-decode counters from (optional)"
+    )
+    profile.set_defaults(func=_profile)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check)

@@ -60,7 +60,6 @@ def _read_profiles(paths: list[str]) -> tuple[list[Row], dict[str, str], str]:
 def _vectors(ids: list[str], texts: dict[str, str]) -> tuple[dict[str, np.ndarray], str, tuple[str, ...]]:
     from router.encoder import PromptEncoder
     from router.features import FEATURE_NAMES
-
     from router.learned import prompt_vector
 
     encoder = PromptEncoder.load()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool | None = Field(None, description="Send a final chunk with token usage.")
+    include_usage: StrictBool | None = Field(None, description="Send a final chunk with token usage.")
 
 
 class ChatMessage(BaseModel):
@@ -28,9 +28,10 @@ class _GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, description="A public model name from /v1/models, or 'auto'.")
-    stream: bool = False
+    # Strict: the gateway acts on ``stream`` and ``include_usage`` itself, so ``"false"`` must not pass.
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128)
+    n: int | None = Field(1, ge=1, le=128)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)

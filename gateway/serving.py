@@ -49,9 +49,24 @@ _UNKNOWN = "unknown"
 _NONE = "none"
 
 
-def _validation_error(exc: ValidationError) -> InvalidRequest:
+def _param(loc: tuple[int | str, ...], body: Any, missing: bool) -> str | None:
+    """``loc`` as the client wrote it: pydantic's union-member tags (``prompt.list[int]``) dropped."""
+    parts: list[str] = []
+    node = body
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and (part in node or (missing and i == len(loc) - 1)):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
+def _validation_error(exc: ValidationError, body: dict[str, Any]) -> InvalidRequest:
     err = exc.errors()[0]
-    param = ".".join(str(p) for p in err["loc"]) or None
+    param = _param(err["loc"], body, err["type"] == "missing")
     msg = err["msg"]
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
@@ -149,7 +164,7 @@ class Proxy:
         try:
             _MODELS[endpoint].model_validate(body)
         except ValidationError as exc:
-            raise _validation_error(exc) from None
+            raise _validation_error(exc, body) from None
         arms = self.catalog.candidates(body["model"])
         if arms is None:
             raise ModelNotFound(

@@ -83,11 +83,12 @@ class RoutingSettings(_Strict):
     policy: str = "least-loaded"
     params: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _valid_policy(self) -> RoutingSettings:
-        if self.policy not in available_policies():
-            raise ValueError(f"unknown policy '{self.policy}'; available: {', '.join(available_policies())}")
-        return self
+    @field_validator("policy")
+    @classmethod
+    def _valid_policy(cls, v: str) -> str:
+        if v not in available_policies():
+            raise ValueError(f"unknown policy '{v}'; available: {', '.join(available_policies())}")
+        return v
 
     def build(self, arms: Sequence[Arm]) -> Policy:
         """Build the policy and let it check the arms; :class:`SettingsError` names what is wrong."""

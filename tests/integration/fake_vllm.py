@@ -1,0 +1,301 @@
+"""Fake vLLM upstreams for the integration tier, and a handle on a gateway app driven in-process.
+
+Each fake speaks like a vLLM OpenAI server (shapes copied from vLLM 0.32): ``/health``, ``/metrics``
+with the load gauges, chat and text completions, streamed as SSE with a role chunk, content chunks,
+a usage-only chunk (``"choices":[]``) when ``stream_options.include_usage`` is set, and
+``data: [DONE]``. A test sets faults on a fake (``fail``, ``stream_fault``) before sending.
+
+The default deployment (:data:`CONFIG`)::
+
+    arm smol-plain   model "smol"   plain                 backends b1, b2 (served_model smol-served)
+    arm coder-spec   model "coder"  speculative-ngram-k4  backend  b3     (served_model coder-served)
+
+Health polling is slowed to once an hour so tests control it (``gw.pool.check_all()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.backends import BackendPool
+from gateway.settings import Settings
+
+CONFIG: dict[str, Any] = {
+    "backends": [
+        {"name": "b1", "url": "http://b1.test:8000", "served_model": "smol-served"},
+        {"name": "b2", "url": "http://b2.test:8000", "served_model": "smol-served"},
+        {"name": "b3", "url": "http://b3.test:8000", "served_model": "coder-served"},
+    ],
+    "arms": [
+        {"name": "smol-plain", "model": "smol", "backends": ["b1", "b2"], "strategy": {"kind": "plain"}},
+        {
+            "name": "coder-spec",
+            "model": "coder",
+            "backends": ["b3"],
+            "strategy": {"kind": "speculative", "method": "ngram", "num_speculative_tokens": 4},
+        },
+    ],
+    "health": {"interval_s": 3600},
+}
+
+TOKENS = ("Hello", " world", "!")
+USAGE = {"prompt_tokens": 7, "total_tokens": 10, "completion_tokens": 3}
+
+
+def compact(obj: Any) -> bytes:
+    """JSON as vLLM writes it (pydantic ``model_dump_json``: no spaces)."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + compact(obj) + b"\n\n"
+
+
+def vllm_error(message: str, etype: str, status: int, param: str | None = None) -> bytes:
+    return compact({"error": {"message": message, "type": etype, "param": param, "code": status}})
+
+
+class FakeStream(httpx.AsyncByteStream):
+    """An upstream SSE body, yielded one chunk per read, that records how it ended.
+
+    ``fault``: ``None`` (complete stream), ``"end"`` (stops after ``after`` chunks, no ``[DONE]``),
+    ``"raise"`` (``httpx.ReadError`` after ``after`` chunks), ``"idle"`` (``httpx.ReadTimeout``),
+    ``"hang"`` (waits forever after ``after`` chunks, until cancelled or closed).
+    """
+
+    def __init__(self, chunks: list[bytes], fault: str | None = None, after: int = 0) -> None:
+        self.chunks = chunks
+        self.fault = fault
+        self.after = after
+        self.finished = False  # the generator ran to its end
+        self.generator_exited = False  # the generator was cancelled or closed mid-way
+        self.closed = False  # aclose() was called (the client closed the response)
+        self._gen: AsyncGenerator[bytes, None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._gen = self._generate()
+        return self._gen
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
+        try:
+            for i, chunk in enumerate(self.chunks):
+                if self.fault is not None and i == self.after:
+                    if self.fault == "raise":
+                        raise httpx.ReadError("connection reset by peer")
+                    if self.fault == "idle":
+                        raise httpx.ReadTimeout("no data within the read timeout")
+                    if self.fault == "hang":
+                        await asyncio.Event().wait()
+                    break  # "end"
+                await asyncio.sleep(0)  # one read per chunk, as from a socket
+                yield chunk
+            self.finished = True
+        except (GeneratorExit, asyncio.CancelledError):
+            self.generator_exited = True
+            raise
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self._gen is not None:
+            await self._gen.aclose()
+
+
+@dataclass
+class FakeVLLM:
+    """One fake vLLM server. Set the fault fields before the request; read ``requests`` after.
+
+    ``fail`` applies to generation requests only (health still passes, as for a backend that dies
+    between two health checks): ``"connect"`` (refused), ``"connect_timeout"``, ``"read_timeout"``,
+    ``"broken_body"`` (200 headers, then a read error), or an HTTP status with ``fail_body`` as the body.
+    """
+
+    name: str
+    served_model: str
+    healthy: bool = True
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    fail: str | int | None = None
+    fail_body: bytes = b""
+    stream_fault: str | None = None
+    stream_fault_after: int = 0
+    split_every: int | None = None  # re-chunk the SSE body into pieces of this many bytes
+    upstream_error_event: bool = False  # vLLM's own in-stream error event, then [DONE]
+    requests: list[httpx.Request] = field(default_factory=list)
+    streams: list[FakeStream] = field(default_factory=list)
+    _ids: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def generation_bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(r.content) for r in self.requests if r.url.path.startswith("/v1/")]
+
+    def metrics_text(self) -> str:
+        labels = f'engine="0",model_name="{self.served_model}"'
+        return (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{{{labels}}} {self.running}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{{{labels}}} {self.waiting}\n"
+            "# TYPE vllm:num_requests_waiting_by_reason gauge\n"
+            f'vllm:num_requests_waiting_by_reason{{{labels},reason="capacity"}} 9.0\n'
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_usage}\n"
+        )
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(200 if self.healthy else 503)
+        if path == "/metrics":
+            return httpx.Response(200, text=self.metrics_text(), headers={"content-type": "text/plain"})
+        if path not in ("/v1/chat/completions", "/v1/completions") or request.method != "POST":
+            return httpx.Response(404, json={"detail": "Not Found"})
+        if self.fail == "connect":
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if self.fail == "connect_timeout":
+            raise httpx.ConnectTimeout("timed out", request=request)
+        if self.fail == "read_timeout":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if self.fail == "broken_body":  # headers arrive, then the connection drops before the body
+            stream = FakeStream([b'{"id":"x",', b'"object":"chat.completion"}'], fault="raise", after=1)
+            self.streams.append(stream)
+            return httpx.Response(200, headers={"content-type": "application/json"}, stream=stream)
+        if isinstance(self.fail, int):
+            return httpx.Response(self.fail, content=self.fail_body)
+        body = json.loads(request.content)
+        if body.get("model") != self.served_model:
+            msg = f"The model `{body.get('model')}` does not exist. Valid aliases: {self.served_model}."
+            return httpx.Response(404, content=vllm_error(msg, "NotFoundError", 404, "model"))
+        chat = path == "/v1/chat/completions"
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = self._sse_chunks(chat, include_usage)
+            stream = FakeStream(chunks, self.stream_fault, self.stream_fault_after)
+            self.streams.append(stream)
+            return httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=stream)
+        return httpx.Response(
+            200, content=compact(self._completion(chat)), headers={"content-type": "application/json"}
+        )
+
+    def _completion(self, chat: bool) -> dict[str, Any]:
+        text = "".join(TOKENS)
+        if chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice["finish_reason"] = "stop"
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{self.name}-{next(self._ids)}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": 1795542588,
+            "model": self.served_model,
+            "choices": [choice],
+            "usage": USAGE,
+        }
+
+    def _sse_chunks(self, chat: bool, include_usage: bool) -> list[bytes]:
+        head = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{self.name}-{next(self._ids)}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": 1795542588,
+            "model": self.served_model,
+        }
+        events: list[bytes] = []
+        if chat:
+            role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            events.append(sse({**head, "choices": [role]}))
+        for i, tok in enumerate(TOKENS):
+            last = i == len(TOKENS) - 1
+            choice: dict[str, Any] = {"index": 0}
+            choice.update({"delta": {"content": tok}} if chat else {"text": tok})
+            choice.update({"logprobs": None, "finish_reason": "stop" if last else None})
+            events.append(sse({**head, "choices": [choice]}))
+        if self.upstream_error_event:
+            events.append(sse({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}))
+        elif include_usage:
+            events.append(sse({**head, "choices": [], "usage": USAGE}))
+        events.append(b"data: [DONE]\n\n")
+        if self.split_every:
+            raw = b"".join(events)
+            return [raw[i : i + self.split_every] for i in range(0, len(raw), self.split_every)]
+        return events
+
+
+class Upstreams(dict[str, FakeVLLM]):
+    """Fake backends by name; :meth:`handler` dispatches on the request's host (``b1.test`` → ``b1``)."""
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        return await self[request.url.host.removesuffix(".test")].handle(request)
+
+
+@dataclass
+class Gateway:
+    """A started gateway app and a client bound to it."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    upstreams: Upstreams
+
+    @property
+    def pool(self) -> BackendPool:
+        pool: BackendPool = self.app.state.pool
+        return pool
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample in the gateway's exposition, or ``None`` if it is absent."""
+        text = self.app.state.metrics.exposition().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        return None
+
+    @staticmethod
+    def events(response: httpx.Response) -> list[Any]:
+        """The ``data:`` payloads of an SSE response, JSON-decoded (``"[DONE]"`` kept as the string)."""
+        assert response.headers["content-type"].startswith("text/event-stream"), response.text
+        assert response.text.endswith("\n\n"), "every SSE event ends with a blank line"
+        out: list[Any] = []
+        for event in response.text.split("\n\n")[:-1]:
+            assert event.startswith("data: "), event
+            data = event.removeprefix("data: ")
+            out.append(data if data == "[DONE]" else json.loads(data))
+        return out
+
+    async def generate(self, endpoint: str = "chat", model: str = "smol", **fields: Any) -> httpx.Response:
+        """POST a minimal chat (``endpoint="chat"``) or completion body plus ``fields``."""
+        return await self.client.post(PATHS[endpoint], json=request_body(endpoint, model, **fields))
+
+
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+def request_body(endpoint: str, model: str = "smol", **fields: Any) -> dict[str, Any]:
+    if endpoint == "chat":
+        return {"model": model, "messages": [{"role": "user", "content": "Say hello."}], **fields}
+    return {"model": model, "prompt": "Say hello.", **fields}
+
+
+def settings_with(**overrides: Any) -> Settings:
+    config = copy.deepcopy(CONFIG)
+    for key, value in overrides.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return Settings.model_validate(config)
+
+
+MakeGateway = Callable[..., AbstractAsyncContextManager[Gateway]]

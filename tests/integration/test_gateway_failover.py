@@ -1,0 +1,113 @@
+"""Failover before the first byte: a backend that refuses, times out, answers 5xx or drops the body is
+replaced by the next one (same arm first, then the next-ranked arm), and the failure is counted."""
+
+from __future__ import annotations
+
+import pytest
+from fake_vllm import TOKENS, Gateway, MakeGateway, Upstreams, vllm_error
+
+FAULTS = [
+    # fault on b1, upstream error kind counted, b1 still up afterwards (one timeout or 5xx is tolerated)
+    ("connect", "connect", False),
+    ("connect_timeout", "connect", False),
+    ("read_timeout", "timeout", True),
+    (500, "http_5xx", True),
+    (503, "http_5xx", True),
+    ("broken_body", "stream", True),
+]
+# a streamed body that breaks after its headers is relayed, not retried: see test_gateway_streaming
+CASES = [(*f, stream) for f in FAULTS for stream in (False, True) if not (f[0] == "broken_body" and stream)]
+
+
+@pytest.mark.parametrize(("fault", "kind", "still_up", "stream"), CASES)
+async def test_first_backend_fails_before_first_byte_second_answers(
+    gw: Gateway, upstreams: Upstreams, fault: str | int, kind: str, still_up: bool, stream: bool
+) -> None:
+    upstreams["b1"].fail = fault
+    upstreams["b1"].fail_body = vllm_error("engine overloaded", "InternalServerError", 500)
+
+    r = await gw.generate(stream=stream)
+
+    assert r.status_code == 200, r.text
+    assert r.headers["x-route-backend"] == "b2"
+    assert r.headers["x-route-arm"] == "smol-plain"
+    if stream:
+        chunks = gw.events(r)
+        assert chunks[-1] == "[DONE]"
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]) == "".join(TOKENS)
+    else:
+        assert r.json()["model"] == "smol"
+    assert len(upstreams["b1"].generation_bodies) == 1, "b1 was tried first"
+    assert len(upstreams["b2"].generation_bodies) == 1
+    assert gw.metric("gateway_upstream_errors_total", backend="b1", kind=kind) == 1
+    assert gw.metric("gateway_upstream_errors_total", backend="b2", kind=kind) is None
+    assert gw.metric("gateway_backend_up", backend="b1") == (1 if still_up else 0)
+    assert gw.metric("gateway_inflight_requests", backend="b1") == 0
+    assert gw.metric("gateway_requests_total", model="smol", strategy="plain", endpoint="chat", status="200") == 1
+
+
+async def test_repeated_timeouts_take_a_backend_out_after_unhealthy_after(gw: Gateway, upstreams: Upstreams) -> None:
+    upstreams["b1"].fail = "read_timeout"
+
+    for _ in range(3):
+        r = await gw.generate()
+        assert r.status_code == 200
+        assert r.headers["x-route-backend"] == "b2"
+
+    assert len(upstreams["b1"].generation_bodies) == 2, "health.unhealthy_after=2 timeouts, then b1 is skipped"
+    assert gw.metric("gateway_backend_up", backend="b1") == 0
+    assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="timeout") == 2
+
+    upstreams["b1"].fail = None
+    await gw.pool.check_all()  # a passing /health brings it back
+    assert gw.metric("gateway_backend_up", backend="b1") == 1
+    assert (await gw.generate()).headers["x-route-backend"] == "b1"
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [("connect", 502, "upstream_connect"), ("read_timeout", 504, "upstream_timeout"), (503, 503, 503)],
+)
+async def test_every_backend_of_the_arm_failing_is_an_error_envelope(
+    gw: Gateway, upstreams: Upstreams, fault: str | int, status: int, code: str | int
+) -> None:
+    for name in ("b1", "b2"):
+        upstreams[name].fail = fault
+        upstreams[name].fail_body = vllm_error(f"{name} overloaded", "ServiceUnavailableError", 503)
+
+    r = await gw.generate()
+
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["code"] == code
+    if fault == 503:
+        assert err["message"] == "b2 overloaded", "the last upstream's own message"
+    else:
+        assert "b2" in err["message"]
+    assert len(upstreams["b1"].generation_bodies) == len(upstreams["b2"].generation_bodies) == 1
+    assert gw.metric("gateway_requests_total", model="smol", strategy="plain", endpoint="chat", status=str(status)) == 1
+
+
+async def test_auto_fails_over_to_the_next_ranked_arm(gw: Gateway, upstreams: Upstreams) -> None:
+    upstreams["b1"].fail = upstreams["b2"].fail = "connect"
+
+    r = await gw.generate(model="auto", stream=True)
+
+    assert r.status_code == 200
+    assert (r.headers["x-route-arm"], r.headers["x-route-backend"], r.headers["x-route-reason"]) == (
+        "coder-spec",
+        "b3",
+        "failover",
+    )
+    assert {c["model"] for c in gw.events(r)[:-1]} == {"coder"}
+    assert upstreams["b3"].generation_bodies[0]["model"] == "coder-served"
+
+
+async def test_max_attempts_bounds_the_retries(make_gateway: MakeGateway, upstreams: Upstreams) -> None:
+    upstreams["b1"].fail = "connect"
+    async with make_gateway(max_attempts=1) as gw:
+        r = await gw.generate()
+
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_connect"
+    assert not upstreams["b2"].generation_bodies

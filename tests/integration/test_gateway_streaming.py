@@ -1,0 +1,125 @@
+"""After the first byte: an upstream that breaks mid-stream becomes an SSE error event then ``[DONE]``;
+a client that goes away closes the upstream response (so vLLM aborts the generation)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fake_vllm import Gateway, Upstreams, compact, request_body
+
+SERIES = {"model": "smol", "strategy": "plain", "endpoint": "chat"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code", "kind"),
+    [
+        ("raise", 502, "upstream_stream", "stream"),  # connection reset while reading
+        ("end", 502, "upstream_protocol", "protocol"),  # the body ends without [DONE]
+        ("idle", 504, "upstream_timeout", "timeout"),  # no chunk within timeouts.idle_s
+    ],
+)
+async def test_mid_stream_failure_sends_chunks_then_error_event_then_done(
+    gw: Gateway, upstreams: Upstreams, fault: str, status: int, code: str, kind: str
+) -> None:
+    fake = upstreams["b1"]
+    fake.stream_fault, fake.stream_fault_after = fault, 2  # role chunk and "Hello", then the fault
+
+    r = await gw.generate(stream=True)
+
+    assert r.status_code == 200, "the status line left before the failure"
+    events = gw.events(r)
+    assert [e["choices"][0]["delta"] for e in events[:2]] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hello"},
+    ]
+    assert events[0]["model"] == "smol"
+    assert set(events[2]) == {"error"}
+    error = events[2]["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", code)
+    assert "incomplete" in error["message"]
+    assert events[3:] == ["[DONE]"]
+    assert not upstreams["b2"].generation_bodies, "no retry once bytes have reached the client"
+    assert gw.metric("gateway_requests_total", **SERIES, status=str(status)) == 1
+    assert gw.metric("gateway_requests_total", **SERIES, status="200") is None
+    assert gw.metric("gateway_upstream_errors_total", backend="b1", kind=kind) == 1
+    assert gw.metric("gateway_inflight_requests", backend="b1") == 0
+    assert fake.streams[0].closed
+
+
+async def test_upstream_error_event_is_relayed_once_and_counted(gw: Gateway, upstreams: Upstreams) -> None:
+    upstreams["b1"].upstream_error_event = True  # vLLM's own: data: {"error": ...} then data: [DONE]
+
+    events = gw.events(await gw.generate(stream=True))
+
+    errors = [e for e in events if isinstance(e, dict) and "error" in e]
+    assert [e["error"]["message"] for e in errors] == ["engine died"]
+    assert events.count("[DONE]") == 1 and events[-1] == "[DONE]"
+    assert gw.metric("gateway_requests_total", **SERIES, status="502") == 1
+    assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="stream") == 1
+
+
+def _scope(body: bytes) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"gateway.test"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+        ],
+        "server": ("gateway.test", 80),
+        "client": ("127.0.0.1", 50000),
+    }
+
+
+async def test_client_disconnect_mid_stream_closes_the_upstream(gw: Gateway, upstreams: Upstreams) -> None:
+    fake = upstreams["b1"]
+    fake.stream_fault, fake.stream_fault_after = "hang", 3  # role, "Hello", " world", then nothing more
+    body = compact(request_body("chat", stream=True))
+    sent: list[dict[str, Any]] = []
+    seen_three_chunks = asyncio.Event()
+    request_read = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal request_read
+        if not request_read:
+            request_read = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await seen_three_chunks.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if sum(1 for m in sent if m["type"] == "http.response.body" and m.get("body")) == 3:
+            seen_three_chunks.set()
+
+    app = asyncio.ensure_future(gw.app(_scope(body), receive, send))
+    done, _ = await asyncio.wait({app}, timeout=5)  # not wait_for: a swallowed cancel would pass silently
+    if not done:
+        app.cancel()
+        pytest.fail("the gateway kept relaying after the client disconnected")
+    app.result()
+
+    start = sent[0]
+    assert (start["type"], start["status"]) == ("http.response.start", 200)
+    assert (b"x-route-backend", b"b1") in start["headers"]
+    received = b"".join(m.get("body", b"") for m in sent[1:])
+    assert received.count(b"data: ") == 3
+    assert b"[DONE]" not in received and b'"error"' not in received, "nothing is written to a gone client"
+    [stream] = fake.streams
+    assert stream.generator_exited, "the upstream read was cancelled"
+    assert stream.closed, "the upstream response was closed"
+    assert not stream.finished
+    assert gw.metric("gateway_requests_total", **SERIES, status="499") == 1
+    assert gw.metric("gateway_inflight_requests", backend="b1") == 0
+    assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="stream") is None
+    assert gw.metric("gateway_backend_up", backend="b1") == 1, "a client leaving is not the backend's fault"

@@ -1,0 +1,172 @@
+"""Backend load: parsing vLLM's ``/metrics``, the load formula, least-loaded choice, failure accounting."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.backends import Backend, BackendPool, parse_vllm_load
+from gateway.metrics import GatewayMetrics
+from gateway.settings import BackendSettings, HealthSettings
+
+# Shape and comments as served by vLLM 0.32 (two engines, so label sets repeat)
+VLLM_METRICS = b"""\
+# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 12345.0
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="smollm2"} 3.0
+vllm:num_requests_running{engine="1",model_name="smollm2"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="smollm2"} 1.0
+vllm:num_requests_waiting{engine="1",model_name="smollm2"} 0.0
+# HELP vllm:num_requests_waiting_by_reason Number of waiting requests by reason.
+# TYPE vllm:num_requests_waiting_by_reason gauge
+vllm:num_requests_waiting_by_reason{engine="0",model_name="smollm2",reason="capacity"} 1.0
+vllm:num_requests_waiting_by_reason{engine="0",model_name="smollm2",reason="deferred"} 0.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="smollm2"} 0.25
+vllm:kv_cache_usage_perc{engine="1",model_name="smollm2"} 0.125
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="smollm2"} 4242.0
+# HELP vllm:spec_decode_num_accepted_tokens_total Number of accepted tokens.
+# TYPE vllm:spec_decode_num_accepted_tokens_total counter
+vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="smollm2"} 99.0
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (VLLM_METRICS, {"running": 5.0, "waiting": 1.0, "kv_usage": 0.375}),
+        (b"vllm:num_requests_running 4\nvllm:num_requests_waiting 2.5\n", {"running": 4.0, "waiting": 2.5}),
+        (b'vllm:num_requests_running{model_name="a b"} 1e1\n', {"running": 10.0}),
+        (b'vllm:num_requests_running{engine="0"} NaNish\nvllm:num_requests_waiting{engine="0"} 3\n', {"waiting": 3.0}),
+        (b"vllm:num_requests_running_total 7\n# vllm:num_requests_running 7\n", {}),
+        (b"vllm:num_requests_running", {}),
+        (b"", {}),
+        (b"<html>not metrics</html>", {}),
+    ],
+)
+def test_parse_vllm_load(text: bytes, expected: dict[str, float]) -> None:
+    assert parse_vllm_load(text) == pytest.approx(expected)
+
+
+def backend_settings(name: str) -> BackendSettings:
+    return BackendSettings(name=name, url=f"http://{name}.test:8000", served_model="m")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def pool() -> BackendPool:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))  # never called
+    return BackendPool([backend_settings(n) for n in ("a", "b", "c")], HealthSettings(), client, GatewayMetrics())
+
+
+def set_state(pool: BackendPool, **loads: float | None) -> None:
+    """``a=2`` makes ``a`` healthy with 2 running; ``a=None`` makes it unhealthy."""
+    for name, load in loads.items():
+        b = pool.backends[name]
+        b.healthy = load is not None
+        b.running = load or 0.0
+
+
+@pytest.mark.parametrize(
+    ("loads", "names", "exclude", "chosen"),
+    [
+        ({"a": 2, "b": 0, "c": 1}, "abc", "", "b"),
+        ({"a": 1, "b": 1, "c": 1}, "abc", "", "a"),  # ties: first in the order given
+        ({"a": 1, "b": 1, "c": 1}, "cba", "", "c"),
+        ({"a": 0, "b": 3, "c": 1}, "abc", "a", "c"),  # exclusion beats load
+        ({"a": 0, "b": 3, "c": 1}, "abc", "ac", "b"),
+        ({"a": None, "b": 3, "c": None}, "abc", "", "b"),  # unhealthy skipped
+        ({"a": 0, "b": 0, "c": 0}, "bc", "", "b"),  # only the names asked for
+        ({"a": None, "b": None, "c": None}, "abc", "", None),
+        ({"a": 0, "b": 0, "c": 0}, "abc", "abc", None),
+    ],
+)
+def test_choose_least_loaded_healthy_not_excluded(
+    pool: BackendPool, loads: dict[str, float | None], names: str, exclude: str, chosen: str | None
+) -> None:
+    set_state(pool, **loads)
+
+    picked = pool.choose(list(names), set(exclude))
+
+    assert (picked.name if picked else None) == chosen
+
+
+@pytest.mark.parametrize(
+    ("inflight", "running", "waiting", "kv_usage", "load"),
+    [
+        (0, 0.0, 0.0, 0.0, 0.0),
+        (2, 0.0, 0.0, 0.0, 2.0),  # our own requests count before the next scrape sees them
+        (1, 3.0, 0.0, 0.0, 3.0),  # the scrape includes other clients' requests
+        (1, 1.0, 2.0, 0.5, 3.5),  # queue and KV-cache use add
+    ],
+)
+def test_backend_load(
+    pool: BackendPool, inflight: int, running: float, waiting: float, kv_usage: float, load: float
+) -> None:
+    b: Backend = pool.backends["a"]
+    for _ in range(inflight):
+        b.acquire()
+    b.running, b.waiting, b.kv_usage = running, waiting, kv_usage
+
+    assert b.load == load
+
+
+def test_inflight_acquire_and_release_move_the_gauge(pool: BackendPool) -> None:
+    b = pool.backends["a"]
+    b.acquire()
+    b.acquire()
+    b.release()
+    assert b.inflight == 1
+    assert b'gateway_inflight_requests{backend="a"} 1.0' in pool._metrics.exposition()
+
+
+@pytest.mark.parametrize(
+    ("kinds", "healthy"),
+    [
+        (["connect"], False),  # refused: out at once
+        (["timeout"], True),
+        (["timeout", "http_5xx"], False),  # unhealthy_after=2 in a row
+        (["http_5xx", "success", "http_5xx"], True),  # a success resets the count
+    ],
+)
+def test_failures_take_a_backend_out(pool: BackendPool, kinds: list[str], healthy: bool) -> None:
+    set_state(pool, a=0)
+    b = pool.backends["a"]
+    for kind in kinds:
+        if kind == "success":
+            pool.report_success(b)
+        else:
+            pool.report_failure(b, kind, "detail")
+
+    assert b.healthy is healthy
+    assert b.last_error == f"{kinds[-1]}: detail"
+
+
+async def test_health_check_reads_load_and_marks_up_then_down() -> None:
+    answers = {"/health": 200}
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(200, content=VLLM_METRICS)
+        return httpx.Response(answers["/health"])
+
+    metrics = GatewayMetrics()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
+        pool = BackendPool([backend_settings("a")], HealthSettings(unhealthy_after=2), client, metrics)
+        b = pool.backends["a"]
+        assert not b.healthy, "unknown until the first check"
+        await pool.check(b)
+        assert b.healthy and (b.running, b.waiting, b.kv_usage) == (5.0, 1.0, 0.375)
+        answers["/health"] = 503
+        await pool.check(b)
+        assert b.healthy, "one failed check is tolerated"
+        await pool.check(b)
+        assert not b.healthy and b.last_error == "/health returned 503"
+    assert b'gateway_backend_up{backend="a"} 0.0' in metrics.exposition()
