@@ -59,8 +59,7 @@ def _read_profiles(paths: list[str]) -> tuple[list[Row], dict[str, str], str]:
 
 def _vectors(ids: list[str], texts: dict[str, str]) -> tuple[dict[str, np.ndarray], str, tuple[str, ...]]:
     from router.encoder import PromptEncoder
-    from router.features import FEATURE_NAMES
-    from router.learned import prompt_vector
+    from router.learned import feature_names, prompt_vector
 
     encoder = PromptEncoder.load()
     out: dict[str, np.ndarray] = {}
@@ -68,8 +67,7 @@ def _vectors(ids: list[str], texts: dict[str, str]) -> tuple[dict[str, np.ndarra
     for n, pid in enumerate(ids, 1):
         out[pid] = prompt_vector(encoder, texts[pid])
         _progress(n, len(ids), "embedding", started)
-    names = tuple(f"emb{i}" for i in range(encoder.dim)) + tuple(FEATURE_NAMES)
-    return out, encoder.name, names
+    return out, encoder.name, feature_names(encoder)
 
 
 def train_command(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 from router.artifact import load_artifact
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteRequest
 from router.encoder import PromptEncoder
-from router.features import prompt_features
+from router.features import FEATURE_NAMES, prompt_features
 from router.policy import Policy, pinned_decision, register_policy
 from router.predictor import Prediction, RouterModel
 
@@ -40,6 +40,11 @@ DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "local"
 def prompt_vector(encoder: PromptEncoder, text: str) -> np.ndarray:
     """Raw (unstandardised) vector: embedding followed by the cheap features."""
     return np.concatenate([encoder.encode([text])[0].astype(np.float64), prompt_features(text).astype(np.float64)])
+
+
+def feature_names(encoder: PromptEncoder) -> tuple[str, ...]:
+    """Names of :func:`prompt_vector`'s entries, as an artifact records them."""
+    return tuple(f"emb{i}" for i in range(encoder.dim)) + tuple(FEATURE_NAMES)
 
 
 @register_policy("learned")
@@ -67,6 +72,14 @@ class LearnedPolicy(Policy):
         except (OSError, RuntimeError) as exc:
             raise ValueError(f"cannot load the prompt encoder: {exc}") from exc
         self.model = load_artifact(self.artifact, encoder=self.encoder.name)
+        expected = feature_names(self.encoder)
+        if self.model.feature_names != expected:
+            changed = sorted(set(self.model.feature_names) ^ set(expected))
+            detail = f"differing: {', '.join(changed[:6])}" if changed else "same names, another order"
+            raise ValueError(
+                f"artifact {self.artifact} was trained on other prompt features than this version computes "
+                f"({detail}); retrain it with `llm-gateway train`"
+            )
 
     def bind(self, arms: Sequence[Arm]) -> None:
         missing = sorted({a.name for a in arms} - set(self.model.arms))
