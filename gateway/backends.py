@@ -18,10 +18,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-import httpx
-
 from gateway.metrics import GatewayMetrics
 from gateway.settings import BackendSettings, HealthSettings
+from gateway.upstream import Upstream, UpstreamIOError
 
 log = logging.getLogger("gateway.backends")
 
@@ -83,21 +82,27 @@ class Backend:
 
 
 def parse_vllm_load(text: bytes) -> dict[str, float]:
-    """Sum vLLM's load gauges over all label sets in a Prometheus text exposition."""
+    """Sum vLLM's load gauges over all label sets in a Prometheus text exposition.
+
+    Only the three gauges' lines are looked at (a vLLM exposition is ~50 KB, mostly other
+    series): each name is searched for at line starts rather than every line split and compared.
+    """
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith(b"vllm:"):
-            continue
-        name_end = line.find(b"{")
-        if name_end < 0:
-            name_end = line.find(b" ")
-        field = _GAUGES.get(line[:name_end])
-        if field is None:
-            continue
-        try:
-            out[field] = out.get(field, 0.0) + float(line.rsplit(b" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
+    for name, field in _GAUGES.items():
+        at_line = b"\n" + name
+        pos = 0 if text.startswith(name) else text.find(at_line) + 1 or -1
+        while pos > -1:
+            end = text.find(b"\n", pos)
+            if end < 0:
+                end = len(text)
+            line = text[pos:end]
+            pos = text.find(at_line, end) + 1 or -1
+            if line[len(name) : len(name) + 1] not in (b"{", b" "):
+                continue  # a longer name (vllm:num_requests_running_total) or a bare name
+            try:
+                out[field] = out.get(field, 0.0) + float(line.rsplit(b" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
     return out
 
 
@@ -108,11 +113,11 @@ class BackendPool:
         self,
         backends: Iterable[BackendSettings],
         health: HealthSettings,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         metrics: GatewayMetrics,
     ) -> None:
         self._metrics = metrics
-        self._client = client
+        self._upstream = upstream
         self._health = health
         self.backends: dict[str, Backend] = {b.name: Backend(b, metrics) for b in backends}
         self._task: asyncio.Task[None] | None = None
@@ -160,20 +165,20 @@ class BackendPool:
         """One health check (and load scrape) of ``backend``; never raises."""
         timeout = self._health.timeout_s
         try:
-            r = await self._client.get(backend.base_url + "/health", timeout=timeout, headers=backend.auth_header)
-            ok = r.status_code == 200
+            status, _ = await self._upstream.get(backend.base_url + "/health", backend.auth_header, timeout)
+            ok = status == 200
             if not ok:
-                backend.last_error = f"/health returned {r.status_code}"
+                backend.last_error = f"/health returned {status}"
             if ok and backend.settings.scrape_metrics:
-                m = await self._client.get(backend.base_url + "/metrics", timeout=timeout, headers=backend.auth_header)
-                if m.status_code == 200:
-                    load = parse_vllm_load(m.content)
+                status, content = await self._upstream.get(backend.base_url + "/metrics", backend.auth_header, timeout)
+                if status == 200:
+                    load = parse_vllm_load(content)
                     backend.running = load.get("running", 0.0)
                     backend.waiting = load.get("waiting", 0.0)
                     backend.kv_usage = load.get("kv_usage", 0.0)
-        except httpx.HTTPError as exc:
+        except UpstreamIOError as exc:
             ok = False
-            backend.last_error = f"health check: {type(exc).__name__}"
+            backend.last_error = f"health check: {exc.detail}"
         backend.checked_at = time.monotonic()
         if ok:
             backend.failures = 0

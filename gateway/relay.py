@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import UpstreamError, sse_error_event
+from gateway.upstream import UpstreamIOError, UpstreamResponse, UpstreamTimeout
 
 _SEP = b"\n\n"
 _DONE = b"data: [DONE]"
@@ -52,7 +52,7 @@ def _is_token_event(event: bytes) -> bool:
 
 
 class RelayResponse(Response):
-    """An ASGI response that relays ``upstream`` (an open streaming httpx response).
+    """An ASGI response that relays ``upstream`` (a response whose headers have arrived).
 
     ``on_done(outcome)`` is called exactly once when the relay ends for any reason; it must
     not raise. The upstream response is always closed. (A :class:`Response` subclass so the
@@ -61,7 +61,7 @@ class RelayResponse(Response):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         headers: dict[str, str],
         served_model: str,
         public_model: str,
@@ -153,7 +153,7 @@ class RelayResponse(Response):
         out = self.outcome
         buf = b""
         try:
-            async for chunk in self.upstream.aiter_raw():
+            async for chunk in self.upstream.chunks():
                 buf += chunk
                 if _SEP not in buf:
                     continue
@@ -165,14 +165,12 @@ class RelayResponse(Response):
                 out.error = UpstreamError(
                     "upstream stream ended without [DONE]; the answer is incomplete", kind="protocol"
                 )
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             out.error = UpstreamError(
                 "upstream stream went idle past the timeout; the answer is incomplete", kind="timeout", status=504
             )
-        except httpx.HTTPError as exc:
-            out.error = UpstreamError(
-                f"upstream stream failed: {type(exc).__name__}; the answer is incomplete", kind="stream"
-            )
+        except UpstreamIOError as exc:
+            out.error = UpstreamError(f"upstream stream failed: {exc.detail}; the answer is incomplete", kind="stream")
         if out.error is not None and not out.saw_done:
             await send({"type": "http.response.body", "body": sse_error_event(out.error), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

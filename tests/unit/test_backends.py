@@ -7,7 +7,8 @@ import pytest
 
 from gateway.backends import Backend, BackendPool, parse_vllm_load
 from gateway.metrics import GatewayMetrics
-from gateway.settings import BackendSettings, HealthSettings
+from gateway.settings import BackendSettings, HealthSettings, TimeoutSettings
+from gateway.upstream import HttpxUpstream
 
 # Shape and comments as served by vLLM 0.32 (two engines, so label sets repeat)
 VLLM_METRICS = b"""\
@@ -63,7 +64,8 @@ def backend_settings(name: str) -> BackendSettings:
 @pytest.fixture
 def pool() -> BackendPool:
     client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))  # never called
-    return BackendPool([backend_settings(n) for n in ("a", "b", "c")], HealthSettings(), client, GatewayMetrics())
+    upstream = HttpxUpstream(TimeoutSettings(), client=client)
+    return BackendPool([backend_settings(n) for n in ("a", "b", "c")], HealthSettings(), upstream, GatewayMetrics())
 
 
 def set_state(pool: BackendPool, **loads: float | None) -> None:
@@ -159,7 +161,8 @@ async def test_health_check_reads_load_and_marks_up_then_down() -> None:
 
     metrics = GatewayMetrics()
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
-        pool = BackendPool([backend_settings("a")], HealthSettings(unhealthy_after=2), client, metrics)
+        upstream = HttpxUpstream(TimeoutSettings(), client=client)
+        pool = BackendPool([backend_settings("a")], HealthSettings(unhealthy_after=2), upstream, metrics)
         b = pool.backends["a"]
         assert not b.healthy, "unknown until the first check"
         await pool.check(b)

@@ -1,0 +1,333 @@
+"""The gateway's HTTP client towards its backends: one small interface, two implementations.
+
+:class:`Upstream` is all the gateway needs from an HTTP client: a POST whose response body can be
+read whole or relayed chunk by chunk as it arrives, and a GET for health checks and load scrapes.
+
+* :class:`AiohttpUpstream` — production. One ``aiohttp.ClientSession`` per process (C HTTP parser,
+  no anyio, no cookie jar, no decompression), keep-alive with at most :data:`MAX_IDLE_PER_BACKEND`
+  idle connections per backend, each dropped after :data:`KEEPALIVE_S` of idleness.
+* :class:`HttpxUpstream` — any ``httpx.AsyncBaseTransport`` (``httpx.MockTransport`` in tests, or an
+  injected transport); what ``create_app(settings, transport=...)`` uses.
+
+Timeouts (from ``settings.timeouts``): ``connect_s`` to open a connection; until the response
+headers arrive, ``first_byte_s`` (``idle_s`` for streams, whose headers come at once); between two
+body reads, ``idle_s`` for streams and ``first_byte_s`` otherwise.
+
+Exceptions — every failure to talk to a backend is an :class:`UpstreamIOError`; nothing else
+escapes (the library's own exceptions never reach the caller)::
+
+    UpstreamIOError            kind "protocol": connection lost, malformed response
+    ├── UpstreamConnectError   kind "connect": refused, unresolvable, connection reset while connecting
+    └── UpstreamTimeout        kind "timeout" (kind "connect" when ``connecting``: connect timed out)
+
+Closing a response (:meth:`UpstreamResponse.aclose`, always called) returns its connection to the
+pool if the body was read to its end, and otherwise closes the connection — so a client that goes
+away mid-stream makes vLLM see a disconnect and abort the generation.
+
+Async-safety: one instance serves all concurrent requests of its event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import httpx
+from yarl import URL
+
+from gateway.settings import TimeoutSettings
+
+#: Idle keep-alive connections kept per backend; more are closed when released. Above the expected
+#: per-backend concurrency, so steady load reuses connections rather than opening new ones.
+MAX_IDLE_PER_BACKEND = 64
+#: An idle connection is dropped after this long: under uvicorn's default keep-alive (5 s, vLLM's
+#: too), so the gateway does not send a request on a connection the server is closing.
+KEEPALIVE_S = 4.0
+
+
+class UpstreamIOError(Exception):
+    """A backend could not be reached or did not answer properly. ``detail``: the cause's type name."""
+
+    kind = "protocol"
+
+    def __init__(self, detail: str, message: str = "") -> None:
+        super().__init__(message or detail)
+        self.detail = detail
+
+
+class UpstreamConnectError(UpstreamIOError):
+    """No connection could be opened (refused, unresolvable host, ...)."""
+
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamIOError):
+    """A timeout: connecting (``connecting=True``), waiting for headers, or between two body reads."""
+
+    kind = "timeout"
+
+    def __init__(self, detail: str, message: str = "", connecting: bool = False) -> None:
+        super().__init__(detail, message)
+        self.connecting = connecting
+        if connecting:
+            self.kind = "connect"
+
+
+class UpstreamResponse(abc.ABC):
+    """An upstream response whose headers have arrived; the body is read with :meth:`read` or
+    :meth:`chunks` (once), then :meth:`aclose` must be called (it never raises)."""
+
+    status: int
+    content_type: str
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """The whole body. Raises :class:`UpstreamIOError`."""
+
+    @abc.abstractmethod
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive (transfer encoding removed, no buffering).
+        Raises :class:`UpstreamIOError`."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the connection: back to the pool if the body was read to its end, else closed."""
+
+
+class Upstream(abc.ABC):
+    """The HTTP client shared by the whole app. ``url`` is absolute (a backend's base URL + path)."""
+
+    @abc.abstractmethod
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], stream: bool) -> UpstreamResponse:
+        """Send a JSON POST; return once the response headers have arrived.
+
+        ``stream`` selects the timeouts (see the module docstring). Raises :class:`UpstreamIOError`.
+        """
+
+    @abc.abstractmethod
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
+        """``(status, body)`` of a GET that must complete within ``timeout`` seconds.
+        Raises :class:`UpstreamIOError`."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open what needs a running event loop (called from the app's lifespan)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close every connection."""
+
+
+# ============================================================================ aiohttp
+
+
+def _aiohttp_error(exc: BaseException, connecting: bool = False) -> UpstreamIOError:
+    detail = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(detail, str(exc), connecting=True)
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(detail, str(exc), connecting=connecting)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(detail, str(exc))
+    return UpstreamIOError(detail, str(exc))
+
+
+class _CappedConnector(aiohttp.TCPConnector):
+    """A TCP connector that keeps at most ``max_idle`` idle connections per host."""
+
+    def __init__(self, max_idle: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_idle = max_idle
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        idle = self._conns.get(key)
+        if idle is not None and len(idle) >= self._max_idle:
+            should_close = True
+        super()._release(key, protocol, should_close=should_close)
+
+
+class _AiohttpResponse(UpstreamResponse):
+    __slots__ = ("_resp", "content_type", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.content_type = resp.headers.get("content-type", "application/json")
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _aiohttp_error(exc) from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _aiohttp_error(exc) from None
+
+    async def aclose(self) -> None:
+        resp = self._resp
+        if resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()
+
+
+class AiohttpUpstream(Upstream):
+    """Production client: one aiohttp session, keep-alive, bounded idle connections per backend."""
+
+    def __init__(self, timeouts: TimeoutSettings) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s
+        )
+        self._once_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
+        )
+        self._urls: dict[str, URL] = {}
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = _CappedConnector(
+                MAX_IDLE_PER_BACKEND,
+                limit=0,  # no cap on concurrent requests: admission is the gateway's job, not the pool's
+                keepalive_timeout=KEEPALIVE_S,
+                ttl_dns_cache=60,
+                enable_cleanup_closed=False,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                timeout=self._once_timeout,
+            )
+
+    def _url(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = URL(url)
+        return parsed
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], stream: bool) -> UpstreamResponse:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        try:
+            resp = await self._session.post(
+                self._url(url),
+                data=body,
+                headers=headers,
+                timeout=self._stream_timeout if stream else self._once_timeout,
+                allow_redirects=False,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _aiohttp_error(exc) from None
+        return _AiohttpResponse(resp)
+
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session.get(self._url(url), headers=headers, allow_redirects=False) as resp:
+                    return resp.status, await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _aiohttp_error(exc) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# ============================================================================ httpx
+
+
+def _httpx_error(exc: httpx.HTTPError) -> UpstreamIOError:
+    detail = type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(detail, str(exc), connecting=isinstance(exc, httpx.ConnectTimeout))
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamConnectError(detail, str(exc))
+    return UpstreamIOError(detail, str(exc))
+
+
+class _HttpxResponse(UpstreamResponse):
+    __slots__ = ("_resp", "content_type", "status")
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        self.status = resp.status_code
+        self.content_type = resp.headers.get("content-type", "application/json")
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.aread()
+        except httpx.HTTPError as exc:
+            raise _httpx_error(exc) from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise _httpx_error(exc) from None
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+class HttpxUpstream(Upstream):
+    """An httpx client over ``transport`` (e.g. ``httpx.MockTransport``), or over ``client`` as given."""
+
+    def __init__(
+        self,
+        timeouts: TimeoutSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.client = client or httpx.AsyncClient(
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=MAX_IDLE_PER_BACKEND, keepalive_expiry=KEEPALIVE_S
+            ),
+        )
+        t = timeouts
+        self._stream_timeout = httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.connect_s, pool=t.connect_s)
+        self._once_timeout = httpx.Timeout(
+            connect=t.connect_s, read=t.first_byte_s, write=t.connect_s, pool=t.connect_s
+        )
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], stream: bool) -> UpstreamResponse:
+        req = self.client.build_request(
+            "POST",
+            url,
+            content=body,
+            headers=headers,
+            timeout=self._stream_timeout if stream else self._once_timeout,
+        )
+        try:
+            resp = await self.client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise _httpx_error(exc) from None
+        return _HttpxResponse(resp)
+
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
+        try:
+            r = await self.client.get(url, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise _httpx_error(exc) from None
+        return r.status_code, r.content
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

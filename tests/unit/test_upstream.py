@@ -1,0 +1,167 @@
+"""The production upstream client (aiohttp) against a real local socket: streaming without buffering,
+keep-alive reuse, the idle-connection cap, error kinds, and closing a stream early drops its connection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway import upstream as upstream_mod
+from gateway.settings import TimeoutSettings
+from gateway.upstream import AiohttpUpstream, UpstreamConnectError, UpstreamIOError, UpstreamTimeout
+
+JSON = b'{"ok":true}'
+
+
+@dataclass
+class Server:
+    """A tiny HTTP/1.1 server: ``/json`` answers at once, ``/stream`` sends 3 chunks ``gap`` s apart,
+    ``/silent`` sends headers then nothing, ``/close`` drops the connection without answering."""
+
+    gap: float = 0.0
+    connections: int = 0
+    open_now: int = 0
+    stream_closed_early: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open_now += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if path == b"/close":
+                    return
+                if path == b"/json":
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                    writer.write(b"content-length: %d\r\n\r\n%s" % (len(JSON), JSON))
+                    await writer.drain()
+                    continue
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+                await writer.drain()
+                if path == b"/silent":
+                    await asyncio.sleep(30)
+                for i in range(3):
+                    data = b"data: %d\n\n" % i
+                    writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    try:
+                        await writer.drain()
+                    except ConnectionError:
+                        self.stream_closed_early.set()
+                        return
+                    await asyncio.sleep(self.gap)
+                    if reader.at_eof():
+                        self.stream_closed_early.set()
+                        return
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    s = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
+    srv.port = s.sockets[0].getsockname()[1]
+    async with s:
+        yield srv
+        s.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[AiohttpUpstream]:
+    up = AiohttpUpstream(TimeoutSettings(connect_s=1.0, first_byte_s=1.0, idle_s=0.3))
+    await up.start()
+    yield up
+    await up.aclose()
+
+
+async def test_post_reads_whole_body_and_reuses_the_connection(server: Server, client: AiohttpUpstream) -> None:
+    for _ in range(3):
+        resp = await client.post(f"http://127.0.0.1:{server.port}/json", b"{}", {}, stream=False)
+        assert (resp.status, resp.content_type, await resp.read()) == (200, "application/json", JSON)
+        await resp.aclose()
+    assert server.connections == 1, "keep-alive: one connection for sequential requests"
+
+
+async def test_stream_yields_chunks_as_they_arrive(server: Server, client: AiohttpUpstream) -> None:
+    server.gap = 0.05
+    resp = await client.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
+    got = [chunk async for chunk in resp.chunks()]
+    await resp.aclose()
+    assert got == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"], "one read per chunk: nothing buffered"
+    resp = await client.post(f"http://127.0.0.1:{server.port}/json", b"{}", {}, stream=False)
+    await resp.read()
+    await resp.aclose()
+    assert server.connections == 1, "a stream read to its end returns its connection to the pool"
+
+
+async def test_closing_a_stream_early_closes_its_connection(server: Server, client: AiohttpUpstream) -> None:
+    server.gap = 0.05
+    resp = await client.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
+    async for _ in resp.chunks():
+        break
+    await resp.aclose()
+    await asyncio.wait_for(server.stream_closed_early.wait(), 2)
+
+
+async def test_idle_stream_times_out(server: Server, client: AiohttpUpstream) -> None:
+    resp = await client.post(f"http://127.0.0.1:{server.port}/silent", b"{}", {}, stream=True)
+    with pytest.raises(UpstreamTimeout) as info:
+        async for _ in resp.chunks():
+            pass
+    await resp.aclose()
+    assert info.value.kind == "timeout" and not info.value.connecting
+
+
+async def test_refused_connection_is_a_connect_error(client: AiohttpUpstream) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        with pytest.raises(UpstreamConnectError) as info:
+            await client.post(f"http://127.0.0.1:{port}/json", b"{}", {}, stream=False)
+    assert info.value.kind == "connect"
+
+
+async def test_dropped_connection_is_a_protocol_error(server: Server, client: AiohttpUpstream) -> None:
+    with pytest.raises(UpstreamIOError) as info:
+        await client.post(f"http://127.0.0.1:{server.port}/close", b"{}", {}, stream=False)
+    assert type(info.value) is UpstreamIOError and info.value.kind == "protocol"
+
+
+async def test_get_returns_status_and_body(server: Server, client: AiohttpUpstream) -> None:
+    assert await client.get(f"http://127.0.0.1:{server.port}/json", {}, 1.0) == (200, JSON)
+
+
+async def test_idle_connections_per_backend_are_capped(
+    server: Server, client: AiohttpUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await client.aclose()
+    monkeypatch.setattr(upstream_mod, "MAX_IDLE_PER_BACKEND", 2)
+    await client.start()
+    server.gap = 0.05
+    url = f"http://127.0.0.1:{server.port}/stream"
+    resps = await asyncio.gather(*(client.post(url, b"{}", {}, stream=True) for _ in range(5)))
+    for resp in resps:
+        async for _ in resp.chunks():
+            pass
+        await resp.aclose()
+    await asyncio.sleep(0.05)
+    assert server.connections == 5
+    assert server.open_now == 2, "only MAX_IDLE_PER_BACKEND connections stay open once the burst is over"
