@@ -19,12 +19,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.arms import ArmCatalog
+from gateway.auth import ApiKey, KeyStore
 from gateway.backends import BackendPool
-from gateway.errors import GatewayError, InvalidRequest, error_response
+from gateway.errors import GatewayError, InvalidRequest, Unauthorized, error_response
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.openapi import document_openapi
 from gateway.protocol import ModelCard, ModelList
 from gateway.serving import Proxy
 from gateway.settings import Settings
+from gateway.upstream import AiohttpUpstream, HttpxUpstream, Upstream
 
 log = logging.getLogger("gateway.app")
 
@@ -36,20 +39,20 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def create_app(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None, metrics: GatewayMetrics | None = None
 ) -> FastAPI:
-    """Build the gateway app. ``transport`` replaces the network for tests (e.g. ``httpx.MockTransport``)."""
+    """Build the gateway app. ``transport`` replaces the network for tests (e.g. ``httpx.MockTransport``);
+    without it the upstream client is the lean aiohttp one (:mod:`gateway.upstream`)."""
     metrics = metrics or GatewayMetrics()
     catalog = ArmCatalog(settings)
     policy = settings.routing.build([live.arm for live in catalog.arms.values()])
-    client = httpx.AsyncClient(
-        transport=transport,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=60),
-        timeout=httpx.Timeout(settings.timeouts.first_byte_s, connect=settings.timeouts.connect_s),
+    upstream: Upstream = (
+        AiohttpUpstream(settings.timeouts) if transport is None else HttpxUpstream(settings.timeouts, transport)
     )
-    pool = BackendPool(settings.backends, settings.health, client, metrics)
-    proxy = Proxy(settings, client, pool, catalog, policy, metrics)
+    pool = BackendPool(settings.backends, settings.health, upstream, metrics)
+    proxy = Proxy(settings, upstream, pool, catalog, policy, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await upstream.start()
         await pool.start()
         healthy = [b.name for b in pool.backends.values() if b.healthy]
         log.info("gateway ready: %d arms, healthy backends: %s", len(catalog.arms), ", ".join(healthy) or "none")
@@ -57,7 +60,7 @@ def create_app(
             yield
         finally:
             await pool.stop()
-            await client.aclose()
+            await upstream.aclose()
 
     app = FastAPI(
         title="llm-gateway",
@@ -66,6 +69,17 @@ def create_app(
         description="OpenAI-compatible gateway that routes each request to a model and decoding strategy.",
     )
     app.state.settings, app.state.pool, app.state.catalog, app.state.metrics = settings, pool, catalog, metrics
+    app.state.draining = False  # set on SIGTERM by gateway.server: /ready answers 503 from then on
+    keys = KeyStore(settings.auth)
+    document_openapi(app, auth=keys.enabled, models=catalog.public_models(), arms=list(catalog.arms))
+
+    def caller(request: Request) -> ApiKey | None:
+        """The request's API key (``None`` when auth is off); raises 401 before the body is read."""
+        try:
+            return keys.authenticate(request.headers)
+        except Unauthorized:
+            metrics.rejected("unauthorized", None)
+            raise
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
@@ -91,34 +105,37 @@ def create_app(
 
     @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible), streaming or not")
     async def chat_completions(request: Request) -> Response:
-        return await proxy.handle("chat", request)  # type: ignore[no-any-return]
+        return await proxy.handle("chat", request, caller(request))  # type: ignore[no-any-return]
 
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible), streaming or not")
     async def completions(request: Request) -> Response:
-        return await proxy.handle("completions", request)  # type: ignore[no-any-return]
+        return await proxy.handle("completions", request, caller(request))  # type: ignore[no-any-return]
 
     @app.post("/v1/route", summary="Dry run: which arm would answer this chat/completion body, and why")
     async def route(request: Request) -> Response:
-        return await proxy.dry_run(request)
+        return await proxy.dry_run(request, caller(request))
 
     @app.get("/v1/models", summary="Public models, plus 'auto' (the router chooses)")
-    async def models() -> Response:
-        cards = [ModelCard(id=m, created=catalog.created) for m in catalog.public_models()]
+    async def models(request: Request) -> Response:
+        key = caller(request)
+        public = catalog.public_models() if key is None else key.visible(catalog.public_models())
+        cards = [ModelCard(id=m, created=catalog.created) for m in public]
         return _json(ModelList(data=cards).model_dump())
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> Response:
         return _json({"status": "ok"})
 
-    @app.get("/ready", summary="Readiness: at least one backend is healthy")
+    @app.get("/ready", summary="Readiness: at least one backend is healthy and the gateway is not draining")
     async def ready() -> Response:
         backends = {
             b.name: {"healthy": b.healthy, "load": b.load, "inflight": b.inflight, "error": b.last_error}
             for b in pool.backends.values()
         }
-        ok = pool.any_healthy()
+        draining = bool(app.state.draining)
+        ok = pool.any_healthy() and not draining
         return _json(
-            {"ready": ok, "backends": backends},
+            {"ready": ok, "draining": draining, "backends": backends},
             200 if ok else 503,
             None if ok else {"retry-after": str(settings.timeouts.retry_after_s)},
         )

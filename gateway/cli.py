@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable
@@ -27,9 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_server(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.server import serve
 
     host = args.host or settings.server.host
     port = args.port or settings.server.port
@@ -39,16 +40,34 @@ def _run_server(settings: Settings, args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call otherwise
     app = create_app(settings)
     print(f"llm-gateway listening on http://{host}:{port}  (OpenAI base URL: http://{host}:{port}/v1)", flush=True)
-    uvicorn.run(
+    # Start-up objects (modules, app, router models) are never freed: keep them out of every collection,
+    # and collect the many short-lived per-request objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    serve(
         app,
+        settings.server.drain_timeout_s,
         host=host,
         port=port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
         log_level=settings.server.log_level,
         access_log=args.access_log,
-        timeout_graceful_shutdown=int(settings.server.drain_timeout_s),
         proxy_headers=False,
         server_header=False,
     )
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from gateway.auth import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("llm-gateway hash-key: expected the API key on standard input", file=sys.stderr)
+        return 2
+    print(hash_key(key))
     return 0
 
 
@@ -67,6 +86,12 @@ def _local_stack(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     spec = BackendSpec.load(args.backends)
+    if args.servers:
+        try:
+            spec = spec.only(args.servers.split(","))
+        except ValueError as exc:
+            print(f"llm-gateway: {exc}", file=sys.stderr)
+            return 2
     log_dir = Path(args.log_dir) if args.log_dir else home_dir() / "logs"
     print(
         f"==> starting {len(spec.servers)} vLLM-CPU backends (logs in {log_dir}); Ctrl-C stops everything", flush=True
@@ -122,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("local-stack", help="start local vLLM-CPU backends, then the gateway (Ctrl-C stops all)")
     stack.add_argument("--config", default="deploy/local/gateway.yaml")
     stack.add_argument("--backends", default="deploy/local/backends.yaml")
+    stack.add_argument(
+        "--servers", help="comma-separated backend names to start (default: all in --backends); bring arms up in turns"
+    )
     stack.add_argument("--log-dir", help="backend logs (default $LLM_GATEWAY_HOME/logs)")
     stack.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the backends")
     stack.add_argument("--host")
@@ -137,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a router artifact on held-out profiled prompts")
     evaluate.add_argument("--profiles", nargs="+", required=True)
     evaluate.add_argument("--artifact", required=True)
-    evaluate.add_argument("--out", required=True, help="directory for evaluation.json/.md and pareto.png")
+    evaluate.add_argument("--out", required=True, help="directory for evaluation{,-cv}.{json,md,png}")
+    evaluate.add_argument(
+        "--cv", type=int, default=0, metavar="K", help="also K-fold cross-validate over every profiled prompt"
+    )
+    evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(func=_lab("evaluate_command"))
     profile = sub.add_parser("profile", help="measure every arm on offline prompt sets through the gateway (resumable)")
     profile.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
@@ -154,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend-metrics", help="NAME=URL,... of vLLM backends to read spec-decode counters from (optional)"
     )
     profile.set_defaults(func=_profile)
+    from gateway.launcher import home_dir
+    from gateway.variant import add_parser as add_make_variant
+
+    add_make_variant(sub, home_dir() / "vllm-venv" / "bin" / "python")
+    hash_cmd = sub.add_parser(
+        "hash-key", help="print the SHA-256 of an API key read from stdin, for auth.keys[].sha256"
+    )
+    hash_cmd.set_defaults(func=_hash_key)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check)

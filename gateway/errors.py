@@ -4,8 +4,10 @@
 
     GatewayError                     status  type                    code
     ├── InvalidRequest               400     invalid_request_error   (param named)
+    ├── Unauthorized                 401     invalid_request_error   missing_api_key / invalid_api_key
+    ├── ModelNotFound                404     invalid_request_error   model_not_found (also: not allowed for the key)
     ├── PayloadTooLarge              413     invalid_request_error   payload_too_large
-    ├── ModelNotFound                404     invalid_request_error   model_not_found
+    ├── RateLimited                  429     requests / tokens       rate_limit_exceeded (+Retry-After)
     ├── NoHealthyBackend             503     service_unavailable     no_healthy_backend (+Retry-After)
     ├── UpstreamError                502/504 upstream_error          upstream_<kind>
     └── UpstreamHTTPError            as upstream (4xx passed through)
@@ -23,18 +25,30 @@ from starlette.responses import Response
 
 
 class GatewayError(Exception):
+    """``reason``: set on errors that refuse a request by policy (auth, limits, caps); it is the
+    ``reason`` label of ``gateway_rejected_requests_total`` and never shown to the client."""
+
     status: int = 500
     type: str = "internal_error"
     code: str | None = None
+    reason: str | None = None
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if reason is not None:
+            self.reason = reason
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
@@ -46,10 +60,37 @@ class InvalidRequest(GatewayError):
     type = "invalid_request_error"
 
 
+class Unauthorized(GatewayError):
+    """No API key or an unknown one. Carries ``WWW-Authenticate`` (RFC 6750)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    reason = "unauthorized"
+
+    def __init__(self, message: str, *, code: str = "invalid_api_key") -> None:
+        challenge = 'Bearer realm="llm-gateway"'
+        if code == "invalid_api_key":
+            challenge += ', error="invalid_token"'
+        super().__init__(message, code=code, headers={"www-authenticate": challenge})
+
+
+class RateLimited(GatewayError):
+    """A key's requests- or tokens-per-minute budget is spent. ``type`` names which, as OpenAI does."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after_s)}, reason=f"rate_limit_{limit}")
+        self.type = limit
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+    reason = "payload_too_large"
 
 
 class ModelNotFound(GatewayError):

@@ -16,13 +16,13 @@ import logging
 import time
 from typing import Any, Literal
 
-import httpx
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.arms import ArmCatalog, LiveArm
+from gateway.auth import ApiKey
 from gateway.backends import Backend, BackendPool
 from gateway.errors import (
     GatewayError,
@@ -34,10 +34,12 @@ from gateway.errors import (
     UpstreamHTTPError,
     error_response,
 )
+from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, prompt_text
 from gateway.relay import RelayResponse, StreamOutcome
 from gateway.settings import Settings
+from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
 from router import Decision, FlagError, NoArmAvailable, Policy, RouteFlags, RouteRequest, parse_flags
 
 log = logging.getLogger("gateway.serving")
@@ -79,23 +81,19 @@ class Proxy:
     def __init__(
         self,
         settings: Settings,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         pool: BackendPool,
         catalog: ArmCatalog,
         policy: Policy,
         metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
-        self.client = client
+        self.upstream = upstream
         self.pool = pool
         self.catalog = catalog
         self.policy = policy
         self.metrics = metrics
-        t = settings.timeouts
-        self._timeout_stream = httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.connect_s, pool=t.connect_s)
-        self._timeout_once = httpx.Timeout(
-            connect=t.connect_s, read=t.first_byte_s, write=t.connect_s, pool=t.connect_s
-        )
+        self.limiter = RateLimiter()
 
     async def _read_body(self, request: Request) -> dict[str, Any]:
         limit = self.settings.server.max_body_bytes
@@ -156,31 +154,72 @@ class Proxy:
             )
         return decision
 
+    def _arms(self, model: str, key: ApiKey | None) -> list[LiveArm]:
+        """The arms that may answer ``model`` for ``key``; a model the key may not use looks nonexistent."""
+        arms = self.catalog.candidates(model)
+        public = self.catalog.public_models()
+        if key is None:
+            if arms is None:
+                raise ModelNotFound(
+                    f"The model '{model}' does not exist; available: " + ", ".join(public), param="model"
+                )
+            return arms
+        allowed = key.models
+        reason = None
+        if arms is not None and allowed is not None:
+            reason = "model_not_allowed"
+            arms = [a for a in arms if a.arm.model in allowed] if key.allows(model) else []
+        if not arms:
+            raise ModelNotFound(
+                f"The model '{model}' does not exist or you do not have access to it; available: "
+                + ", ".join(key.visible(public)),
+                param="model",
+                reason=reason,
+            )
+        return arms
+
     async def _route(
-        self, endpoint: Endpoint, request: Request, body: dict[str, Any] | None = None, record: bool = True
-    ) -> tuple[dict[str, Any], Decision]:
+        self,
+        endpoint: Endpoint,
+        request: Request,
+        key: ApiKey | None,
+        body: dict[str, Any] | None = None,
+        record: bool = True,
+    ) -> tuple[dict[str, Any], Decision, Charge | None]:
+        """Validate, check caps and the key's models and budget, decide. ``record=False`` (dry run):
+        no decision metrics and nothing taken from the key's budget (the returned charge is ``None``)."""
         if body is None:
             body = await self._read_body(request)
         try:
             _MODELS[endpoint].model_validate(body)
         except ValidationError as exc:
             raise _validation_error(exc, body) from None
-        arms = self.catalog.candidates(body["model"])
-        if arms is None:
-            raise ModelNotFound(
-                f"The model '{body['model']}' does not exist; available: " + ", ".join(self.catalog.public_models()),
-                param="model",
-            )
-        return body, await self._decide(body, arms, self._flags(body, request, arms), record)
+        check_caps(body, self.settings.limits)
+        arms = self._arms(body["model"], key)
+        flags = self._flags(body, request, arms)
+        charge = None
+        if record and key is not None and (key.rpm or key.tpm):  # the estimate walks the prompt: only if needed
+            charge = self.limiter.admit(key, estimate_tokens(body, self.settings.limits) if key.tpm else 0)
+        try:
+            return body, await self._decide(body, arms, flags, record), charge
+        except GatewayError:
+            if charge is not None:
+                charge.settle(0)
+            raise
 
-    async def dry_run(self, request: Request) -> Response:
+    def _rejected(self, exc: GatewayError, key: ApiKey | None) -> None:
+        if exc.reason is not None:
+            self.metrics.rejected(exc.reason, key.name if key else None)
+
+    async def dry_run(self, request: Request, key: ApiKey | None = None) -> Response:
         """``POST /v1/route``: the decision for a chat or completion body, without calling any backend."""
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
             endpoint: Endpoint = "completions" if "prompt" in body and "messages" not in body else "chat"
-            _, decision = await self._route(endpoint, request, body, record=False)
+            _, decision, _ = await self._route(endpoint, request, key, body, record=False)
         except GatewayError as exc:
+            self._rejected(exc, key)
             return error_response(exc)
         except ClientDisconnect:
             return Response(status_code=499)
@@ -198,30 +237,29 @@ class Proxy:
         }
         return Response(orjson.dumps(doc), media_type="application/json")
 
-    async def handle(self, endpoint: Endpoint, request: Request) -> Any:
-        """Answer one request; every failure becomes an OpenAI error response (never raises)."""
+    async def handle(self, endpoint: Endpoint, request: Request, key: ApiKey | None = None) -> Any:
+        """Answer one request for ``key`` (``None``: auth is off); every failure becomes an OpenAI
+        error response (never raises)."""
         started = time.perf_counter()
         model_label, strategy_label = _UNKNOWN, _NONE
+        charge: Charge | None = None
         try:
-            body, decision = await self._route(endpoint, request)
+            body, decision, charge = await self._route(endpoint, request, key)
             model_label, strategy_label = decision.arm.model, decision.arm.strategy.label
-            return await self._forward(endpoint, body, decision, started)
+            return _settle_at_end(await self._forward(endpoint, body, decision, started), charge)
         except GatewayError as exc:
+            if charge is not None:
+                charge.settle(0)  # refused before any backend answered: nothing was generated
+            self._rejected(exc, key)
             self.metrics.request_done(model_label, strategy_label, endpoint, exc.status)
             return error_response(exc)
         except ClientDisconnect:
             self.metrics.request_done(model_label, strategy_label, endpoint, 499)
             return Response(status_code=499)
 
-    async def _send(self, backend: Backend, endpoint: Endpoint, payload: bytes, stream: bool) -> httpx.Response:
-        req = self.client.build_request(
-            "POST",
-            backend.base_url + _PATHS[endpoint],
-            content=payload,
-            headers={"content-type": "application/json", **backend.auth_header},
-            timeout=self._timeout_stream if stream else self._timeout_once,
-        )
-        return await self.client.send(req, stream=True)
+    async def _send(self, backend: Backend, endpoint: Endpoint, payload: bytes, stream: bool) -> UpstreamResponse:
+        headers = {"content-type": "application/json", **backend.auth_header}
+        return await self.upstream.post(backend.base_url + _PATHS[endpoint], payload, headers, stream)
 
     async def _forward(self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float) -> Any:
         stream = bool(body.get("stream"))
@@ -244,19 +282,17 @@ class Proxy:
                 backend.acquire()
                 try:
                     resp = await self._send(backend, endpoint, orjson.dumps(body), stream)
-                except httpx.TimeoutException as exc:
+                except UpstreamTimeout as exc:
                     backend.release()
-                    kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
-                    self.pool.report_failure(backend, kind, type(exc).__name__)
+                    self.pool.report_failure(backend, exc.kind, exc.detail)
                     last_error = UpstreamError(
-                        f"backend '{backend.name}' timed out ({type(exc).__name__})", kind="timeout", status=504
+                        f"backend '{backend.name}' timed out ({exc.detail})", kind="timeout", status=504
                     )
                     continue
-                except httpx.HTTPError as exc:
+                except UpstreamIOError as exc:
                     backend.release()
-                    kind = "connect" if isinstance(exc, httpx.ConnectError) else "protocol"
-                    self.pool.report_failure(backend, kind, type(exc).__name__)
-                    last_error = UpstreamError(f"backend '{backend.name}' failed: {type(exc).__name__}", kind=kind)
+                    self.pool.report_failure(backend, exc.kind, exc.detail)
+                    last_error = UpstreamError(f"backend '{backend.name}' failed: {exc.detail}", kind=exc.kind)
                     continue
                 headers = {
                     "x-route-arm": live.arm.name,
@@ -265,20 +301,20 @@ class Proxy:
                     "x-route-backend": backend.name,
                     "x-route-reason": decision.reason if live.arm is decision.arm else "failover",
                 }
-                if resp.status_code >= 400:
+                if resp.status >= 400:
                     try:
-                        payload = await resp.aread()
-                    except httpx.HTTPError:
+                        payload = await resp.read()
+                    except UpstreamIOError:
                         payload = b""
                     finally:
                         await resp.aclose()
                         backend.release()
-                    if resp.status_code >= 500:
-                        self.pool.report_failure(backend, "http_5xx", str(resp.status_code))
-                        last_error = UpstreamHTTPError(resp.status_code, payload)
+                    if resp.status >= 500:
+                        self.pool.report_failure(backend, "http_5xx", str(resp.status))
+                        last_error = UpstreamHTTPError(resp.status, payload)
                         continue
                     self.metrics.upstream_error(backend.name, "http_4xx")
-                    raise _with_headers(UpstreamHTTPError(resp.status_code, payload), headers)
+                    raise _with_headers(UpstreamHTTPError(resp.status, payload), headers)
                 if stream:
                     return self._relay(endpoint, live, backend, resp, headers, wants_usage, started)
                 try:
@@ -298,17 +334,17 @@ class Proxy:
         endpoint: Endpoint,
         live: LiveArm,
         backend: Backend,
-        resp: httpx.Response,
+        resp: UpstreamResponse,
         headers: dict[str, str],
         started: float,
     ) -> Response:
         try:
-            content = await resp.aread()
-        except httpx.HTTPError as exc:
-            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "stream"
-            self.pool.report_failure(backend, kind, type(exc).__name__)
+            content = await resp.read()
+        except UpstreamIOError as exc:
+            kind = "timeout" if isinstance(exc, UpstreamTimeout) else "stream"
+            self.pool.report_failure(backend, kind, exc.detail)
             raise UpstreamError(
-                f"backend '{backend.name}' failed while answering: {type(exc).__name__}",
+                f"backend '{backend.name}' failed while answering: {exc.detail}",
                 kind=kind,
                 status=504 if kind == "timeout" else 502,
             ) from None
@@ -328,20 +364,15 @@ class Proxy:
                 series, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             )
         series.duration.observe(time.perf_counter() - started)
-        self.metrics.request_done(live.arm.model, live.strategy_label, endpoint, resp.status_code)
-        return Response(
-            content,
-            status_code=resp.status_code,
-            media_type=resp.headers.get("content-type", "application/json"),
-            headers=headers,
-        )
+        self.metrics.request_done(live.arm.model, live.strategy_label, endpoint, resp.status)
+        return Response(content, status_code=resp.status, media_type=resp.content_type, headers=headers)
 
     def _relay(
         self,
         endpoint: Endpoint,
         live: LiveArm,
         backend: Backend,
-        resp: httpx.Response,
+        resp: UpstreamResponse,
         headers: dict[str, str],
         wants_usage: bool,
         started: float,
@@ -383,6 +414,39 @@ class Proxy:
         return RelayResponse(
             resp, headers, backend.settings.served_model, live.arm.model, strip_usage=not wants_usage, on_done=done
         )
+
+
+def _total_tokens(usage: Any) -> int | None:
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get(k) for k in ("total_tokens", "prompt_tokens", "completion_tokens")]
+    total, prompt, completion = (c if isinstance(c, int) and not isinstance(c, bool) else None for c in counts)
+    if total is not None:
+        return total
+    if prompt is None and completion is None:
+        return None
+    return (prompt or 0) + (completion or 0)
+
+
+def _settle_at_end(result: Any, charge: Charge | None) -> Any:
+    """Correct ``charge`` with the answer's usage: now for a body, when a relayed stream ends."""
+    if charge is None or charge.bucket is None:
+        return result
+    if isinstance(result, RelayResponse):
+        inner = result.on_done
+
+        def on_done(out: StreamOutcome) -> None:
+            inner(out)
+            charge.settle(_total_tokens(out.usage))
+
+        result.on_done = on_done
+    else:
+        try:
+            usage = orjson.loads(result.body).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            usage = None
+        charge.settle(_total_tokens(usage))
+    return result
 
 
 def _with_headers(exc: GatewayError, headers: dict[str, str]) -> GatewayError:

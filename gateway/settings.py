@@ -113,6 +113,40 @@ class TimeoutSettings(_Strict):
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when no backend is healthy.")
 
 
+class ApiKeySettings(_Strict):
+    """One client API key, stored only as the SHA-256 of the key (``llm-gateway hash-key`` prints it)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Shown in logs and metrics.")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="Hex SHA-256 of the key; never the key itself.")
+    models: list[str] | None = Field(None, description="Public models this key may use; all when unset.")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute; unlimited when unset.")
+    tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute; unlimited when unset.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class AuthSettings(_Strict):
+    keys: list[ApiKeySettings] = Field(default_factory=list, description="No keys: authentication is off.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
+class LimitSettings(_Strict):
+    """Caps on one request (400 naming the field) and the up-front token estimate of rate limiting."""
+
+    max_tokens: int | None = Field(None, ge=1, description="Cap on max_tokens / max_completion_tokens.")
+    max_n: int = Field(16, ge=1, le=128, description="Cap on n.")
+    max_messages: int = Field(1024, ge=1, description="Cap on the number of chat messages.")
+    assumed_completion_tokens: int = Field(
+        512, ge=1, description="Completion tokens charged up front to a tpm budget when max_tokens is unset."
+    )
+
+
 class Settings(_Strict):
     """Root of the configuration. See ``deploy/local/gateway.yaml`` for an example."""
 
@@ -123,6 +157,8 @@ class Settings(_Strict):
     health: HealthSettings = Field(default_factory=HealthSettings)  # type: ignore[arg-type]
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)  # type: ignore[arg-type]
     max_attempts: int = Field(3, ge=1, le=10, description="Backends tried per request before the first byte.")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
@@ -142,9 +178,33 @@ class Settings(_Strict):
                     problems.append(
                         f"arms[{i}].backends[{j}]: unknown backend '{ref}'; known: {', '.join(sorted(seen))}"
                     )
+        problems += self._key_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _key_problems(self) -> list[str]:
+        problems: list[str] = []
+        models = {a.model for a in self.arms}
+        names: set[str] = set()
+        hashes: set[str] = set()
+        for i, k in enumerate(self.auth.keys):
+            if k.name in names:
+                problems.append(f"auth.keys[{i}].name: duplicate key name '{k.name}'")
+            if k.sha256 in hashes:
+                problems.append(f"auth.keys[{i}].sha256: the same key is configured twice")
+            names.add(k.name)
+            hashes.add(k.sha256)
+            for j, m in enumerate(k.models or ()):
+                if m == AUTO_MODEL:
+                    problems.append(
+                        f"auth.keys[{i}].models[{j}]: '{AUTO_MODEL}' is implied (it routes among the key's models)"
+                    )
+                elif m not in models:
+                    problems.append(
+                        f"auth.keys[{i}].models[{j}]: unknown model '{m}'; known: {', '.join(sorted(models))}"
+                    )
+        return problems
 
     def backend(self, name: str) -> BackendSettings:
         return next(b for b in self.backends if b.name == name)
@@ -173,7 +233,10 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             if isinstance(node, list) and (not isinstance(key, int) or key >= len(node)):
                 raise SettingsError(f"{var}: index '{part}' does not exist in the configuration")
             if last:
-                node[key] = yaml.safe_load(raw) if raw else raw
+                try:
+                    node[key] = yaml.safe_load(raw) if raw else raw
+                except yaml.YAMLError as exc:
+                    raise SettingsError(f"{var}: not a valid YAML value: {exc}") from None
             else:
                 if isinstance(node, dict) and key not in node:
                     node[key] = {}

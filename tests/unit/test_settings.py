@@ -119,6 +119,7 @@ def _append(key: str, item: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
 
 
 SPEC = {"kind": "speculative", "method": "ngram", "num_speculative_tokens": 4}
+H1, H2 = "a" * 64, "b" * 64
 
 
 @pytest.mark.parametrize(
@@ -175,6 +176,29 @@ SPEC = {"kind": "speculative", "method": "ngram", "num_speculative_tokens": 4}
         (_set("timeouts.idle_s", -1), "timeouts.idle_s: Input should be greater than 0"),
         (_set("backends", []), "backends: List should have at least 1 item"),
         (_append("arms", {"name": "x", "model": "m"}), "arms[2].backends: Field required"),
+        (_set("auth", {"keys": [{"name": "a", "sha256": "sk-plain"}]}), "auth.keys[0].sha256: String should match"),
+        (_set("auth", {"keys": [{"name": "a", "key": "sk-1", "sha256": H1}]}), "auth.keys[0].key: Extra inputs"),
+        (_set("auth", {"keys": [{"name": "a", "sha256": H1, "rpm": 0}]}), "auth.keys[0].rpm: Input should be greater"),
+        (_set("auth", {"keys": [{"name": "a b", "sha256": H1}]}), "auth.keys[0].name: String should match pattern"),
+        (
+            _set("auth", {"keys": [{"name": "a", "sha256": H1}, {"name": "a", "sha256": H2}]}),
+            "auth.keys[1].name: duplicate key name 'a'",
+        ),
+        (
+            _set("auth", {"keys": [{"name": "a", "sha256": H1}, {"name": "b", "sha256": H1.upper()}]}),
+            "auth.keys[1].sha256: the same key is configured twice",
+        ),
+        (
+            _set("auth", {"keys": [{"name": "a", "sha256": H1, "models": ["smol", "gpt-9"]}]}),
+            "auth.keys[0].models[1]: unknown model 'gpt-9'; known: smol",
+        ),
+        (
+            _set("auth", {"keys": [{"name": "a", "sha256": H1, "models": ["auto"]}]}),
+            "auth.keys[0].models[0]: 'auto' is implied",
+        ),
+        (_set("limits.max_n", 0), "limits.max_n: Input should be greater than or equal to 1"),
+        (_set("limits.max_tokens", 0), "limits.max_tokens: Input should be greater than or equal to 1"),
+        (_set("limits.max_message", 5), "limits.max_message: Extra inputs are not permitted"),
     ],
 )
 def test_each_problem_is_reported_with_its_key(
@@ -242,3 +266,18 @@ def test_policy_parameters_are_checked_when_the_policy_is_built(params: dict[str
 
     with pytest.raises(SettingsError, match=expected):
         settings.routing.build([])
+
+
+def test_auth_is_off_and_limits_have_defaults_unless_configured(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, BASE), environ={})
+    assert not s.auth.enabled
+    assert (s.limits.max_tokens, s.limits.max_n, s.limits.max_messages) == (None, 16, 1024)
+
+
+def test_keys_are_configured_as_hashes_and_from_the_environment(tmp_path: Path) -> None:
+    config = copy.deepcopy(BASE)
+    config["auth"] = {"keys": [{"name": "team-a", "sha256": H1.upper(), "models": ["smol"], "rpm": 60, "tpm": 1000}]}
+    s = load_settings(write(tmp_path, config), environ={"GATEWAY_AUTH__KEYS__0__RPM": "5"})
+    key = s.auth.keys[0]
+    assert (key.name, key.sha256, key.models, key.rpm, key.tpm) == ("team-a", H1, ["smol"], 5, 1000)
+    assert s.auth.enabled

@@ -1,0 +1,155 @@
+"""Per-request caps and per-key rate limits.
+
+**Caps** (``limits.*``): ``max_tokens`` / ``max_completion_tokens``, ``n`` and the number of chat
+messages are checked after the body is validated; a request over a cap gets 400 naming the
+field. (The body size cap, ``server.max_body_bytes``, is checked while reading: 413.)
+
+**Rate limits** (``auth.keys[].rpm`` / ``.tpm``): one token bucket per key and budget, holding
+at most a minute's allowance and refilled continuously (``rpm / 60`` per second). A request
+takes 1 from the request bucket and an *estimate* of its tokens from the token bucket up front:
+
+    estimate = ceil(prompt characters / 4) (or the number of prompt token ids)
+             + (max_completion_tokens or max_tokens or limits.assumed_completion_tokens) * n
+
+When the answer's ``usage`` is known (non-streaming body, or the usage chunk the gateway
+always asks for on streams) the bucket is corrected by ``usage.total_tokens - estimate``;
+a request that failed before any backend answered gives its estimate back; one that ended
+without usage (client disconnect, broken stream) keeps the estimate. A request is admitted
+while the token bucket holds ``min(estimate, tpm)``, so one request larger than a whole
+minute's budget still passes when the bucket is full, and the debt it leaves (the bucket can
+go negative on correction) holds back the next ones. Refused requests take nothing and get
+429 ``rate_limit_exceeded`` with ``Retry-After`` (whole seconds until the bucket holds enough).
+
+State is in memory, per process; buckets are created lazily per configured key, so their
+number is bounded by the configuration.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.auth import ApiKey
+from gateway.errors import InvalidRequest, RateLimited
+from gateway.protocol import prompt_text
+from gateway.settings import LimitSettings
+
+
+def check_caps(body: dict[str, Any], limits: LimitSettings) -> None:
+    """Raise :class:`InvalidRequest` (400, ``param`` named) if a validated body is over a cap."""
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = body.get(field)
+        if limits.max_tokens is not None and isinstance(value, int) and value > limits.max_tokens:
+            raise InvalidRequest(
+                f"{field}: {value} is more than this gateway allows ({limits.max_tokens})",
+                param=field,
+                reason="max_tokens",
+            )
+    n = body.get("n")
+    if isinstance(n, int) and n > limits.max_n:
+        raise InvalidRequest(f"n: {n} is more than this gateway allows ({limits.max_n})", param="n", reason="n")
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > limits.max_messages:
+        raise InvalidRequest(
+            f"messages: {len(messages)} messages are more than this gateway allows ({limits.max_messages})",
+            param="messages",
+            reason="messages",
+        )
+
+
+def estimate_tokens(body: dict[str, Any], limits: LimitSettings) -> int:
+    """Up-front token charge of a validated body (see the module docstring)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
+        prompt_tokens = sum(len(p) if isinstance(p, list) else 1 for p in prompt)
+    else:
+        prompt_tokens = math.ceil(len(prompt_text(body)) / 4)
+    completion = body.get("max_completion_tokens") or body.get("max_tokens") or limits.assumed_completion_tokens
+    return prompt_tokens + int(completion) * int(body.get("n") or 1)
+
+
+class TokenBucket:
+    """Holds up to ``capacity``, refilled at ``capacity / 60`` per second. Not thread-safe; loop-only."""
+
+    def __init__(self, capacity: int, now: float) -> None:
+        self.capacity = float(capacity)
+        self.rate = capacity / 60.0
+        self.level = float(capacity)
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_s(self, amount: float) -> float:
+        """Seconds until the bucket holds ``min(amount, capacity)``; 0 if it does now (after :meth:`refill`)."""
+        need = min(amount, self.capacity) - self.level
+        return max(0.0, need / self.rate)
+
+    def add(self, amount: float) -> None:
+        """Take (negative) or give back (positive); the level may go below zero, never above capacity."""
+        self.level = min(self.capacity, self.level + amount)
+
+
+class Charge:
+    """What one admitted request took from its key's token bucket; :meth:`settle` corrects it once."""
+
+    def __init__(self, bucket: TokenBucket | None, estimate: int) -> None:
+        self.bucket = bucket
+        self.estimate = estimate
+        self.settled = False
+
+    def settle(self, used_tokens: int | None) -> None:
+        """Correct the charge with the tokens really used; ``None`` (unknown) keeps the estimate."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.bucket is not None and used_tokens is not None:
+            self.bucket.add(self.estimate - used_tokens)
+
+
+class RateLimiter:
+    """Per-key request and token buckets. Call from the event loop only (no locking, no awaits)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._requests: dict[str, TokenBucket] = {}
+        self._tokens: dict[str, TokenBucket] = {}
+
+    def _bucket(self, table: dict[str, TokenBucket], key: str, capacity: int | None, now: float) -> TokenBucket | None:
+        if capacity is None:
+            return None
+        bucket = table.get(key)
+        if bucket is None or bucket.capacity != capacity:
+            bucket = table[key] = TokenBucket(capacity, now)
+        bucket.refill(now)
+        return bucket
+
+    def admit(self, key: ApiKey | None, estimate: int) -> Charge:
+        """Take one request and ``estimate`` tokens from ``key``'s budgets, or raise :class:`RateLimited`."""
+        if key is None or (key.rpm is None and key.tpm is None):
+            return Charge(None, 0)
+        now = self.clock()
+        requests = self._bucket(self._requests, key.name, key.rpm, now)
+        tokens = self._bucket(self._tokens, key.name, key.tpm, now)
+        if requests is not None and (wait := requests.wait_s(1)) > 0:
+            raise RateLimited(
+                f"Rate limit reached for key '{key.name}' on requests per minute: limit {key.rpm}. "
+                f"Try again in {math.ceil(wait)}s.",
+                limit="requests",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
+        if tokens is not None and (wait := tokens.wait_s(estimate)) > 0:
+            raise RateLimited(
+                f"Rate limit reached for key '{key.name}' on tokens per minute: limit {key.tpm}, "
+                f"requested about {estimate}. Try again in {math.ceil(wait)}s.",
+                limit="tokens",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
+        if requests is not None:
+            requests.add(-1)
+        if tokens is not None:
+            tokens.add(-estimate)
+        return Charge(tokens, estimate)
