@@ -166,6 +166,20 @@ class GatewayMetrics:
         self._decision_seconds = Histogram(
             "gateway_router_decision_seconds", "Time the router took to decide.", buckets=DECISION_BUCKETS, registry=r
         )
+        self._rejected = Counter(
+            "gateway_rejected_requests_total",
+            "Requests refused by policy, by reason (unauthorized, model_not_allowed, rate_limit_requests, "
+            "rate_limit_tokens, payload_too_large, max_tokens, n, messages) and API key name ('none' without one).",
+            ["reason", "key"],
+            registry=r,
+        )
+        self._pdr_stage = Histogram(
+            "gateway_pdr_stage_seconds",
+            "Wall time of one stage (draft: all parallel drafts, distill, refine) of a PDR round.",
+            ["model", "strategy", "stage"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self._series: dict[tuple[str, str], RequestSeries] = {}
 
     def series(self, model: str, strategy: str) -> RequestSeries:
@@ -205,6 +219,14 @@ class GatewayMetrics:
     def decision(self, model: str, strategy: str, reason: str, seconds: float) -> None:
         self._decisions.labels(model, strategy, reason).inc()
         self._decision_seconds.observe(seconds)
+
+    def rejected(self, reason: str, key: str | None) -> None:
+        """``key`` is the key's configured *name* (never the key); ``None`` when there is none."""
+        self._rejected.labels(reason, key or "none").inc()
+
+    def pdr_stage(self, model: str, strategy: str, stage: str, seconds: float) -> None:
+        """One finished stage of a PDR request (``stage``: draft, distill or refine)."""
+        self._pdr_stage.labels(model, strategy, stage).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

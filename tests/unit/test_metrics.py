@@ -23,6 +23,8 @@ GOLDEN = {
     "gateway_upstream_errors_total": ("counter", ("backend", "kind")),
     "gateway_routing_decisions_total": ("counter", ("model", "reason", "strategy")),
     "gateway_router_decision_seconds": ("histogram", ()),
+    "gateway_rejected_requests_total": ("counter", ("key", "reason")),
+    "gateway_pdr_stage_seconds": ("histogram", ("model", "stage", "strategy")),
 }
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
@@ -41,6 +43,9 @@ def exercised() -> str:
     m.set_backend_up("b1", True)
     m.upstream_error("b1", "connect")
     m.decision("smol", "speculative-ngram-k4", "least-loaded", 0.0002)
+    m.rejected("rate_limit_tokens", "team-a")
+    m.rejected("unauthorized", None)
+    m.pdr_stage("smol", "pdr-n4-r1", "draft", 2.5)
     return m.exposition().decode()
 
 
@@ -78,11 +83,14 @@ def test_helpers_record_values() -> None:
         'gateway_requests_total{endpoint="chat",model="smol",status="200",strategy="speculative-ngram-k4"} 1.0',
         'gateway_prompt_tokens_total{model="smol",strategy="speculative-ngram-k4"} 10.0',
         'gateway_output_tokens_total{model="smol",strategy="speculative-ngram-k4"} 20.0',
+        'gateway_rejected_requests_total{key="team-a",reason="rate_limit_tokens"} 1.0',
+        'gateway_rejected_requests_total{key="none",reason="unauthorized"} 1.0',
         'gateway_inflight_requests{backend="b1"} 1.0',
         'gateway_backend_up{backend="b1"} 1.0',
         'gateway_upstream_errors_total{backend="b1",kind="connect"} 1.0',
         'gateway_routing_decisions_total{model="smol",reason="least-loaded",strategy="speculative-ngram-k4"} 1.0',
         "gateway_router_decision_seconds_count 1.0",
+        'gateway_pdr_stage_seconds_count{model="smol",stage="draft",strategy="pdr-n4-r1"} 1.0',
     ):
         assert line in text.splitlines(), line
 
