@@ -117,7 +117,7 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chart(result: dict[str, Any], path: Path) -> bool:
+def _chart(result: dict[str, Any], path: Path, title: str) -> bool:
     try:
         import matplotlib
 
@@ -158,13 +158,63 @@ def _chart(result: dict[str, Any], path: Path) -> bool:
     )
     ax.set_xlabel("mean end-to-end latency (s)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Held-out prompts (n={result['prompts']}): router vs fixed arms")
+    ax.set_title(f"{title}: router vs fixed arms")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int) -> dict[str, Any]:
+    """Evaluate on every profiled prompt: K folds grouped by prompt, each scored by a router
+    trained (with :func:`router.training.train`, as ``llm-gateway train`` does) on the others."""
+    from router.encoder import PromptEncoder
+    from router.evaluation import evaluate, pool
+    from router.learned import LearnedPolicy
+    from router.training import prompt_folds, train
+
+    ids = sorted({r.prompt_id for r in rows})
+    vectors, encoder, names = _vectors(ids, texts)
+    fold_of = prompt_folds(ids, k, seed)
+    arms = sorted({r.arm for r in rows})
+    results = []
+    for fold in range(k):
+        train_rows = [r for r in rows if fold_of[r.prompt_id] != fold]
+        test_rows = [r for r in rows if fold_of[r.prompt_id] == fold]
+        train_ids = sorted({r.prompt_id for r in train_rows})
+        model, _ = train(
+            train_rows,
+            {i: vectors[i] for i in train_ids},
+            {i: len(texts[i]) / 1000 for i in train_ids},
+            encoder,
+            names,
+            seed=seed,
+        )
+        policy = LearnedPolicy(model=model, encoder=PromptEncoder.load())
+        features = {
+            r.prompt_id: (model.standardise(vectors[r.prompt_id]), len(texts[r.prompt_id]) / 1000) for r in test_rows
+        }
+        results.append(evaluate(policy, test_rows, features, arms))
+        print(f"  fold {fold + 1}/{k}: {results[-1]['prompts']} prompts", flush=True)
+    return pool(results)
+
+
+def _write_evaluation(result: dict[str, Any], out: Path, stem: str, title: str) -> None:
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["| rule | accuracy | mean latency (s) | gap recovered | arm share |", "|---|---|---|---|---|"]
+    for pt in result["points"]:
+        gap = "" if pt["gap_recovered"] is None else f"{pt['gap_recovered'] * 100:.0f}%"
+        share = ", ".join(f"{a} {s * 100:.0f}%" for a, s in pt["share"].items())
+        lines.append(f"| {pt['name']} | {pt['accuracy'] * 100:.1f}% | {pt['latency_s']:.2f} | {gap} | {share} |")
+    table = "\n".join(lines)
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(table)
+    if _chart(result, out / f"{stem}.png", title):
+        print(f"chart: {out / (stem + '.png')}")
+    else:
+        print("matplotlib not installed: no chart (pip install matplotlib)")
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -191,21 +241,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| rule | accuracy | mean latency (s) | gap recovered | arm share |", "|---|---|---|---|---|"]
-    for pt in result["points"]:
-        gap = "" if pt["gap_recovered"] is None else f"{pt['gap_recovered'] * 100:.0f}%"
-        share = ", ".join(f"{a} {s * 100:.0f}%" for a, s in pt["share"].items())
-        lines.append(f"| {pt['name']} | {pt['accuracy'] * 100:.1f}% | {pt['latency_s']:.2f} | {gap} | {share} |")
-    table = "\n".join(lines)
-    (out / "evaluation.md").write_text(table + "\n")
-    print(table)
+    _write_evaluation(result, out, "evaluation", f"Held-out prompts (n={result['prompts']})")
     print(
         f"held-out prompts: {result['prompts']}; featurize p50 {result['featurize_ms']['p50']:.1f} ms, "
         f"p99 {result['featurize_ms']['p99']:.1f} ms; decide p50 {result['policy_decide_ms']['p50']:.3f} ms"
     )
-    if _chart(result, out / "pareto.png"):
-        print(f"chart: {out / 'pareto.png'}")
-    else:
-        print("matplotlib not installed: no chart (pip install matplotlib)")
+    if args.cv:
+        print(f"==> {args.cv}-fold cross-validation over every profiled prompt (train and test splits)")
+        cv = _cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed)
+        _write_evaluation(cv, out, "evaluation-cv", f"{args.cv}-fold cross-validation (n={cv['prompts']})")
     return 0

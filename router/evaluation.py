@@ -143,3 +143,59 @@ def evaluate(
             "p99": float(np.percentile(decide_s, 99) * 1000),
         },
     }
+
+
+def pool(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Combine :func:`evaluate` results on disjoint prompt sets (cross-validation folds).
+
+    Means are weighted by each result's prompt count, so the pooled point equals what one
+    evaluation over all the prompts would report; gap recovered is recomputed from the pooled
+    points. Decision latency percentiles are the folds' medians.
+    """
+    if not results:
+        raise ValueError("nothing to pool")
+    total = sum(r["prompts"] for r in results)
+    names = [pt["name"] for pt in results[0]["points"]]
+    points: list[Point] = []
+    for name in names:
+        per = [(r["prompts"], next(pt for pt in r["points"] if pt["name"] == name)) for r in results]
+        share: dict[str, float] = defaultdict(float)
+        for n, pt in per:
+            for arm, s in pt["share"].items():
+                share[arm] += s * n / total
+        points.append(
+            Point(
+                name,
+                sum(pt["accuracy"] * n for n, pt in per) / total,
+                sum(pt["latency_s"] * n for n, pt in per) / total,
+                dict(sorted(share.items())),
+            )
+        )
+    best_fixed = max((pt for pt in points if pt.name.startswith("fixed:")), key=lambda pt: pt.accuracy)
+    orc = next(pt for pt in points if pt.name == "oracle")
+    gap = orc.accuracy - best_fixed.accuracy
+    slices: dict[str, dict[str, float]] = {}
+    for r in results:
+        for task, sl in r["slices"].items():
+            acc = slices.setdefault(task, defaultdict(float))
+            acc["prompts"] += sl["prompts"]
+            for k, v in sl.items():
+                if k != "prompts":
+                    acc[k] += v * sl["prompts"]
+    for sl in slices.values():
+        n = sl["prompts"]
+        for k in list(sl):
+            if k != "prompts":
+                sl[k] /= n
+    return {
+        "prompts": total,
+        "folds": len(results),
+        "arms": results[0]["arms"],
+        "points": [
+            {**vars(pt), "gap_recovered": None if gap <= 0 else (pt.accuracy - best_fixed.accuracy) / gap}
+            for pt in points
+        ],
+        "best_fixed": best_fixed.name,
+        "slices": {t: dict(v) for t, v in slices.items()},
+        "policy_decide_ms": {q: float(np.median([r["policy_decide_ms"][q] for r in results])) for q in ("p50", "p99")},
+    }

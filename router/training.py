@@ -66,7 +66,8 @@ def read_rows(lines: Iterable[str]) -> list[Row]:
     return rows
 
 
-def _folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
+def prompt_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
+    """Fold number (0..k-1) per prompt id: a fixed function of the ids and the seed."""
     order = sorted(set(ids), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     return {pid: n % k for n, pid in enumerate(order)}
 
@@ -145,7 +146,7 @@ def train(
     mean = raw.mean(axis=0)
     std = np.maximum(raw.std(axis=0), 1e-6)
     x_of = {pid: (vectors[pid] - mean) / std for pid in ids}
-    fold_of = _folds(ids, folds, seed)
+    fold_of = prompt_folds(ids, folds, seed)
     by_arm: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
         if r.prompt_id in x_of:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from router import encoder as encoder_module
-from router.encoder import MAX_TOKENS, TOKENIZER_FILE, PromptEncoder, weights_path
+from router.encoder import MAX_TOKENS, TOKENIZER_FILE, PromptEncoder, quantized_weights, weights_path
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,23 @@ def test_long_input_is_truncated(enc: PromptEncoder) -> None:
     assert enc.count_tokens("hello world") == 4  # [CLS] hello world [SEP]
 
 
-def test_name_identifies_weights_and_limit(enc: PromptEncoder) -> None:
+def test_name_identifies_weights_quantisation_and_limit(enc: PromptEncoder) -> None:
     digest = hashlib.sha256(weights_path().read_bytes()).hexdigest()[:12]
-    assert enc.name == f"all-MiniLM-L6-v2-int8-onnx:{digest}:max{MAX_TOKENS}"
+    assert enc.name == f"all-MiniLM-L6-v2-q8dyn-onnx:{digest}:max{MAX_TOKENS}"
+    assert PromptEncoder.load(quantized=False).name == f"all-MiniLM-L6-v2-int8-onnx:{digest}:max{MAX_TOKENS}"
+
+
+def test_quantised_copy_is_deterministic_cached_and_close(tmp_path: Path) -> None:
+    a = quantized_weights(weights_path(), tmp_path / "a")
+    b = quantized_weights(weights_path(), tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()  # same install, same graph: artifacts stay valid
+    mtime = a.stat().st_mtime_ns
+    assert quantized_weights(weights_path(), tmp_path / "a") == a and a.stat().st_mtime_ns == mtime
+    assert [p.name for p in (tmp_path / "a").iterdir()] == [a.name]  # no temporary leftovers
+    texts = ["What is 17 * 23?", "Write a haiku about autumn.", "def f(x):\n    return x + 1"]
+    full = PromptEncoder(weights_path(), TOKENIZER_FILE).encode(texts)
+    quant = PromptEncoder(a, TOKENIZER_FILE).encode(texts)
+    assert np.all((full * quant).sum(axis=1) > 0.85)
 
 
 def test_concurrent_calls_from_threads(enc: PromptEncoder) -> None:
