@@ -115,6 +115,11 @@ def create_app(
     async def route(request: Request) -> Response:
         return await proxy.dry_run(request, caller(request))
 
+    @app.post("/v1/feedback", summary="Rate an answer by its id; recorded as JSONL with its routing decision")
+    async def feedback(request: Request) -> Response:
+        caller(request)
+        return await proxy.feedback(request)
+
     @app.get("/v1/models", summary="Public models, plus 'auto' (the router chooses)")
     async def models(request: Request) -> Response:
         key = caller(request)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse, FeedbackRequest
 from router.flags import HEADERS
 
 _REF = "#/components/schemas/{model}"
@@ -53,7 +53,7 @@ def _ref(name: str) -> dict[str, str]:
 
 def _components(schema: dict[str, Any], models: list[str], arms: list[str]) -> None:
     components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, CompletionRequest, ErrorResponse, RouteOptions):
+    for model in (ChatCompletionRequest, CompletionRequest, ErrorResponse, RouteOptions, FeedbackRequest):
         doc = model.model_json_schema(ref_template=_REF)
         components.update(doc.pop("$defs", {}))
         components[model.__name__] = doc
@@ -92,6 +92,9 @@ def document_openapi(app: FastAPI, auth: bool, models: list[str], arms: list[str
             **{p: _ref(m) for p, m in _GENERATION.items()},
             "/v1/route": {"anyOf": list(map(_ref, _GENERATION.values()))},
         }
+        fb = paths["/v1/feedback"]["post"]
+        fb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("FeedbackRequest")}}}
+        fb["responses"].update(_errors({"400": "Invalid rating", "404": "Feedback recording is off"}))
         for path, body in bodies.items():
             op = paths[path]["post"]
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}

@@ -63,6 +63,19 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class FeedbackRequest(BaseModel):
+    """A caller's rating of one answer (``POST /v1/feedback``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        min_length=1, max_length=256, description="The response's id (chatcmpl-...) or its x-request-id header."
+    )
+    rating: float = Field(ge=0, le=1, allow_inf_nan=False, description="1 = good answer, 0 = bad.")
+    comment: str | None = Field(None, max_length=4096)
+    labels: dict[str, str] | None = Field(None, max_length=32, description="Free-form tags, e.g. {'task': 'maths'}.")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway.arms import ArmCatalog, LiveArm
 from gateway.auth import ApiKey
@@ -34,13 +36,16 @@ from gateway.errors import (
     UpstreamHTTPError,
     error_response,
 )
+from gateway.feedback import FeedbackLog, RouteLog
 from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, prompt_text
+from gateway.pdr import PDRRunner
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, FeedbackRequest, prompt_text
 from gateway.relay import RelayResponse, StreamOutcome
 from gateway.settings import Settings
 from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
 from router import Decision, FlagError, NoArmAvailable, Policy, RouteFlags, RouteRequest, parse_flags
+from router.strategy import PDRStrategy
 
 log = logging.getLogger("gateway.serving")
 
@@ -94,6 +99,9 @@ class Proxy:
         self.policy = policy
         self.metrics = metrics
         self.limiter = RateLimiter()
+        fb = settings.feedback
+        self.routes = RouteLog(fb.remember, store_prompts=fb.store_prompts) if fb.path else None
+        self.feedback_log = FeedbackLog(fb.path) if fb.path else None
 
     async def _read_body(self, request: Request) -> dict[str, Any]:
         limit = self.settings.server.max_body_bytes
@@ -241,27 +249,83 @@ class Proxy:
         """Answer one request for ``key`` (``None``: auth is off); every failure becomes an OpenAI
         error response (never raises)."""
         started = time.perf_counter()
+        request_id = uuid.uuid4().hex
         model_label, strategy_label = _UNKNOWN, _NONE
         charge: Charge | None = None
         try:
             body, decision, charge = await self._route(endpoint, request, key)
             model_label, strategy_label = decision.arm.model, decision.arm.strategy.label
-            return _settle_at_end(await self._forward(endpoint, body, decision, started), charge)
+            return _settle_at_end(await self._forward(endpoint, body, decision, started, request_id), charge)
         except GatewayError as exc:
             if charge is not None:
                 charge.settle(0)  # refused before any backend answered: nothing was generated
             self._rejected(exc, key)
             self.metrics.request_done(model_label, strategy_label, endpoint, exc.status)
-            return error_response(exc)
+            return error_response(_with_headers(exc, {"x-request-id": request_id}))
         except ClientDisconnect:
             self.metrics.request_done(model_label, strategy_label, endpoint, 499)
             return Response(status_code=499)
 
-    async def _send(self, backend: Backend, endpoint: Endpoint, payload: bytes, stream: bool) -> UpstreamResponse:
-        headers = {"content-type": "application/json", **backend.auth_header}
+    async def _send(
+        self, backend: Backend, endpoint: Endpoint, payload: bytes, stream: bool, request_id: str
+    ) -> UpstreamResponse:
+        # vLLM names its response after X-Request-Id (chatcmpl-<id>), so feedback can find the decision.
+        headers = {"content-type": "application/json", "x-request-id": request_id, **backend.auth_header}
         return await self.upstream.post(backend.base_url + _PATHS[endpoint], payload, headers, stream)
 
-    async def _forward(self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float) -> Any:
+    def _remember(
+        self, request_id: str, endpoint: Endpoint, live: LiveArm, backend: str, reason: str, body: dict[str, Any]
+    ) -> None:
+        if self.routes is not None:
+            self.routes.remember(
+                request_id,
+                endpoint=endpoint,
+                arm=live.arm.name,
+                model=live.arm.model,
+                strategy=live.strategy_label,
+                backend=backend,
+                reason=reason,
+                prompt=prompt_text(body),
+            )
+
+    async def feedback(self, request: Request) -> Response:
+        """``POST /v1/feedback``: record a rating for an answer, joined with its routing decision."""
+        try:
+            if self.feedback_log is None or self.routes is None:
+                off = InvalidRequest("feedback recording is off on this gateway (set feedback.path)")
+                off.status, off.code = 404, "feedback_disabled"
+                raise off
+            body = await self._read_body(request)
+            try:
+                rating = FeedbackRequest.model_validate(body)
+            except ValidationError as exc:
+                raise _validation_error(exc, body) from None
+            try:
+                line = await asyncio.to_thread(
+                    self.feedback_log.record,
+                    rating.id,
+                    rating.rating,
+                    self.routes.find(rating.id),
+                    comment=rating.comment,
+                    labels=rating.labels,
+                )
+            except OSError as exc:
+                log.error("cannot write feedback to %s: %s", self.feedback_log.path, exc)
+                raise GatewayError("feedback could not be recorded; see the gateway log", code="feedback_io") from None
+        except GatewayError as exc:
+            return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        doc = {"object": "feedback", "id": rating.id, "recorded": True, "matched": line["matched"]}
+        if "route" in line:
+            doc["arm"] = line["route"]["arm"]
+        return Response(orjson.dumps(doc), media_type="application/json")
+
+    async def _forward(
+        self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float, request_id: str
+    ) -> Any:
+        if isinstance(decision.arm.strategy, PDRStrategy):
+            return await self._forward_pdr(endpoint, body, decision, started, request_id)
         stream = bool(body.get("stream"))
         client_opts = body.get("stream_options") or {}
         wants_usage = bool(client_opts.get("include_usage"))
@@ -281,7 +345,7 @@ class Proxy:
                 body["model"] = backend.settings.served_model
                 backend.acquire()
                 try:
-                    resp = await self._send(backend, endpoint, orjson.dumps(body), stream)
+                    resp = await self._send(backend, endpoint, orjson.dumps(body), stream, request_id)
                 except UpstreamTimeout as exc:
                     backend.release()
                     self.pool.report_failure(backend, exc.kind, exc.detail)
@@ -300,6 +364,7 @@ class Proxy:
                     "x-route-strategy": live.strategy_label,
                     "x-route-backend": backend.name,
                     "x-route-reason": decision.reason if live.arm is decision.arm else "failover",
+                    "x-request-id": request_id,
                 }
                 if resp.status >= 400:
                     try:
@@ -315,6 +380,7 @@ class Proxy:
                         continue
                     self.metrics.upstream_error(backend.name, "http_4xx")
                     raise _with_headers(UpstreamHTTPError(resp.status, payload), headers)
+                self._remember(request_id, endpoint, live, backend.name, headers["x-route-reason"], body)
                 if stream:
                     return self._relay(endpoint, live, backend, resp, headers, wants_usage, started)
                 try:
@@ -328,6 +394,158 @@ class Proxy:
             f"no healthy backend for model '{decision.arm.model}'",
             headers={"retry-after": str(self.settings.timeouts.retry_after_s)},
         )
+
+    def _pdr_calls(
+        self, live: LiveArm, request_id: str, used: list[str]
+    ) -> tuple[Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], AsyncIterator[bytes]]]:
+        """``complete``/``stream`` callables for :class:`PDRRunner`, bound to ``live``'s backends.
+
+        Each call takes the least-loaded healthy backend of the arm, gets its own upstream request
+        id (``<request id>-<n>``: vLLM refuses duplicate ids in flight) and appends the backend's
+        name to ``used``. Failures become gateway errors and mark the backend as they would for a
+        plain request.
+        """
+        counter = iter(range(1, 1 << 30))
+        needle = b'"model":'
+
+        def pick() -> Backend:
+            backend = self.pool.choose(live.backends)
+            if backend is None:
+                raise NoHealthyBackend(
+                    f"no healthy backend for arm '{live.arm.name}'",
+                    headers={"retry-after": str(self.settings.timeouts.retry_after_s)},
+                )
+            used.append(backend.name)
+            return backend
+
+        async def call(backend: Backend, body: dict[str, Any], stream: bool) -> UpstreamResponse:
+            payload = orjson.dumps({**body, "model": backend.settings.served_model})
+            try:
+                resp = await self._send(backend, "chat", payload, stream, f"{request_id}-{next(counter)}")
+            except UpstreamIOError as exc:
+                self.pool.report_failure(backend, exc.kind, exc.detail)
+                kind = "timeout" if isinstance(exc, UpstreamTimeout) else exc.kind
+                raise UpstreamError(
+                    f"backend '{backend.name}' failed: {exc.detail}",
+                    kind=kind,
+                    status=504 if kind == "timeout" else 502,
+                ) from None
+            if resp.status >= 400:
+                try:
+                    content = await resp.read()
+                except UpstreamIOError:
+                    content = b""
+                finally:
+                    await resp.aclose()
+                if resp.status >= 500:
+                    self.pool.report_failure(backend, "http_5xx", str(resp.status))
+                raise UpstreamHTTPError(resp.status, content)
+            return resp
+
+        async def complete(body: dict[str, Any]) -> dict[str, Any]:
+            backend = pick()
+            backend.acquire()
+            try:
+                resp = await call(backend, body, False)
+                try:
+                    content = await resp.read()
+                except UpstreamIOError as exc:
+                    self.pool.report_failure(backend, "stream", exc.detail)
+                    raise UpstreamError(
+                        f"backend '{backend.name}' failed while answering: {exc.detail}", kind="stream"
+                    ) from None
+                finally:
+                    await resp.aclose()
+            finally:
+                backend.release()
+            self.pool.report_success(backend)
+            doc = orjson.loads(content)
+            if not isinstance(doc, dict):
+                raise UpstreamError(f"backend '{backend.name}' answered with a non-object body", kind="protocol")
+            doc["model"] = live.arm.model
+            return doc
+
+        async def stream(body: dict[str, Any]) -> AsyncIterator[bytes]:
+            backend = pick()
+            backend.acquire()
+            try:
+                resp = await call(backend, body, True)
+                served = needle + orjson.dumps(backend.settings.served_model)
+                public = needle + orjson.dumps(live.arm.model)
+                try:
+                    async for chunk in resp.chunks():
+                        yield chunk.replace(served, public)
+                except UpstreamIOError as exc:
+                    self.pool.report_failure(backend, "stream", exc.detail)
+                    raise UpstreamError(
+                        f"backend '{backend.name}' failed mid-stream: {exc.detail}", kind="stream"
+                    ) from None
+                finally:
+                    await resp.aclose()
+            finally:
+                backend.release()
+
+        return complete, stream
+
+    async def _forward_pdr(
+        self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float, request_id: str
+    ) -> Response:
+        """Answer with the ``pdr`` strategy: drafts, distill and refine run by :class:`PDRRunner`."""
+        live = self.catalog.arms[decision.arm.name]
+        strategy = live.arm.strategy
+        assert isinstance(strategy, PDRStrategy)
+        if endpoint != "chat":
+            raise InvalidRequest(
+                f"arm '{live.arm.name}' (strategy pdr) answers chat completions only", param="model", code="unsupported"
+            )
+        refine_arm = self.catalog.arms[strategy.refine_arm] if strategy.refine_arm else live
+        draft_arm = self.catalog.arms[strategy.draft_arm] if strategy.draft_arm else refine_arm
+        used: list[str] = []
+        complete, stream = self._pdr_calls(refine_arm, request_id, used)
+        draft_complete, _ = self._pdr_calls(draft_arm, request_id + "-d", used)
+        model, label = live.arm.model, live.strategy_label
+        runner = PDRRunner(
+            strategy,
+            complete,
+            stream,
+            draft_complete=draft_complete,
+            on_stage=lambda stage, seconds: self.metrics.pdr_stage(model, label, stage, seconds),
+        )
+        headers = {
+            "x-route-arm": live.arm.name,
+            "x-route-model": model,
+            "x-route-strategy": label,
+            "x-route-reason": decision.reason,
+            "x-request-id": request_id,
+        }
+        series = self.metrics.series(model, label)
+
+        def finish(status: int) -> None:
+            usage = runner.usage
+            self.metrics.observe_usage(series, usage["prompt_tokens"], usage["completion_tokens"])
+            series.duration.observe(time.perf_counter() - started)
+            self.metrics.request_done(model, label, endpoint, status)
+
+        if not body.get("stream"):
+            answer = await runner.complete(body)
+            headers["x-route-backend"] = ",".join(dict.fromkeys(used))
+            self._remember(request_id, endpoint, live, headers["x-route-backend"], decision.reason, body)
+            finish(200)
+            return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+        events = await runner.open_stream(body)  # stages before the first byte: errors are still JSON
+        headers["x-route-backend"] = ",".join(dict.fromkeys(used))
+        self._remember(request_id, endpoint, live, headers["x-route-backend"], decision.reason, body)
+
+        async def relay() -> AsyncIterator[bytes]:
+            status = 499
+            try:
+                async for chunk in events:
+                    yield chunk
+                status = 200
+            finally:
+                finish(status)
+
+        return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
     async def _complete(
         self,

@@ -136,6 +136,14 @@ class AuthSettings(_Strict):
         return bool(self.keys)
 
 
+class FeedbackSettings(_Strict):
+    """``POST /v1/feedback``: ratings appended to ``path`` (JSONL), joined with recent decisions."""
+
+    path: str | None = Field(None, description="JSONL file for ratings; unset: the endpoint answers 404.")
+    remember: int = Field(10000, ge=0, le=1_000_000, description="Recent decisions kept in memory to join.")
+    store_prompts: bool = Field(False, description="Write the prompt text with each rating (else its sha256).")
+
+
 class LimitSettings(_Strict):
     """Caps on one request (400 naming the field) and the up-front token estimate of rate limiting."""
 
@@ -159,6 +167,7 @@ class Settings(_Strict):
     max_attempts: int = Field(3, ge=1, le=10, description="Backends tried per request before the first byte.")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
@@ -178,6 +187,13 @@ class Settings(_Strict):
                     problems.append(
                         f"arms[{i}].backends[{j}]: unknown backend '{ref}'; known: {', '.join(sorted(seen))}"
                     )
+        for i, a in enumerate(self.arms):
+            for param in ("draft_arm", "refine_arm"):
+                ref = a.strategy.get(param)
+                if ref is not None and ref not in arm_names:
+                    problems.append(f"arms[{i}].strategy.{param}: unknown arm '{ref}'")
+                elif ref is not None and self._arm(ref).strategy.get("kind") == "pdr":
+                    problems.append(f"arms[{i}].strategy.{param}: '{ref}' is itself a pdr arm")
         problems += self._key_problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -205,6 +221,9 @@ class Settings(_Strict):
                         f"auth.keys[{i}].models[{j}]: unknown model '{m}'; known: {', '.join(sorted(models))}"
                     )
         return problems
+
+    def _arm(self, name: str) -> ArmSettings:
+        return next(a for a in self.arms if a.name == name)
 
     def backend(self, name: str) -> BackendSettings:
         return next(b for b in self.backends if b.name == name)

@@ -182,17 +182,21 @@ class FakeVLLM:
             msg = f"The model `{body.get('model')}` does not exist. Valid aliases: {self.served_model}."
             return httpx.Response(404, content=vllm_error(msg, "NotFoundError", 404, "model"))
         chat = path == "/v1/chat/completions"
+        rid = request.headers.get("x-request-id")  # vLLM names its response after it
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = self._sse_chunks(chat, include_usage)
+            chunks = self._sse_chunks(chat, include_usage, rid)
             stream = FakeStream(chunks, self.stream_fault, self.stream_fault_after)
             self.streams.append(stream)
             return httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=stream)
         return httpx.Response(
-            200, content=compact(self._completion(chat)), headers={"content-type": "application/json"}
+            200, content=compact(self._completion(chat, rid)), headers={"content-type": "application/json"}
         )
 
-    def _completion(self, chat: bool) -> dict[str, Any]:
+    def _id(self, chat: bool, rid: str | None) -> str:
+        return f"{'chatcmpl' if chat else 'cmpl'}-{rid or f'{self.name}-{next(self._ids)}'}"
+
+    def _completion(self, chat: bool, rid: str | None = None) -> dict[str, Any]:
         text = "".join(TOKENS)
         if chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -200,7 +204,7 @@ class FakeVLLM:
             choice = {"index": 0, "text": text, "logprobs": None}
         choice["finish_reason"] = "stop"
         return {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{self.name}-{next(self._ids)}",
+            "id": self._id(chat, rid),
             "object": "chat.completion" if chat else "text_completion",
             "created": 1795542588,
             "model": self.served_model,
@@ -208,9 +212,9 @@ class FakeVLLM:
             "usage": USAGE,
         }
 
-    def _sse_chunks(self, chat: bool, include_usage: bool) -> list[bytes]:
+    def _sse_chunks(self, chat: bool, include_usage: bool, rid: str | None = None) -> list[bytes]:
         head = {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{self.name}-{next(self._ids)}",
+            "id": self._id(chat, rid),
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": 1795542588,
             "model": self.served_model,

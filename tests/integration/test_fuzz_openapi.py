@@ -37,6 +37,7 @@ OPERATIONS = [
     ("POST", "/v1/chat/completions", 400),
     ("POST", "/v1/completions", 400),
     ("POST", "/v1/route", 300),
+    ("POST", "/v1/feedback", 150),
     ("GET", "/v1/models", 1),
     ("GET", "/health", 1),
     ("GET", "/ready", 1),
