@@ -189,11 +189,11 @@ class Settings(_Strict):
                     )
         for i, a in enumerate(self.arms):
             for param in ("draft_arm", "refine_arm"):
-                ref = a.strategy.get(param)
-                if ref is not None and ref not in arm_names:
-                    problems.append(f"arms[{i}].strategy.{param}: unknown arm '{ref}'")
-                elif ref is not None and self._arm(ref).strategy.get("kind") == "pdr":
-                    problems.append(f"arms[{i}].strategy.{param}: '{ref}' is itself a pdr arm")
+                target = a.strategy.get(param)
+                if target is not None and target not in arm_names:
+                    problems.append(f"arms[{i}].strategy.{param}: unknown arm '{target}'")
+                elif target is not None and self._arm(target).strategy.get("kind") == "pdr":
+                    problems.append(f"arms[{i}].strategy.{param}: '{target}' is itself a pdr arm")
         problems += self._key_problems()
         if problems:
             raise ValueError("; ".join(problems))
