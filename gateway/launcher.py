@@ -9,6 +9,7 @@ them all (SIGTERM, then SIGKILL) on exit or Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -65,6 +66,15 @@ class BackendSpec:
             env={k: str(v) for k, v in data.get("env", {}).items()},
             common_args=tuple(data.get("common_args", ())),
         )
+
+    def only(self, names: list[str]) -> BackendSpec:
+        """The same spec with just the servers ``names`` (in file order); ``ValueError`` for an unknown name."""
+        wanted = {n.strip() for n in names if n.strip()}
+        unknown = wanted - {s.name for s in self.servers}
+        if unknown or not wanted:
+            known = ", ".join(s.name for s in self.servers)
+            raise ValueError(f"unknown backend server(s) {sorted(unknown)}; known: {known}")
+        return dataclasses.replace(self, servers=tuple(s for s in self.servers if s.name in wanted))
 
 
 @dataclass

@@ -5,6 +5,8 @@
 #      to safetensors, cached under $LLM_GATEWAY_HOME (default ~/.cache/llm-gateway)
 #   3. two vLLM-CPU servers (plain and n-gram speculative k=4), then the gateway on :8080
 # Re-running skips what is done. Ctrl-C stops every process it started.
+# STACK=strategies runs the opt-in strategies stack instead (SmolLM2 plain, n-gram k=2/4/6 and a
+# layer-skipped variant; about 16 GB): it builds the variant first (WITH_VARIANTS=1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
@@ -14,5 +16,12 @@ if [ ! -x .venv/bin/llm-gateway ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install --progress-bar on -e '.[test]'
 fi
-deploy/local/backend-env.sh
-exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway.yaml --backends deploy/local/backends.yaml "$@"
+case "${STACK:-default}" in
+  default)    deploy/local/backend-env.sh
+              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway.yaml \
+                --backends deploy/local/backends.yaml "$@" ;;
+  strategies) WITH_VARIANTS=1 deploy/local/backend-env.sh
+              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-strategies.yaml \
+                --backends deploy/local/backends-strategies.yaml "$@" ;;
+  *) echo "local-stack: unknown STACK='$STACK' (default | strategies)" >&2; exit 2 ;;
+esac

