@@ -43,6 +43,9 @@ def create_app(
     without it the upstream client is the lean aiohttp one (:mod:`gateway.upstream`)."""
     metrics = metrics or GatewayMetrics()
     catalog = ArmCatalog(settings)
+    for live in catalog.arms.values():
+        for backend in live.backends:
+            metrics.arm_info(live.arm.name, live.arm.model, live.strategy_label, backend)
     policy = settings.routing.build([live.arm for live in catalog.arms.values()])
     upstream: Upstream = (
         AiohttpUpstream(settings.timeouts) if transport is None else HttpxUpstream(settings.timeouts, transport)

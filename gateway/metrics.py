@@ -180,6 +180,18 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self._arm_info = Gauge(
+            "gateway_arm_info",
+            "1 per configured (arm, backend): joins vLLM's per-backend series to arms and strategies.",
+            ["arm", "model", "strategy", "backend"],
+            registry=r,
+        )
+        self._failovers = Counter(
+            "gateway_failovers_total",
+            "Requests answered by another arm than the router chose (its backends failed before the first byte).",
+            ["model", "strategy"],
+            registry=r,
+        )
         self._series: dict[tuple[str, str], RequestSeries] = {}
 
     def series(self, model: str, strategy: str) -> RequestSeries:
@@ -223,6 +235,13 @@ class GatewayMetrics:
     def rejected(self, reason: str, key: str | None) -> None:
         """``key`` is the key's configured *name* (never the key); ``None`` when there is none."""
         self._rejected.labels(reason, key or "none").inc()
+
+    def arm_info(self, arm: str, model: str, strategy: str, backend: str) -> None:
+        self._arm_info.labels(arm, model, strategy, backend).set(1)
+
+    def failover(self, model: str, strategy: str) -> None:
+        """The arm that answered (``model``, ``strategy``) was not the router's first choice."""
+        self._failovers.labels(model, strategy).inc()
 
     def pdr_stage(self, model: str, strategy: str, stage: str, seconds: float) -> None:
         """One finished stage of a PDR request (``stage``: draft, distill or refine)."""

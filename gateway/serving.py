@@ -381,6 +381,8 @@ class Proxy:
                     self.metrics.upstream_error(backend.name, "http_4xx")
                     raise _with_headers(UpstreamHTTPError(resp.status, payload), headers)
                 self._remember(request_id, endpoint, live, backend.name, headers["x-route-reason"], body)
+                if live.arm is not decision.arm:
+                    self.metrics.failover(live.arm.model, live.strategy_label)
                 if stream:
                     return self._relay(endpoint, live, backend, resp, headers, wants_usage, started)
                 try:

@@ -22,6 +22,7 @@ Ties always go to configuration order, so decisions are deterministic.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,27 @@ class LearnedPolicy(Policy):
 
     Parameters: ``artifact`` — the artifact directory (default: the one shipped for the local
     stack). Loading fails if the artifact is corrupt, was trained with another encoder, or lacks
-    a configured arm.
+    a configured arm. ``load_share`` — how much each request already in flight on an arm's best
+    backend slows a new one: TTFT and decode time are multiplied by ``1 + load_share * load``
+    (1.0, the default, assumes no batching gain, as on a CPU core; GPUs batch nearly for free at
+    small loads: lower it from your own benchmarks). The learned predictions themselves are for an
+    idle arm, so this is what spreads a burst across arms and routes around a queue.
     """
 
     needs_features = True
 
     def __init__(
-        self, artifact: str | None = None, *, model: RouterModel | None = None, encoder: PromptEncoder | None = None
+        self,
+        artifact: str | None = None,
+        *,
+        load_share: float = 1.0,
+        model: RouterModel | None = None,
+        encoder: PromptEncoder | None = None,
     ) -> None:
         """Load ``artifact`` with the installed encoder, or (tests, evaluation) take ``model`` as is."""
+        if not isinstance(load_share, int | float) or isinstance(load_share, bool) or not 0 <= load_share <= 10:
+            raise ValueError(f"load_share must be a number in [0, 10], got {load_share!r}")
+        self.load_share = float(load_share)
         self.artifact = Path(artifact) if artifact else DEFAULT_ARTIFACT
         self.encoder = encoder
         if model is not None:
@@ -96,10 +109,14 @@ class LearnedPolicy(Policy):
 
     def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
         x, kchars = request.features if request.features is not None else self.featurize(request.prompt)
-        return {
-            s.arm.name: self.model.arms[s.arm.name].predict(x, kchars, request.max_tokens, s.ttft_s, s.tokens_per_s)
-            for s in candidates
-        }
+        out = {}
+        for s in candidates:
+            p = self.model.arms[s.arm.name].predict(x, kchars, request.max_tokens, s.ttft_s, s.tokens_per_s)
+            slow = 1.0 + self.load_share * max(0.0, s.load)
+            if slow != 1.0:
+                p = replace(p, ttft_s=p.ttft_s * slow, tokens_per_s=p.tokens_per_s / slow, latency_s=p.latency_s * slow)
+            out[s.arm.name] = p
+        return out
 
     def accuracy_floor(self, value: float | str | None) -> float | None:
         if isinstance(value, str):

@@ -101,6 +101,9 @@ async def test_auto_fails_over_to_the_next_ranked_arm(gw: Gateway, upstreams: Up
     )
     assert {c["model"] for c in gw.events(r)[:-1]} == {"coder"}
     assert upstreams["b3"].generation_bodies[0]["model"] == "coder-served"
+    assert gw.metric("gateway_failovers_total", model="coder", strategy="speculative-ngram-k4") == 1
+    assert gw.metric("gateway_failovers_total", model="smol", strategy="plain") is None
+    assert gw.metric("gateway_arm_info", arm="smol-plain", model="smol", strategy="plain", backend="b2") == 1
 
 
 async def test_max_attempts_bounds_the_retries(make_gateway: MakeGateway, upstreams: Upstreams) -> None:

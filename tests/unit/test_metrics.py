@@ -25,6 +25,8 @@ GOLDEN = {
     "gateway_router_decision_seconds": ("histogram", ()),
     "gateway_rejected_requests_total": ("counter", ("key", "reason")),
     "gateway_pdr_stage_seconds": ("histogram", ("model", "stage", "strategy")),
+    "gateway_arm_info": ("gauge", ("arm", "backend", "model", "strategy")),
+    "gateway_failovers_total": ("counter", ("model", "strategy")),
 }
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
@@ -46,6 +48,8 @@ def exercised() -> str:
     m.rejected("rate_limit_tokens", "team-a")
     m.rejected("unauthorized", None)
     m.pdr_stage("smol", "pdr-n4-r1", "draft", 2.5)
+    m.arm_info("smol-spec", "smol", "speculative-ngram-k4", "b1")
+    m.failover("smol", "plain")
     return m.exposition().decode()
 
 
