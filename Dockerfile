@@ -6,9 +6,19 @@
 #   docker run --rm -p 8080:8080 -v "$PWD/deploy/compose/gateway-cpu.yaml:/etc/llm-gateway/gateway.yaml:ro" llm-gateway:0.1.0
 #
 # GATEWAY_* environment variables override the mounted file (GATEWAY_SERVER__PORT=9000, ...).
+#
+# Offline builds (deploy/podman/smoke.sh): BASE_IMAGE names another base with Python 3.11 on PATH as
+# `python` (e.g. a Debian bookworm image made with debootstrap), and PIP_FIND_LINKS + PIP_NO_INDEX=1 make
+# pip install from a wheelhouse mounted into the build (`podman build -v "$PWD/wheelhouse:/wheelhouse:ro"`).
+
+ARG BASE_IMAGE=python:3.11-slim
 
 ############################ builder: build the wheel, install it into /opt/venv ############################
-FROM python:3.11-slim AS builder
+FROM ${BASE_IMAGE} AS builder
+
+# Unset by default: pip uses PyPI. Read by pip from the environment of the RUN steps below.
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -27,7 +37,7 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && /opt/venv/bin/llm-gateway --help > /dev/null
 
 ############################ runtime ############################
-FROM python:3.11-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="llm-gateway" \
       org.opencontainers.image.description="OpenAI-compatible LLM gateway that routes each request to a model and a decoding strategy" \
@@ -38,7 +48,7 @@ RUN groupadd --system --gid 10001 gateway \
        --shell /usr/sbin/nologin gateway \
     && mkdir -p /etc/llm-gateway
 
-# Same base image, same /usr/local/bin/python3.11: the venv's interpreter links stay valid.
+# Same base image, same python3.11 path: the venv's interpreter links stay valid.
 COPY --from=builder /opt/venv /opt/venv
 
 # In a container the server must listen on every interface; this overrides server.host of any mounted

@@ -10,14 +10,20 @@ Each panel query runs with Grafana's variables substituted (``$__rate_interval``
 other dashboard variables → ``.*``) as a range query over the time of the traffic. A query fails the test
 when Prometheus rejects it, when it names a metric that neither the gateway's /metrics nor any vLLM
 /metrics exposes, or when it returns no data although the traffic should have produced some.
+
+Last, ``deploy/grafana/preview.py`` draws every dashboard from that Prometheus (matplotlib; skipped
+without it): into a temporary folder, or into ``$DASHBOARD_PREVIEW_DIR`` (relative to the repository)
+when set — ``DASHBOARD_PREVIEW_DIR=docs`` refreshes ``docs/grafana-*.png``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +46,14 @@ def _load(name: str, path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 e2e = _load("_e2e_conftest_helpers", HERE / "conftest.py")  # free_port, wait_http, stop
 checks = _load("_observability_checks", ROOT / "tests/unit/test_observability.py")  # queries, names, substitute
+preview = _load("_dashboard_preview", ROOT / "deploy/grafana/preview.py")
 
 QUERIES = checks.dashboard_queries()
 # Panels that may rightly be empty after healthy traffic, and why.
@@ -54,6 +62,10 @@ MAY_BE_EMPTY = {
     "Rejected requests/s by reason": "the e2e gateway has no API keys or limits: nothing is refused",
 }
 MESSAGES = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
+# Copy-heavy: n-gram speculation only drafts when the context repeats itself, and the draft-acceptance
+# panels are NaN (0/0) until some drafts happen.
+COPY_PROMPT = "Write the numbers 1, 2, 3, 1, 2, 3, 1, 2, 3 again and again, twenty times."
+COPY_MESSAGES = [{"role": "user", "content": COPY_PROMPT}]
 
 
 # ------------------------------------------------------------------ fixtures
@@ -124,7 +136,8 @@ def _value(prometheus: str, expr: str) -> float:
 
 @pytest.fixture(scope="module")
 def traffic(observed_prometheus: str, gateway_url: str, gateway_config: dict[str, Any]) -> dict[str, float]:
-    """A streamed and a non-streamed chat completion on every arm, then wait until Prometheus has them.
+    """A streamed and a non-streamed chat completion on every arm (and a copy-heavy one on speculative arms),
+    then wait until Prometheus has them.
 
     Returns the time range (``start``, ``end``) to query."""
     prometheus = observed_prometheus
@@ -152,6 +165,11 @@ def traffic(observed_prometheus: str, gateway_url: str, gateway_config: dict[str
         )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         sent += 2
+        if arm["strategy"]["kind"] == "speculative":
+            client.chat.completions.create(
+                model=arm["model"], messages=COPY_MESSAGES, max_tokens=48, temperature=0, extra_body=route
+            )
+            sent += 1
     deadline = time.monotonic() + 30
     while _value(prometheus, "sum(gateway_requests_total)") < sent:
         assert time.monotonic() < deadline, "Prometheus did not see the requests"
@@ -221,3 +239,14 @@ def test_no_alert_fires_on_a_healthy_stack(observed_prometheus: str, traffic: di
     alerts = httpx.get(observed_prometheus + "/api/v1/alerts", timeout=30).json()["data"]["alerts"]
     firing = [a["labels"] for a in alerts if a["state"] == "firing"]
     assert not firing, firing
+
+
+def test_dashboard_preview_pictures(observed_prometheus: str, traffic: dict[str, float], tmp_path: Path) -> None:
+    """One picture per dashboard, every panel drawn from the live data (runs last: the longest range)."""
+    pytest.importorskip("matplotlib")
+    out_dir = ROOT / os.environ["DASHBOARD_PREVIEW_DIR"] if os.environ.get("DASHBOARD_PREVIEW_DIR") else tmp_path
+    drawn = preview.render_all(observed_prometheus, traffic["start"] - 30, time.time(), out_dir)
+    assert sorted(p.name for p in drawn) == sorted(f"grafana-{p.stem}.png" for p in preview.DASHBOARDS)
+    for path, empty in drawn.items():
+        assert path.stat().st_size > 10_000, path
+        assert set(empty) <= set(MAY_BE_EMPTY), f"{path.name}: panels with no data {empty}"

@@ -161,8 +161,10 @@ def test_compose_gpu_backends_reserve_nvidia_gpus() -> None:
 
 def test_gateway_dockerfile_runtime_stage() -> None:
     text = (ROOT / "Dockerfile").read_text()
+    assert "\nARG BASE_IMAGE=python:3.11-slim\n" in text  # the default base; smoke.sh swaps in its own
+    assert text.count("\nFROM ${BASE_IMAGE} ") == 2
     runtime = text[text.rindex("\nFROM ") :]
-    assert runtime.startswith("\nFROM python:3.11-slim ")
+    assert runtime.startswith("\nFROM ${BASE_IMAGE} AS runtime\n")
     assert "\nUSER 10001:10001\n" in runtime
     assert "\nEXPOSE 8080\n" in runtime
     assert "/health" in runtime[runtime.index("HEALTHCHECK") :]
