@@ -7,7 +7,8 @@ ask for usage, timestamps token events for TTFT / inter-token latency, and write
 in one ASGI message. JSON is parsed only for the usage chunk.
 
 Failure after the first byte — a read error, an idle timeout, a stream that ends without
-``[DONE]`` — becomes an SSE error event followed by ``data: [DONE]``: the client always learns
+``[DONE]``, a ``data:`` event that is not a JSON object (checked by its first and last byte, not
+parsed) — becomes an SSE error event followed by ``data: [DONE]``: the client always learns
 that the answer is incomplete. A client disconnect cancels the relay and closes the upstream
 response, so vLLM aborts the generation.
 """
@@ -77,6 +78,7 @@ class RelayResponse(Response):
         self.strip_usage = strip_usage
         self.on_done = on_done
         self.outcome = StreamOutcome()
+        self.broken = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers = [
@@ -121,6 +123,13 @@ class RelayResponse(Response):
                 out.saw_done = True
                 keep.append(ev)
                 continue
+            if not (ev.startswith(b"data: {") or ev.startswith(b"data:{")) or not ev.rstrip().endswith(b"}"):
+                # not a JSON object: end here rather than pass it (or a [DONE] after it) on as valid
+                out.error = UpstreamError(
+                    "upstream sent a malformed SSE event; the answer is incomplete", kind="protocol"
+                )
+                self.broken = True
+                break
             if b'"usage":{' in ev:
                 try:
                     usage = orjson.loads(ev[5:]).get("usage")
@@ -161,6 +170,8 @@ class RelayResponse(Response):
                 data = self._process(events, time.perf_counter())
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                if self.broken:
+                    break
             if not out.saw_done and out.error is None:
                 out.error = UpstreamError(
                     "upstream stream ended without [DONE]; the answer is incomplete", kind="protocol"

@@ -571,14 +571,20 @@ class Proxy:
         finally:
             await resp.aclose()
             backend.release()
+        try:
+            answer = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):  # e.g. a proxy's HTML page: never pass it on as an answer
+            self.pool.report_failure(backend, "protocol", "malformed answer")
+            raise UpstreamError(
+                f"backend '{backend.name}' sent a malformed answer (not a JSON object)", kind="protocol"
+            )
         self.pool.report_success(backend)
         needle = b'"model":' + orjson.dumps(backend.settings.served_model)
         content = content.replace(needle, b'"model":' + orjson.dumps(live.arm.model), 1)
         series = self.metrics.series(live.arm.model, live.strategy_label)
-        try:
-            usage = orjson.loads(content).get("usage") or {}
-        except (orjson.JSONDecodeError, AttributeError):
-            usage = {}
+        usage = answer.get("usage") or {}
         if isinstance(usage, dict):
             self.metrics.observe_usage(
                 series, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
