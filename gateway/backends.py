@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from gateway.metrics import GatewayMetrics
 from gateway.settings import BackendSettings, HealthSettings
-from gateway.upstream import Upstream, UpstreamIOError
+from gateway.upstream import Upstream, UpstreamIOError, UpstreamTimeout
 
 log = logging.getLogger("gateway.backends")
 
@@ -46,6 +46,7 @@ class Backend:
         "last_error",
         "name",
         "running",
+        "served_at",
         "settings",
         "waiting",
     )
@@ -61,6 +62,7 @@ class Backend:
         self.kv_usage = 0.0
         self.inflight = 0
         self.checked_at = 0.0
+        self.served_at = 0.0  # last request it answered in full (monotonic)
         self.last_error: str | None = None
         self._inflight_gauge = metrics.inflight(self.name)
         self.auth_header = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
@@ -151,6 +153,7 @@ class BackendPool:
 
     def report_success(self, backend: Backend) -> None:
         backend.failures = 0
+        backend.served_at = time.monotonic()
 
     def _set_health(self, backend: Backend, up: bool) -> None:
         if backend.healthy != up:
@@ -176,6 +179,14 @@ class BackendPool:
                     backend.running = load.get("running", 0.0)
                     backend.waiting = load.get("waiting", 0.0)
                     backend.kv_usage = load.get("kv_usage", 0.0)
+        except UpstreamTimeout as exc:
+            ok = False
+            backend.last_error = f"health check: {exc.detail}"
+            if backend.healthy and backend.served_at > backend.checked_at:
+                # It answered a request since the last check: a slow health check is more likely our
+                # own CPU starvation than a dead backend; do not turn our overload into 503s.
+                backend.checked_at = time.monotonic()
+                return
         except UpstreamIOError as exc:
             ok = False
             backend.last_error = f"health check: {exc.detail}"

@@ -18,7 +18,7 @@ escapes (the library's own exceptions never reach the caller)::
 
     UpstreamIOError            kind "protocol": connection lost, malformed response
     ├── UpstreamConnectError   kind "connect": refused, unresolvable, connection reset while connecting
-    └── UpstreamTimeout        kind "timeout" (kind "connect" when ``connecting``: connect timed out)
+    └── UpstreamTimeout        kind "timeout" ("connect_timeout" when ``connecting``: connect timed out)
 
 Closing a response (:meth:`UpstreamResponse.aclose`, always called) returns its connection to the
 pool if the body was read to its end, and otherwise closes the connection — so a client that goes
@@ -73,7 +73,9 @@ class UpstreamTimeout(UpstreamIOError):
         super().__init__(detail, message)
         self.connecting = connecting
         if connecting:
-            self.kind = "connect"
+            # not "connect": a refused connection proves the backend is gone, a slow connect does not
+            # (a CPU-starved gateway sees those too), so it counts towards health.unhealthy_after
+            self.kind = "connect_timeout"
 
 
 class UpstreamResponse(abc.ABC):

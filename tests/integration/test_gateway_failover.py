@@ -9,7 +9,7 @@ from fake_vllm import TOKENS, Gateway, MakeGateway, Upstreams, vllm_error
 FAULTS = [
     # fault on b1, upstream error kind counted, b1 still up afterwards (one timeout or 5xx is tolerated)
     ("connect", "connect", False),
-    ("connect_timeout", "connect", False),
+    ("connect_timeout", "connect_timeout", True),
     ("read_timeout", "timeout", True),
     (500, "http_5xx", True),
     (503, "http_5xx", True),

@@ -133,6 +133,8 @@ def test_inflight_acquire_and_release_move_the_gauge(pool: BackendPool) -> None:
     ("kinds", "healthy"),
     [
         (["connect"], False),  # refused: out at once
+        (["connect_timeout"], True),  # a slow connect may be our own starvation: counted, not final
+        (["connect_timeout", "connect_timeout"], False),
         (["timeout"], True),
         (["timeout", "http_5xx"], False),  # unhealthy_after=2 in a row
         (["http_5xx", "success", "http_5xx"], True),  # a success resets the count
@@ -173,3 +175,41 @@ async def test_health_check_reads_load_and_marks_up_then_down() -> None:
         await pool.check(b)
         assert not b.healthy and b.last_error == "/health returned 503"
     assert b'gateway_backend_up{backend="a"} 0.0' in metrics.exposition()
+
+
+async def test_timed_out_health_checks_spare_a_backend_that_keeps_answering() -> None:
+    """Under CPU starvation health checks time out while requests still complete: no false DOWN."""
+    mode = {"health": "ok"}
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if mode["health"] == "timeout":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if mode["health"] == "refused":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, content=VLLM_METRICS if request.url.path == "/metrics" else b"")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
+        pool = BackendPool(
+            [backend_settings("a")],
+            HealthSettings(unhealthy_after=2),
+            HttpxUpstream(TimeoutSettings(), client=client),
+            GatewayMetrics(),
+        )
+        b = pool.backends["a"]
+        await pool.check(b)
+        mode["health"] = "timeout"
+        for _ in range(4):  # it answers a request between every two checks
+            pool.report_success(b)
+            await pool.check(b)
+            assert b.healthy and b.failures == 0
+        await pool.check(b)  # no request answered since: this one counts
+        assert b.healthy and b.failures == 1
+        await pool.check(b)
+        assert not b.healthy
+        mode["health"] = "ok"
+        await pool.check(b)
+        pool.report_success(b)
+        mode["health"] = "refused"  # a refused connection is not excused by earlier answers
+        await pool.check(b)
+        await pool.check(b)
+        assert not b.healthy
