@@ -460,10 +460,14 @@ class Proxy:
                     await resp.aclose()
             finally:
                 backend.release()
-            self.pool.report_success(backend)
-            doc = orjson.loads(content)
+            try:
+                doc = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                doc = None
             if not isinstance(doc, dict):
-                raise UpstreamError(f"backend '{backend.name}' answered with a non-object body", kind="protocol")
+                self.pool.report_failure(backend, "protocol", "non-JSON body")
+                raise UpstreamError(f"backend '{backend.name}' answered with a non-JSON body", kind="protocol")
+            self.pool.report_success(backend)
             doc["model"] = live.arm.model
             return doc
 

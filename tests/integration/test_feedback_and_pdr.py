@@ -144,3 +144,14 @@ async def test_pdr_arm_references_are_checked_at_start_up() -> None:
     bad = [*CONFIG["arms"], {**PDR_ARMS[-1], "strategy": {"kind": "pdr", "draft_arm": "nope"}}]
     with pytest.raises(ValueError, match=r"arms\[2\]\.strategy\.draft_arm: unknown arm 'nope'"):
         Settings.model_validate({**CONFIG, "arms": bad})
+
+
+async def test_pdr_refine_with_a_garbage_body_is_a_502_not_a_crash(make_gateway: MakeGateway) -> None:
+    async with make_gateway(arms=PDR_ARMS) as gw:
+        for name in ("b1", "b2"):
+            gw.upstreams[name].fail = 200
+            gw.upstreams[name].fail_body = b"<html>proxy error</html>"
+        resp = await gw.generate(model="smol-pdr")
+        assert resp.status_code == 502, resp.text
+        assert resp.json()["error"]["code"] == "upstream_protocol"
+        assert "<html>" not in resp.text
