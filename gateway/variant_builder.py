@@ -24,8 +24,10 @@ without torch. Steps:
    ``variant.json``: source, dropped layers with scores, calibration hash, seed, smoke test.
 
 Output is deterministic for a given source, calibration set, seed and machine (``variant.json``
-holds no timestamps). A failing smoke test prints a warning and is recorded; it does not stop
-the build.
+holds no timestamps). A variant that fails its smoke test is **not written** (exit status 3, a
+message naming the failed test), unless ``--allow-failing-smoke`` is given: then it is written
+with a warning and the failure is recorded. ``make-variant --heal`` builds the pruned model that
+way and lets ``variant_healer.py`` apply the smoke test after healing.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ SMOKE_TESTS: tuple[dict[str, Any], ...] = (
 
 class VariantError(ValueError):
     """Bad arguments or a model this builder cannot prune (no ``model.layers``, too few layers)."""
+
+
+class SmokeTestFailed(VariantError):
+    """The built (or healed) variant failed a smoke test, so it was not written."""
 
 
 # -- pure helpers (no torch) ----------------------------------------------------------------------
@@ -106,6 +112,19 @@ def choose_layers(scores: list[float], drop: int) -> list[int]:
 def smoke_passed(name: str, text: str) -> bool:
     test = next(t for t in SMOKE_TESTS if t["name"] == name)
     return re.search(test["pattern"], text.strip(), re.IGNORECASE) is not None
+
+
+def smoke_report(results: dict[str, dict[str, Any] | None]) -> list[str]:
+    """One line per test and model: ``smoke <label> <test> pass|FAIL <answer>``."""
+    lines = []
+    for label, result in results.items():
+        for t in (result or {}).get("tests", []):
+            lines.append(f"    smoke {label:7s} {t['name']:6s} {'pass' if t['passed'] else 'FAIL'}  {t['answer']!r}")
+    return lines
+
+
+def failed_tests(result: dict[str, Any]) -> str:
+    return ", ".join(f"{t['name']} (answered {t['answer']!r})" for t in result["tests"] if not t["passed"])
 
 
 # -- torch side ---------------------------------------------------------------------------------
@@ -211,7 +230,8 @@ def smoke_test(model: Any, tokenizer: Any, max_new_tokens: int = 16) -> dict[str
     return {"passed": all(r["passed"] for r in results), "tests": results}
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
+def copy_side_files(src: Path, dst: Path) -> None:
+    """Copy tokenizer, chat template, generation config etc. (not weights, config or metadata)."""
     for f in sorted(src.iterdir()):
         skip = f.name.startswith(".") or f.name in _NOT_COPIED or f.name.endswith(_WEIGHT_SUFFIXES)
         if f.is_file() and not skip:
@@ -229,10 +249,15 @@ def build(
     max_tokens: int = 256,
     calibration_source: str = "",
     smoke: bool = True,
+    allow_failing_smoke: bool = False,
     force: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Score, prune, smoke-test and save a variant of ``model_dir`` in ``out_dir``; return its metadata."""
+    """Score, prune, smoke-test and save a variant of ``model_dir`` in ``out_dir``; return its metadata.
+
+    Raises :class:`SmokeTestFailed` (nothing written) when the variant fails a smoke test, unless
+    ``allow_failing_smoke``; :class:`VariantError` for bad arguments or an existing output.
+    """
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -264,11 +289,19 @@ def build(
     source_smoke = smoke_test(model, tokenizer) if smoke else None
     kept = prune(model, dropped)
     variant_smoke = smoke_test(model, tokenizer) if smoke else None
+    if variant_smoke is not None and not variant_smoke["passed"]:
+        for line in smoke_report({"source": source_smoke, "variant": variant_smoke}):
+            log(line)
+        if not allow_failing_smoke:
+            raise SmokeTestFailed(
+                f"the variant failed its smoke test: {failed_tests(variant_smoke)}; not written to {out_dir}. "
+                "Drop fewer layers, heal it (make-variant --heal), or pass --allow-failing-smoke to write it anyway"
+            )
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _copy_side_files(model_dir, tmp)
+    copy_side_files(model_dir, tmp)
     model.to(getattr(torch, source_dtype)).save_pretrained(tmp)
     saved = json.loads((tmp / "config.json").read_text())
     if bool(saved.get("tie_word_embeddings", False)) != tie or saved.get("num_hidden_layers") != len(kept):
@@ -302,14 +335,13 @@ def build(
     tmp.rename(out_dir)
     log(f"==> wrote {out_dir} ({len(kept)} layers, {source_dtype}, tie_word_embeddings={tie})")
     if variant_smoke is not None:
-        for label, result in (("source", source_smoke), ("variant", variant_smoke)):
-            assert result is not None
-            for t in result["tests"]:
-                log(f"    smoke {label:7s} {t['name']:6s} {'pass' if t['passed'] else 'FAIL'}  {t['answer']!r}")
-        if not variant_smoke["passed"]:
+        if variant_smoke["passed"]:
+            for line in smoke_report({"source": source_smoke, "variant": variant_smoke}):
+                log(line)
+        else:
             log(
-                "WARNING: the variant failed its smoke test (see above): it may not answer usefully; "
-                "try dropping fewer layers"
+                "WARNING: the variant failed its smoke test (see above) and was written because of "
+                "--allow-failing-smoke: it may not answer usefully until healed"
             )
     return meta
 
@@ -325,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=256, help="calibration prompt length cap")
     parser.add_argument("--no-smoke-test", action="store_true")
+    parser.add_argument("--allow-failing-smoke", action="store_true", help="write a variant that fails its smoke test")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
     data = json.loads(args.calibration_json.read_text())
@@ -339,8 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             max_tokens=args.max_tokens,
             calibration_source=data.get("source", str(args.calibration_json)),
             smoke=not args.no_smoke_test,
+            allow_failing_smoke=args.allow_failing_smoke,
             force=args.force,
         )
+    except SmokeTestFailed as exc:
+        print(f"make-variant: {exc}", file=sys.stderr)
+        return 3
     except VariantError as exc:
         print(f"make-variant: {exc}", file=sys.stderr)
         return 2

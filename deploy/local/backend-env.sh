@@ -96,7 +96,7 @@ if [ "${WITH_VARIANTS:-0}" = 1 ]; then
     "$REPO/scripts/install-datasets.sh" "$REPO/.venv" >/dev/null
     step "building SmolLM2 minus $n layers (Block Influence) -> $VARIANT"
     "$REPO/.venv/bin/llm-gateway" make-variant --model "$SMOL" --out "$VARIANT" --drop "$n" --force \
-      --python "$VENV/bin/python"
+      --allow-failing-smoke --python "$VENV/bin/python"
     touch "$VARIANT/.built"
   done
 fi

@@ -76,6 +76,7 @@ def variant(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             *(sys.executable, "-m", "gateway", "make-variant", "--model", str(SOURCE), "--out", str(out)),
             *("--drop", "2", "--calibration-file", str(calibration), "--seed", "0"),
+            "--allow-failing-smoke",  # unhealed: may fail the smoke test; this test checks serving only
         ],
         capture_output=True,
         text=True,
