@@ -34,7 +34,9 @@ COPY router/ router/
 
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl \
-    && /opt/venv/bin/llm-gateway --help > /dev/null
+    && /opt/venv/bin/llm-gateway --help > /dev/null \
+    && LLM_GATEWAY_HOME=/opt/llm-gateway /opt/venv/bin/python -c \
+       "from router.encoder import PromptEncoder; print(PromptEncoder.load().name)"
 
 ############################ runtime ############################
 FROM ${BASE_IMAGE} AS runtime
@@ -50,6 +52,8 @@ RUN groupadd --system --gid 10001 gateway \
 
 # Same base image, same python3.11 path: the venv's interpreter links stay valid.
 COPY --from=builder /opt/venv /opt/venv
+# the learned router's quantised encoder, built once at image build (the root filesystem may be read-only)
+COPY --from=builder /opt/llm-gateway /opt/llm-gateway
 
 # In a container the server must listen on every interface; this overrides server.host of any mounted
 # config. The port stays the file's (8080 in deploy/compose/*.yaml); if you change it, set
@@ -57,7 +61,8 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    GATEWAY_SERVER__HOST=0.0.0.0
+    GATEWAY_SERVER__HOST=0.0.0.0 \
+    LLM_GATEWAY_HOME=/opt/llm-gateway
 
 USER 10001:10001
 EXPOSE 8080

@@ -60,13 +60,27 @@ def quantized_weights(source: Path, directory: Path | None = None) -> Path:
     """The dynamically quantised copy of ``source``, built on first use (a few seconds) and cached.
 
     The file name carries the source's sha256 prefix, so new weights get a new file. Writes go to a
-    temporary file renamed into place, so concurrent first loads never see half a model.
+    temporary file renamed into place, so concurrent first loads never see half a model. If
+    ``directory`` cannot be written, the copy is built in the system's temporary directory.
     """
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    name = f"minilm-{digest}-q8dyn.onnx"
     directory = directory or cache_dir()
-    target = directory / f"minilm-{digest}-q8dyn.onnx"
-    if target.is_file():
-        return target
+    if (directory / name).is_file():
+        return directory / name
+    try:
+        return _quantize(source, directory, name)
+    except OSError:
+        # An unwritable cache (a container's read-only root, a HOME that does not exist): build in
+        # the temporary directory instead (an emptyDir on Kubernetes) rather than fail to start.
+        fallback = Path(tempfile.gettempdir()) / "llm-gateway-encoder"
+        if (fallback / name).is_file():
+            return fallback / name
+        return _quantize(source, fallback, name)
+
+
+def _quantize(source: Path, directory: Path, name: str) -> Path:
+    target = directory / name
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -109,3 +109,16 @@ def test_missing_files_give_clear_errors(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(encoder_module, "TOKENIZER_FILE", tmp_path / "absent.json")
     with pytest.raises(FileNotFoundError, match="package data"):
         PromptEncoder.load()
+
+
+def test_an_unwritable_cache_falls_back_to_the_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container with a read-only root (HOME=/nonexistent) must still start the learned router."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(encoder_module.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = quantized_weights(weights_path(), blocker / "encoder")
+    assert path.parent == tmp_path / "tmp" / "llm-gateway-encoder" and path.is_file()
+    assert quantized_weights(weights_path(), blocker / "encoder") == path  # reused, not rebuilt
