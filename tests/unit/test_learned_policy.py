@@ -140,12 +140,14 @@ def test_bind_refuses_unknown_arm() -> None:
 
 def test_a_loaded_arm_is_routed_around_and_load_share_scales_it() -> None:
     features = (np.zeros(DIM), 0.1)
-    # spec idle: 0.1 + 100/150 = 0.77 s; with two in flight (x3): 2.3 s, slower than idle small (1.1 s)
+    # spec idle: 0.1 + 100/150 = 0.77 s; with two in flight at load_share 1 (x3): 2.3 s, slower than small (1.1 s)
     busy_spec = [ArmState(arm=ARMS["small"]), ArmState(arm=ARMS["spec"], load=2.0), ArmState(arm=ARMS["big"])]
     request = RouteRequest(flags=RouteFlags(prefer="speed"), features=features)
-    d = LearnedPolicy(model=MODEL).decide(request, busy_spec)
+    d = LearnedPolicy(model=MODEL, load_share=1.0).decide(request, busy_spec)
     assert d.arm.name == "small"
     assert d.predictions["spec"].latency_s == pytest.approx(3 * (0.1 + 100 / 150))
+    # the measured default (0.05): two streams in flight cost 10 %, spec stays the fastest
+    assert LearnedPolicy(model=MODEL).decide(request, busy_spec).arm.name == "spec"
     # a GPU-like backend that batches for free: the load does not matter
     assert LearnedPolicy(model=MODEL, load_share=0.0).decide(request, busy_spec).arm.name == "spec"
     # a little batching gain: 1 + 0.1 * 2 = 1.2 x 0.77 s is still faster than small
