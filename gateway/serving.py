@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import orjson
@@ -444,13 +445,15 @@ class Proxy:
                 raise UpstreamHTTPError(resp.status, content)
             return resp
 
-        async def complete(body: dict[str, Any]) -> dict[str, Any]:
+        @asynccontextmanager
+        async def answer(body: dict[str, Any], stream: bool) -> AsyncIterator[tuple[Backend, UpstreamResponse]]:
+            """One upstream call held open: the backend counted as busy and the response closed after."""
             backend = pick()
             backend.acquire()
             try:
-                resp = await call(backend, body, False)
+                resp = await call(backend, body, stream)
                 try:
-                    content = await resp.read()
+                    yield backend, resp
                 except UpstreamIOError as exc:
                     self.pool.report_failure(backend, "stream", exc.detail)
                     raise UpstreamError(
@@ -460,6 +463,10 @@ class Proxy:
                     await resp.aclose()
             finally:
                 backend.release()
+
+        async def complete(body: dict[str, Any]) -> dict[str, Any]:
+            async with answer(body, False) as (backend, resp):
+                content = await resp.read()
             try:
                 doc = orjson.loads(content)
             except orjson.JSONDecodeError:
@@ -472,24 +479,11 @@ class Proxy:
             return doc
 
         async def stream(body: dict[str, Any]) -> AsyncIterator[bytes]:
-            backend = pick()
-            backend.acquire()
-            try:
-                resp = await call(backend, body, True)
+            async with answer(body, True) as (backend, resp):
                 served = needle + orjson.dumps(backend.settings.served_model)
                 public = needle + orjson.dumps(live.arm.model)
-                try:
-                    async for chunk in resp.chunks():
-                        yield chunk.replace(served, public)
-                except UpstreamIOError as exc:
-                    self.pool.report_failure(backend, "stream", exc.detail)
-                    raise UpstreamError(
-                        f"backend '{backend.name}' failed mid-stream: {exc.detail}", kind="stream"
-                    ) from None
-                finally:
-                    await resp.aclose()
-            finally:
-                backend.release()
+                async for chunk in resp.chunks():
+                    yield chunk.replace(served, public)
 
         return complete, stream
 
