@@ -44,6 +44,9 @@ def create_app(
     metrics = metrics or GatewayMetrics()
     catalog = ArmCatalog(settings)
     for live in catalog.arms.values():
+        # Export every arm's series at zero from the start: a histogram or counter whose first sample
+        # already holds its first request shows no increase to rate(), so dashboards would miss it.
+        metrics.series(live.arm.model, live.strategy_label)
         for backend in live.backends:
             metrics.arm_info(live.arm.name, live.arm.model, live.strategy_label, backend)
     policy = settings.routing.build([live.arm for live in catalog.arms.values()])

@@ -286,3 +286,10 @@ async def test_dry_run_route_decides_without_calling_a_backend(gw: Gateway, upst
         "single-arm",
     )
     assert not any(fake.generation_bodies for fake in upstreams.values())
+
+
+async def test_every_arm_exports_its_series_at_zero_before_any_request(gw: Gateway) -> None:
+    """rate() sees no increase in a series whose first sample already counts a request."""
+    for model, strategy in (("smol", "plain"), ("coder", "speculative-ngram-k4")):
+        assert gw.metric("gateway_time_to_first_token_seconds_count", model=model, strategy=strategy) == 0
+        assert gw.metric("gateway_output_tokens_total", model=model, strategy=strategy) == 0
