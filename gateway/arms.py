@@ -1,5 +1,10 @@
 """The arms a deployment serves: their router-facing description, their backend pools and live
-per-arm measurements (TTFT and decode speed, as exponentially weighted means).
+per-arm measurements (TTFT and decode speed, as exponentially weighted means that expire).
+
+A measurement stands for the arm's speed only while it is recent: one taken under a burst of load
+must not keep an arm looking slow once the burst is over (nothing corrects it while the router,
+believing it, sends the arm no traffic). After ``ttl_s`` without a new one the router falls back
+to the arm's profiled speed, and the next measurement starts a new mean.
 
 :class:`ArmCatalog` answers "which arms may serve model X" and builds the
 :class:`router.ArmState` snapshots the router decides on.
@@ -7,6 +12,7 @@ per-arm measurements (TTFT and decode speed, as exponentially weighted means).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -18,18 +24,31 @@ from router import Arm, ArmState
 class LiveArm:
     """One arm at run time. ``ewma_*`` are ``None`` until the first measurement."""
 
-    __slots__ = ("arm", "backends", "ewma_tokens_per_s", "ewma_ttft_s", "strategy_label")
+    __slots__ = ("arm", "backends", "ewma_tokens_per_s", "ewma_ttft_s", "measured_at", "strategy_label", "ttl_s")
 
     ALPHA = 0.2
 
-    def __init__(self, arm: Arm, backends: Sequence[str]) -> None:
+    def __init__(self, arm: Arm, backends: Sequence[str], ttl_s: float = 60.0) -> None:
         self.arm = arm
         self.backends = tuple(backends)
         self.strategy_label = arm.strategy.label
+        self.ttl_s = ttl_s
         self.ewma_ttft_s: float | None = None
         self.ewma_tokens_per_s: float | None = None
+        self.measured_at = -math.inf
 
-    def record(self, ttft_s: float | None, tokens_per_s: float | None) -> None:
+    def fresh(self, now: float) -> bool:
+        """Whether the last measurement (at ``time.monotonic()`` = ``measured_at``) is recent enough to use."""
+        return now - self.measured_at <= self.ttl_s
+
+    def record(self, ttft_s: float | None, tokens_per_s: float | None, now: float | None = None) -> None:
+        """Fold one finished request's TTFT and decode speed into the means (restarted when stale)."""
+        if ttft_s is None and tokens_per_s is None:
+            return
+        now = time.monotonic() if now is None else now
+        if not self.fresh(now):
+            self.ewma_ttft_s = self.ewma_tokens_per_s = None
+        self.measured_at = now
         a = self.ALPHA
         if ttft_s is not None:
             self.ewma_ttft_s = ttft_s if self.ewma_ttft_s is None else (1 - a) * self.ewma_ttft_s + a * ttft_s
@@ -45,7 +64,8 @@ class ArmCatalog:
         self.arms: dict[str, LiveArm] = {}
         self.by_model: dict[str, list[LiveArm]] = {}
         for a in settings.arms:
-            live = LiveArm(Arm(name=a.name, model=a.model, strategy=a.build_strategy()), a.backends)
+            arm = Arm(name=a.name, model=a.model, strategy=a.build_strategy())
+            live = LiveArm(arm, a.backends, ttl_s=settings.routing.live_ttl_s)
             self.arms[a.name] = live
             self.by_model.setdefault(a.model, []).append(live)
         self.created = int(time.time())
@@ -60,17 +80,20 @@ class ArmCatalog:
         return self.by_model.get(model)
 
     def states(self, arms: Sequence[LiveArm], pool: BackendPool) -> list[ArmState]:
-        """Snapshot of each arm for the router: healthy if any backend is; load of its best backend."""
+        """Snapshot of each arm for the router: healthy if any backend is; load of its best backend;
+        measured speed only where it is fresh."""
         out = []
+        now = time.monotonic()
         for live in arms:
             loads = [pool.backends[n].load for n in live.backends if pool.backends[n].healthy]
+            fresh = live.fresh(now)
             out.append(
                 ArmState(
                     arm=live.arm,
                     healthy=bool(loads),
                     load=min(loads) if loads else 0.0,
-                    ttft_s=live.ewma_ttft_s,
-                    tokens_per_s=live.ewma_tokens_per_s,
+                    ttft_s=live.ewma_ttft_s if fresh else None,
+                    tokens_per_s=live.ewma_tokens_per_s if fresh else None,
                 )
             )
         return out

@@ -82,6 +82,8 @@ class ArmSettings(_Strict):
 class RoutingSettings(_Strict):
     policy: str = "least-loaded"
     params: dict[str, Any] = Field(default_factory=dict)
+    # seconds an arm's measured TTFT / decode speed stays in use; then its profiled speed again
+    live_ttl_s: float = Field(default=60.0, gt=0)
 
     @field_validator("policy")
     @classmethod

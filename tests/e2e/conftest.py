@@ -8,6 +8,7 @@ test command prepares it). To iterate quickly against backends you already run, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -85,14 +86,13 @@ def gateway_config(backend_urls: dict[str, str], tmp_path_factory: pytest.TempPa
     return config
 
 
-@pytest.fixture(scope="session")
-def gateway_url(gateway_config: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The gateway running under uvicorn in its own process, in front of the real backends."""
-    tmp = tmp_path_factory.mktemp("gateway")
+@contextlib.contextmanager
+def running_gateway(config: dict[str, object], tmp: Path) -> Iterator[str]:
+    """The gateway under uvicorn in its own process with ``config``; yields its base URL."""
     path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(gateway_config))
+    path.write_text(yaml.safe_dump(config))
     log = tmp / "gateway.log"
-    port = gateway_config["server"]["port"]  # type: ignore[index]
+    port = config["server"]["port"]  # type: ignore[index]
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
@@ -107,6 +107,21 @@ def gateway_url(gateway_config: dict[str, object], tmp_path_factory: pytest.Temp
         yield url
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway_config: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway running under uvicorn in its own process, in front of the real backends."""
+    with running_gateway(gateway_config, tmp_path_factory.mktemp("gateway")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fresh_gateway_url(gateway_config: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway of its own for one module: no live measurements left by other modules' traffic."""
+    config = {**gateway_config, "server": {"host": "127.0.0.1", "port": free_port()}}
+    with running_gateway(config, tmp_path_factory.mktemp("fresh-gateway")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""The shipped learned router on the real local stack: flags change decisions, visibly."""
+"""The shipped learned router on the real local stack: flags change decisions, visibly.
+
+A gateway of its own: live speed measurements left by the other modules' load (the dashboard
+traffic runs many streams at once) would otherwise stand in for the arms' speed on a quiet stack.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ def dry_run(gateway_url: str, content: str, route: dict[str, object]) -> dict[st
     return resp.json()
 
 
-def test_route_dry_run_explains_every_arm(gateway_url: str) -> None:
-    doc = dry_run(gateway_url, MATHS, {})
+def test_route_dry_run_explains_every_arm(fresh_gateway_url: str) -> None:
+    doc = dry_run(fresh_gateway_url, MATHS, {})
     predictions = doc["predictions"]
     assert set(predictions) == {"smollm2-plain", "smollm2-spec-ngram4", "qwen-coder-0.5b-plain"}
     for p in predictions.values():
@@ -32,17 +36,17 @@ def test_route_dry_run_explains_every_arm(gateway_url: str) -> None:
     assert doc["explanation"]
 
 
-def test_maths_with_high_accuracy_and_chat_with_speed_take_different_arms(gateway_url: str) -> None:
+def test_maths_with_high_accuracy_and_chat_with_speed_take_different_arms(fresh_gateway_url: str) -> None:
     """Maths + accuracy=high goes to the stronger model, chit-chat + prefer=speed to a SmolLM2 arm.
 
     Models, not arms, are compared between the dry run and the real requests: between them the live
     statistics move (scraped queue depth, measured speed), which may swap SmolLM2's two strategy arms.
     """
-    maths = dry_run(gateway_url, MATHS, {"accuracy": "high"})
-    chat = dry_run(gateway_url, CHAT, {"prefer": "speed"})
+    maths = dry_run(fresh_gateway_url, MATHS, {"accuracy": "high"})
+    chat = dry_run(fresh_gateway_url, CHAT, {"prefer": "speed"})
     assert maths["arm"] != chat["arm"]
     assert maths["model"] == "qwen2.5-coder-0.5b" and chat["model"] == "smollm2-135m"
-    client = openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=fresh_gateway_url + "/v1", api_key="unused", max_retries=0, timeout=120)
     real_maths = client.chat.completions.with_raw_response.create(
         model="auto",
         messages=[{"role": "user", "content": MATHS}],
@@ -62,8 +66,8 @@ def test_maths_with_high_accuracy_and_chat_with_speed_take_different_arms(gatewa
     assert real_chat.headers["x-route-reason"] == "prefer-speed"
 
 
-def test_invalid_flags_are_400_naming_the_param(gateway_url: str) -> None:
-    client = openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0)
+def test_invalid_flags_are_400_naming_the_param(fresh_gateway_url: str) -> None:
+    client = openai.OpenAI(base_url=fresh_gateway_url + "/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "x"}], extra_body={"route": {"max_latency_ms": -5}}

@@ -167,6 +167,7 @@ H1, H2 = "a" * 64, "b" * 64
             "arms[1].strategy: strategy 'speculative': unknown parameter(s) ['draft_model']",
         ),
         (_set("arms.0.model", "auto"), "arms[0].model: 'auto' is reserved"),
+        (_set("routing.live_ttl_s", 0), "routing.live_ttl_s: Input should be greater than 0"),
         (_set("routing.policy", "random"), "routing.policy: unknown policy 'random'; available: learned, least-loaded"),
         (_set("server.port", 0), "server.port: Input should be greater than or equal to 1"),
         (_set("server.log_level", "loud"), "server.log_level: String should match pattern"),
