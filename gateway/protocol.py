@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+# the two generation endpoints: /v1/chat/completions and /v1/completions
+Endpoint = Literal["chat", "completions"]
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")

@@ -15,14 +15,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.arms import ArmCatalog, LiveArm
 from gateway.auth import ApiKey
@@ -40,8 +38,8 @@ from gateway.errors import (
 from gateway.feedback import FeedbackLog, RouteLog
 from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens
 from gateway.metrics import GatewayMetrics
-from gateway.pdr import PDRRunner
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, FeedbackRequest, prompt_text
+from gateway.pdr_forwarding import PDRForwarder
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, FeedbackRequest, prompt_text
 from gateway.relay import RelayResponse, StreamOutcome
 from gateway.settings import Settings
 from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
@@ -50,7 +48,6 @@ from router.strategy import PDRStrategy
 
 log = logging.getLogger("gateway.serving")
 
-Endpoint = Literal["chat", "completions"]
 _PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _MODELS: dict[str, type[BaseModel]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
 _UNKNOWN = "unknown"
@@ -103,6 +100,7 @@ class Proxy:
         fb = settings.feedback
         self.routes = RouteLog(fb.remember, store_prompts=fb.store_prompts) if fb.path else None
         self.feedback_log = FeedbackLog(fb.path) if fb.path else None
+        self.pdr = PDRForwarder(catalog, pool, metrics, settings.timeouts.retry_after_s, self._send, self._remember)
 
     async def _read_body(self, request: Request) -> dict[str, Any]:
         limit = self.settings.server.max_body_bytes
@@ -326,7 +324,7 @@ class Proxy:
         self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float, request_id: str
     ) -> Any:
         if isinstance(decision.arm.strategy, PDRStrategy):
-            return await self._forward_pdr(endpoint, body, decision, started, request_id)
+            return await self.pdr.forward(endpoint, body, decision, started, request_id)
         stream = bool(body.get("stream"))
         client_opts = body.get("stream_options") or {}
         wants_usage = bool(client_opts.get("include_usage"))
@@ -397,155 +395,6 @@ class Proxy:
             f"no healthy backend for model '{decision.arm.model}'",
             headers={"retry-after": str(self.settings.timeouts.retry_after_s)},
         )
-
-    def _pdr_calls(
-        self, live: LiveArm, request_id: str, used: list[str]
-    ) -> tuple[Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], AsyncIterator[bytes]]]:
-        """``complete``/``stream`` callables for :class:`PDRRunner`, bound to ``live``'s backends.
-
-        Each call takes the least-loaded healthy backend of the arm, gets its own upstream request
-        id (``<request id>-<n>``: vLLM refuses duplicate ids in flight) and appends the backend's
-        name to ``used``. Failures become gateway errors and mark the backend as they would for a
-        plain request.
-        """
-        counter = iter(range(1, 1 << 30))
-        needle = b'"model":'
-
-        def pick() -> Backend:
-            backend = self.pool.choose(live.backends)
-            if backend is None:
-                raise NoHealthyBackend(
-                    f"no healthy backend for arm '{live.arm.name}'",
-                    headers={"retry-after": str(self.settings.timeouts.retry_after_s)},
-                )
-            used.append(backend.name)
-            return backend
-
-        async def call(backend: Backend, body: dict[str, Any], stream: bool) -> UpstreamResponse:
-            payload = orjson.dumps({**body, "model": backend.settings.served_model})
-            try:
-                resp = await self._send(backend, "chat", payload, stream, f"{request_id}-{next(counter)}")
-            except UpstreamIOError as exc:
-                self.pool.report_failure(backend, exc.kind, exc.detail)
-                kind = "timeout" if isinstance(exc, UpstreamTimeout) else exc.kind
-                raise UpstreamError(
-                    f"backend '{backend.name}' failed: {exc.detail}",
-                    kind=kind,
-                    status=504 if kind == "timeout" else 502,
-                ) from None
-            if resp.status >= 400:
-                try:
-                    content = await resp.read()
-                except UpstreamIOError:
-                    content = b""
-                finally:
-                    await resp.aclose()
-                if resp.status >= 500:
-                    self.pool.report_failure(backend, "http_5xx", str(resp.status))
-                raise UpstreamHTTPError(resp.status, content)
-            return resp
-
-        @asynccontextmanager
-        async def answer(body: dict[str, Any], stream: bool) -> AsyncIterator[tuple[Backend, UpstreamResponse]]:
-            """One upstream call held open: the backend counted as busy and the response closed after."""
-            backend = pick()
-            backend.acquire()
-            try:
-                resp = await call(backend, body, stream)
-                try:
-                    yield backend, resp
-                except UpstreamIOError as exc:
-                    self.pool.report_failure(backend, "stream", exc.detail)
-                    raise UpstreamError(
-                        f"backend '{backend.name}' failed while answering: {exc.detail}", kind="stream"
-                    ) from None
-                finally:
-                    await resp.aclose()
-            finally:
-                backend.release()
-
-        async def complete(body: dict[str, Any]) -> dict[str, Any]:
-            async with answer(body, False) as (backend, resp):
-                content = await resp.read()
-            try:
-                doc = orjson.loads(content)
-            except orjson.JSONDecodeError:
-                doc = None
-            if not isinstance(doc, dict):
-                self.pool.report_failure(backend, "protocol", "non-JSON body")
-                raise UpstreamError(f"backend '{backend.name}' answered with a non-JSON body", kind="protocol")
-            self.pool.report_success(backend)
-            doc["model"] = live.arm.model
-            return doc
-
-        async def stream(body: dict[str, Any]) -> AsyncIterator[bytes]:
-            async with answer(body, True) as (backend, resp):
-                served = needle + orjson.dumps(backend.settings.served_model)
-                public = needle + orjson.dumps(live.arm.model)
-                async for chunk in resp.chunks():
-                    yield chunk.replace(served, public)
-
-        return complete, stream
-
-    async def _forward_pdr(
-        self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float, request_id: str
-    ) -> Response:
-        """Answer with the ``pdr`` strategy: drafts, distill and refine run by :class:`PDRRunner`."""
-        live = self.catalog.arms[decision.arm.name]
-        strategy = live.arm.strategy
-        assert isinstance(strategy, PDRStrategy)
-        if endpoint != "chat":
-            raise InvalidRequest(
-                f"arm '{live.arm.name}' (strategy pdr) answers chat completions only", param="model", code="unsupported"
-            )
-        refine_arm = self.catalog.arms[strategy.refine_arm] if strategy.refine_arm else live
-        draft_arm = self.catalog.arms[strategy.draft_arm] if strategy.draft_arm else refine_arm
-        used: list[str] = []
-        complete, stream = self._pdr_calls(refine_arm, request_id, used)
-        draft_complete, _ = self._pdr_calls(draft_arm, request_id + "-d", used)
-        model, label = live.arm.model, live.strategy_label
-        runner = PDRRunner(
-            strategy,
-            complete,
-            stream,
-            draft_complete=draft_complete,
-            on_stage=lambda stage, seconds: self.metrics.pdr_stage(model, label, stage, seconds),
-        )
-        headers = {
-            "x-route-arm": live.arm.name,
-            "x-route-model": model,
-            "x-route-strategy": label,
-            "x-route-reason": decision.reason,
-            "x-request-id": request_id,
-        }
-        series = self.metrics.series(model, label)
-
-        def finish(status: int) -> None:
-            usage = runner.usage
-            self.metrics.observe_usage(series, usage["prompt_tokens"], usage["completion_tokens"])
-            series.duration.observe(time.perf_counter() - started)
-            self.metrics.request_done(model, label, endpoint, status)
-
-        if not body.get("stream"):
-            answer = await runner.complete(body)
-            headers["x-route-backend"] = ",".join(dict.fromkeys(used))
-            self._remember(request_id, endpoint, live, headers["x-route-backend"], decision.reason, body)
-            finish(200)
-            return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
-        events = await runner.open_stream(body)  # stages before the first byte: errors are still JSON
-        headers["x-route-backend"] = ",".join(dict.fromkeys(used))
-        self._remember(request_id, endpoint, live, headers["x-route-backend"], decision.reason, body)
-
-        async def relay() -> AsyncIterator[bytes]:
-            status = 499
-            try:
-                async for chunk in events:
-                    yield chunk
-                status = 200
-            finally:
-                finish(status)
-
-        return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
     async def _complete(
         self,
