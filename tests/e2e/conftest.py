@@ -124,24 +124,18 @@ def fresh_gateway_url(gateway_config: dict[str, object], tmp_path_factory: pytes
         yield url
 
 
-@pytest.fixture(scope="session")
-def prometheus_url(gateway_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus server (Debian package) scraping the gateway every second."""
+def prometheus_binary() -> str:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("the prometheus binary is missing: apt-get install prometheus (scripts/test.sh does it)")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    target = gateway_url.removeprefix("http://")
-    (tmp / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {"job_name": "gateway", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
-                ],
-            }
-        )
-    )
+    return binary
+
+
+@contextlib.contextmanager
+def running_prometheus(config: dict[str, object], tmp: Path) -> Iterator[str]:
+    """A real Prometheus server (Debian package) with ``config`` on a free port; yields its URL."""
+    binary = prometheus_binary()
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = tmp / "prometheus.log"
     with log.open("wb") as fh:
@@ -162,3 +156,20 @@ def prometheus_url(gateway_url: str, tmp_path_factory: pytest.TempPathFactory) -
         yield url
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(gateway_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus server scraping the gateway every second."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "gateway",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [gateway_url.removeprefix("http://")]}],
+            }
+        ],
+    }
+    with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url

@@ -21,8 +21,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +31,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -76,9 +73,6 @@ def observed_prometheus(
     backend_urls: dict[str, str], gateway_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """Prometheus scraping the gateway and every backend each second, with the repository's rules."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("the prometheus binary is missing: apt-get install prometheus (scripts/test.sh does it)")
     tmp = tmp_path_factory.mktemp("prometheus-dashboards")
     rules = sorted((ROOT / "deploy/prometheus/rules").glob("*.yml"))
     config = {
@@ -98,27 +92,8 @@ def observed_prometheus(
             },
         ],
     }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = e2e.free_port()
-    log = tmp / "prometheus.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        e2e.wait_http(url + "/-/ready", 60, proc, log)
+    with e2e.running_prometheus(config, tmp) as url:
         yield url
-    finally:
-        e2e.stop(proc)
 
 
 def _query(prometheus: str, expr: str, **params: Any) -> dict[str, Any]:

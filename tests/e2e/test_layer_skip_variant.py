@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
-import yaml
+from conftest import LOCAL, ROOT, free_port, running_gateway
 
 from gateway.launcher import BackendSpec, Launcher, home_dir
-
-ROOT = Path(__file__).resolve().parents[2]
-LOCAL = ROOT / "deploy" / "local"
 
 pytestmark = pytest.mark.e2e
 
@@ -45,26 +37,6 @@ CALIBRATION = [
     "def fib(n):\n    '''Return the n-th Fibonacci number.'''",
     "Translate 'good morning' into French.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -116,27 +88,8 @@ def variant_gateway(variant: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                 }
             ],
         }
-        (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
-        log = tmp / "gateway.log"
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml")],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
-        url = f"http://127.0.0.1:{config['server']['port']}"  # type: ignore[index]
-        try:
-            wait_ready(url + "/ready", proc, log)
+        with running_gateway(config, tmp) as url:
             yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def test_the_variant_is_a_valid_checkpoint(variant: Path) -> None:
