@@ -75,6 +75,7 @@ def create_app(
         description="OpenAI-compatible gateway that routes each request to a model and decoding strategy.",
     )
     app.state.settings, app.state.pool, app.state.catalog, app.state.metrics = settings, pool, catalog, metrics
+    app.state.proxy = proxy
     app.state.draining = False  # set on SIGTERM by gateway.server: /ready answers 503 from then on
     keys = KeyStore(settings.auth)
     document_openapi(app, auth=keys.enabled, models=catalog.public_models(), arms=list(catalog.arms))

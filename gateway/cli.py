@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="artifact directory to write")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by prompt)")
+    train.add_argument(
+        "--encoder",
+        choices=["minilm", "none"],
+        default="minilm",
+        help="prompt embedding: minilm (about 8 ms CPU per routed request) or none (cheap features only, ~0.1 ms)",
+    )
     train.set_defaults(func=_lab("train_command"))
     evaluate = sub.add_parser("evaluate", help="score a router artifact on held-out profiled prompts")
     evaluate.add_argument("--profiles", nargs="+", required=True)

@@ -57,11 +57,11 @@ def _read_profiles(paths: list[str]) -> tuple[list[Row], dict[str, str], str]:
     return rows, texts, digest.hexdigest()
 
 
-def _vectors(ids: list[str], texts: dict[str, str]) -> tuple[dict[str, np.ndarray], str, tuple[str, ...]]:
-    from router.encoder import PromptEncoder
+def _vectors(ids: list[str], texts: dict[str, str], kind: str) -> tuple[dict[str, np.ndarray], str, tuple[str, ...]]:
+    from router.encoder import load_encoder
     from router.learned import feature_names, prompt_vector
 
-    encoder = PromptEncoder.load()
+    encoder = load_encoder(kind)
     out: dict[str, np.ndarray] = {}
     started = time.monotonic()
     for n, pid in enumerate(ids, 1):
@@ -84,7 +84,7 @@ def train_command(args: argparse.Namespace) -> int:
         + ", ".join(sorted({r.arm for r in train_rows})),
         flush=True,
     )
-    vectors, encoder, names = _vectors(ids, texts)
+    vectors, encoder, names = _vectors(ids, texts, args.encoder)
     model, report = train(
         train_rows, vectors, {i: len(texts[i]) / 1000 for i in ids}, encoder, names, seed=args.seed, folds=args.folds
     )
@@ -167,16 +167,16 @@ def _chart(result: dict[str, Any], path: Path, title: str) -> bool:
     return True
 
 
-def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int) -> dict[str, Any]:
+def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int, kind: str) -> dict[str, Any]:
     """Evaluate on every profiled prompt: K folds grouped by prompt, each scored by a router
-    trained (with :func:`router.training.train`, as ``llm-gateway train`` does) on the others."""
-    from router.encoder import PromptEncoder
+    trained (with :func:`router.training.train`, as ``llm-gateway train`` does, with encoder
+    ``kind``) on the others."""
     from router.evaluation import evaluate, pool
     from router.learned import LearnedPolicy
     from router.training import prompt_folds, train
 
     ids = sorted({r.prompt_id for r in rows})
-    vectors, encoder, names = _vectors(ids, texts)
+    vectors, encoder, names = _vectors(ids, texts, kind)
     fold_of = prompt_folds(ids, k, seed)
     arms = sorted({r.arm for r in rows})
     results = []
@@ -192,7 +192,7 @@ def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int) 
             names,
             seed=seed,
         )
-        policy = LearnedPolicy(model=model, encoder=PromptEncoder.load())
+        policy = LearnedPolicy(model=model)  # features are given: no encoder needed
         features = {
             r.prompt_id: (model.standardise(vectors[r.prompt_id]), len(texts[r.prompt_id]) / 1000) for r in test_rows
         }
@@ -218,6 +218,7 @@ def _write_evaluation(result: dict[str, Any], out: Path, stem: str, title: str) 
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    from router.encoder import NO_EMBEDDING
     from router.evaluation import evaluate
     from router.learned import LearnedPolicy
 
@@ -248,6 +249,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
     if args.cv:
         print(f"==> {args.cv}-fold cross-validation over every profiled prompt (train and test splits)")
-        cv = _cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed)
+        kind = NO_EMBEDDING if policy.model.encoder == NO_EMBEDDING else "minilm"
+        cv = _cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed, kind)
         _write_evaluation(cv, out, "evaluation-cv", f"{args.cv}-fold cross-validation (n={cv['prompts']})")
     return 0

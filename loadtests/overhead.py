@@ -186,13 +186,21 @@ def gateway_exe(a: argparse.Namespace) -> str:
 
 def start_gateway(a: argparse.Namespace, upstream: str, tmp: Path) -> tuple[str, subprocess.Popen[bytes], Path]:
     port = free_port()
-    cfg = {
+    cfg: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "log_level": a.gateway_log_level},
         "backends": [{"name": "bench-upstream", "url": upstream, "served_model": a.served_model}],
         "arms": [
             {"name": "bench-plain", "model": a.model, "backends": ["bench-upstream"], "strategy": {"kind": "plain"}}
         ],
     }
+    if a.routed:
+        # every arm the artifact knows, all on the one upstream; via requests say model "auto"
+        artifact = Path(a.routed).resolve()
+        arms = json.loads((artifact / "router.json").read_text())["arms"]
+        cfg["arms"] = [
+            {"name": n, "model": a.model, "backends": ["bench-upstream"], "strategy": {"kind": "plain"}} for n in arms
+        ]
+        cfg["routing"] = {"policy": "learned", "params": {"artifact": str(artifact)}}
     path = tmp / "gateway.yaml"
     path.write_text(json.dumps(cfg, indent=1) + "\n")  # JSON is YAML
     exe = gateway_exe(a)
@@ -925,6 +933,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="non-streaming requests per round and side (default 3000; with --upstream 0 = skip)",
     )
     g.add_argument("--ns-conc", type=int, default=64, help="non-streaming concurrency (default 64)")
+    g.add_argument(
+        "--routed",
+        metavar="ARTIFACT",
+        help="routing included: the gateway runs the learned policy with this artifact (one arm per artifact "
+        "arm, all on the upstream) and every via request says model 'auto'",
+    )
     g.add_argument("--ns-rounds", type=int, help="non-streaming rounds (default: --rounds)")
     f = ap.add_argument_group("fake upstream (default mode)")
     f.add_argument("--ttft-ms", type=float, default=20.0)
@@ -1043,7 +1057,7 @@ class Bench:
             PROCS.stop(self.gw)
             PROCS.procs.remove(self.gw)
         self.gw_url, self.gw, self.cfg_path = start_gateway(self.a, self.up_url, self.tmp)
-        self.via = Target("via", self.gw_url, self.a.model, self.extra, self.a.max_tokens)
+        self.via = Target("via", self.gw_url, "auto" if self.a.routed else self.a.model, self.extra, self.a.max_tokens)
         self.meter = CpuMeter(self.gw.pid, self.fake_pid)
 
     async def warm_up(self) -> None:
@@ -1056,7 +1070,7 @@ class Bench:
         conn = await self.via.connect()
         status, body, _, _ = await conn.request(self.via.plain_raw)
         conn.transport.close()  # type: ignore[union-attr]
-        if status != 200 or orjson.dumps(self.via.model) not in body:
+        if status != 200 or orjson.dumps(self.a.model) not in body:  # the public name, also when routed
             raise SystemExit(f"via answer lacks the public model name: {status} {body[:300]!r}")
 
     async def fresh(self, first: bool) -> None:

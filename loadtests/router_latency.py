@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from router import Arm, ArmState, RouteFlags, RouteRequest, build_strategy
-from router.encoder import MAX_TOKENS, PromptEncoder
+from router.artifact import read_metadata
+from router.encoder import MAX_TOKENS, NO_EMBEDDING, PromptEncoder
 from router.features import FEATURE_NAMES, prompt_features
 from router.learned import LearnedPolicy
 from router.predictor import ArmModel, Calibration, RouterModel
@@ -214,7 +215,10 @@ async def concurrent(
     async def one(p: str) -> None:
         async with sem:
             t0 = time.perf_counter()
-            features = await asyncio.to_thread(policy.featurize, p)
+            if policy.cheap_features:  # as gateway/serving.py: cheap features on the loop
+                features = policy.featurize(p)
+            else:
+                features = await asyncio.to_thread(policy.featurize, p)
             policy.decide(RouteRequest(prompt=p, flags=flags, features=features), states)
             latencies.append(time.perf_counter() - t0)
 
@@ -252,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     encoder = PromptEncoder.load(max_tokens=args.max_tokens)
     load_s = time.perf_counter() - t0
     if args.artifact:
-        policy = LearnedPolicy(args.artifact, encoder=encoder)
+        features_only = read_metadata(args.artifact)["encoder"] == NO_EMBEDDING
+        policy = LearnedPolicy(args.artifact, encoder=None if features_only else encoder)
     else:
         policy = LearnedPolicy(model=synthetic_model(encoder, args.arms), encoder=encoder)
     states = [ArmState(arm=Arm(a, a, build_strategy({"kind": "plain"}))) for a in sorted(policy.model.arms)]
@@ -263,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     chars = [len(p) for p in prompts]
     tokens = [encoder.count_tokens(p) for p in prompts]
-    print(f"{encoder.name}  (loaded in {load_s * 1000:.0f} ms)")
+    print(f"{policy.encoder.name if policy.encoder else encoder.name}  (loaded in {load_s * 1000:.0f} ms)")
     print(
         f"{len(prompts)} prompts from {source}: chars median {np.median(chars):.0f}, max {max(chars)}; "
         f"tokens median {np.median(tokens):.0f}, {sum(t >= args.max_tokens for t in tokens)} truncated; "
@@ -273,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     for p in prompts[:20]:
         whole(p)  # warm-up
-    results: dict[str, Any] = {"encoder": encoder.name, "prompts": len(prompts), "source": source}
+    name = policy.encoder.name if policy.encoder else encoder.name
+    results: dict[str, Any] = {"encoder": name, "prompts": len(prompts), "source": source}
     print("sequential (one caller):")
     for label, fn in (
         ("encode (tokenise + ONNX + pool)", lambda p: encoder.encode([p])),
@@ -288,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     stats = percentiles(latencies)
     stats["throughput_per_s"] = round(len(prompts) / wall, 1)
     results[f"concurrency{args.concurrency}/whole"] = stats
-    print(f"concurrency {args.concurrency} (asyncio.to_thread, closed loop), {stats['throughput_per_s']} decisions/s:")
+    how = "inline" if policy.cheap_features else "asyncio.to_thread"
+    print(f"concurrency {args.concurrency} ({how}, closed loop), {stats['throughput_per_s']} decisions/s:")
     show("whole decision", stats)
 
     if args.gateway:

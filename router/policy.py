@@ -26,6 +26,8 @@ class Policy(ABC):
 
     name: str = ""
     needs_features: bool = False
+    # featurize takes well under a millisecond: the gateway calls it on the event loop, sparing a thread hop
+    cheap_features: bool = False
 
     def bind(self, arms: Sequence[Arm]) -> None:
         """Called once at start-up with every configured arm; raise ``ValueError`` to refuse them."""
@@ -33,7 +35,7 @@ class Policy(ABC):
 
     def featurize(self, prompt: str) -> Any:
         """Prompt features for :attr:`RouteRequest.features`; may block (the gateway runs it in a
-        worker thread). Only called when :attr:`needs_features` is true."""
+        worker thread unless :attr:`cheap_features`). Only called when :attr:`needs_features` is true."""
         return None
 
     @abstractmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import pytest
@@ -293,3 +294,31 @@ async def test_every_arm_exports_its_series_at_zero_before_any_request(gw: Gatew
     for model, strategy in (("smol", "plain"), ("coder", "speculative-ngram-k4")):
         assert gw.metric("gateway_time_to_first_token_seconds_count", model=model, strategy=strategy) == 0
         assert gw.metric("gateway_output_tokens_total", model=model, strategy=strategy) == 0
+
+
+LEARNED_ARMS = [
+    {"name": "smollm2-plain", "model": "smol", "backends": ["b1"], "strategy": {"kind": "plain"}},
+    {"name": "smollm2-spec-ngram4", "model": "smol", "backends": ["b2"], "strategy": {"kind": "plain"}},
+    {"name": "qwen-coder-0.5b-plain", "model": "coder", "backends": ["b3"], "strategy": {"kind": "plain"}},
+]
+
+
+async def test_cheap_features_run_on_the_event_loop_and_long_prompts_in_a_thread(make_gateway: MakeGateway) -> None:
+    """The default (features-only) artifact spares the thread hop, except for a prompt long enough to block."""
+    async with make_gateway(arms=LEARNED_ARMS, routing={"policy": "learned"}) as gw:
+        policy = gw.app.state.proxy.policy
+        assert policy.cheap_features
+        threads: list[str] = []
+        featurize = policy.featurize
+
+        def spy(prompt: str) -> Any:
+            threads.append(threading.current_thread().name)
+            return featurize(prompt)
+
+        policy.featurize = spy
+        for content in ("What is 12 * 7?", "word " * 2000):
+            body = {"model": "auto", "messages": [{"role": "user", "content": content}]}
+            r = await gw.client.post("/v1/route", json=body)
+            assert r.status_code == 200, r.text
+        assert threads[0] == threading.main_thread().name
+        assert threads[1] != threading.main_thread().name
