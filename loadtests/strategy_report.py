@@ -1,24 +1,29 @@
 """Tables for docs/strategies.md from paired ``llm-gateway profile`` runs (plain + one strategy arm each).
 
-Usage: ``.venv/bin/python loadtests/strategy_report.py profiles/strategies/*.jsonl``
+Usage: ``.venv/bin/python loadtests/strategy_report.py [--plain ARM] profiles/strategies/*.jsonl``
+(``--plain``: the baseline arm, default ``smollm2-plain``; e.g. ``qwen-coder-0.5b-plain``)
 
 Each file holds one run in which ``smollm2-plain`` and one other arm answered the same prompts at the
 same time (each on its own core), so the ratios compare them under the same machine load. Prints, in
 Markdown: per arm and task the accuracy, how many answers equal the plain arm's text, mean output
 tokens, TTFT p50, decode tok/s p50, mean end-to-end latency, and the spec-decode acceptance from the
 ``.meta.json`` sidecar; then the paired ratios against plain; then how often plain's own text agreed
-between runs (the noise floor for "same text").
+between runs (the noise floor for "same text"); then, per arm, the answer-format and length
+figures that show whether a pruned variant still behaves (MMLU answers that start with a letter,
+answers cut at ``max_tokens``) and its accuracy as a share of the plain arm's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 PLAIN = "smollm2-plain"
+LETTER = re.compile(r"^\s*\(?[A-D]\b")  # an MMLU answer in the asked-for format starts with its letter
 TASKS = ("gsm8k", "mmlu", "humaneval")
 
 
@@ -99,7 +104,30 @@ def main(paths: list[Path]) -> None:
             keys = [k for k in a if k[1] == PLAIN and k in b]
             same = sum(a[k]["text"] == b[k]["text"] for k in keys)
             print(f"- plain's text identical in runs {first} and {second}: {same}/{len(keys)}")
+    print(
+        "\n| run | arm | correct (GSM8K / MMLU / HumanEval) | accuracy vs plain | MMLU answers in letter format "
+        "| answers cut at max_tokens | out tok mean |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for run, (rows, _) in runs.items():
+        arms = sorted({a for _, a in rows}, key=lambda a: a != PLAIN)
+        base = [r["correct"] for (_, a), r in rows.items() if a == PLAIN and r["correct"] is not None]
+        for arm in arms:
+            rs = [r for (_, a), r in rows.items() if a == arm]
+            per = [sum(bool(r["correct"]) for r in rs if r["task"] == t) for t in TASKS]
+            mmlu = [r for r in rs if r["task"] == "mmlu"]
+            letter = sum(bool(LETTER.match(r.get("text") or "")) for r in mmlu)
+            cut = sum(r.get("finish_reason") == "length" for r in rs)
+            correct = [r["correct"] for r in rs if r["correct"] is not None]
+            share = sum(correct) / sum(base) if base and sum(base) else float("nan")
+            print(
+                f"| {run} | {arm} | {' / '.join(map(str, per))} of {len(correct)} | {100 * share:.0f}% | "
+                f"{letter}/{len(mmlu)} | {cut}/{len(rs)} | {_mean([r['output_tokens'] for r in rs]):.0f} |"
+            )
 
 
 if __name__ == "__main__":
-    main([Path(p) for p in sys.argv[1:]])
+    args = sys.argv[1:]
+    if args[:1] == ["--plain"]:
+        PLAIN, args = args[1], args[2:]
+    main([Path(p) for p in args])
