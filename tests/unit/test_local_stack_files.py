@@ -8,11 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.arms import ArmCatalog
 from gateway.launcher import BackendSpec
 from gateway.settings import load_settings
 
 LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "local"
-STACKS = [("backends.yaml", "gateway.yaml"), ("backends-strategies.yaml", "gateway-strategies.yaml")]
+STACKS = [
+    ("backends.yaml", "gateway.yaml"),
+    ("backends-strategies.yaml", "gateway-strategies.yaml"),
+    ("backends-healed.yaml", "gateway-healed.yaml"),
+]
 
 
 @pytest.mark.parametrize(("backends", "gateway"), STACKS)
@@ -42,9 +47,9 @@ def test_arm_strategies_match_how_servers_start(backends: str, gateway: str) -> 
             else:
                 assert not spec_args, f"{name} runs speculation but arm {arm['name']} is {strategy['kind']}"
             if strategy["kind"] == "layer-skip":
-                assert server.model.name.endswith(f"-d{strategy['dropped']}"), server.model
+                assert server.model.name.removesuffix("-healed").endswith(f"-d{strategy['dropped']}"), server.model
             else:
-                assert not server.model.name.rsplit("-", 1)[-1].startswith("d"), server.model
+                assert not server.model.name.removesuffix("-healed").rsplit("-", 1)[-1].startswith("d"), server.model
 
 
 def test_strategies_stack_has_three_speculative_lengths_and_a_variant() -> None:
@@ -62,3 +67,11 @@ def test_only_selects_servers_in_file_order() -> None:
         spec.only(["smol-plain", "nope"])
     with pytest.raises(ValueError, match="unknown backend server"):
         spec.only([""])
+
+
+@pytest.mark.parametrize(("backends", "gateway"), STACKS)
+def test_each_stacks_policy_accepts_its_arms(backends: str, gateway: str) -> None:
+    """A learned stack's artifact has a predictor for every arm it serves (start-up would refuse it)."""
+    settings = load_settings(LOCAL / gateway, environ={})
+    policy = settings.routing.build([live.arm for live in ArmCatalog(settings).arms.values()])
+    assert policy.name == settings.routing.policy

@@ -79,3 +79,15 @@ def test_features_only_encoder_has_no_dimensions() -> None:
         enc.encode("a")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown encoder 'bert'; choose one of minilm, none"):
         load_encoder("bert")
+
+
+def test_a_shipped_artifact_is_named_by_its_bare_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.learned import artifact_path
+
+    assert artifact_path(None) == DEFAULT_ARTIFACT
+    assert artifact_path("local-minilm") == ARTIFACTS / "local-minilm"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local-minilm").mkdir()
+    assert artifact_path("local-minilm") == Path("local-minilm"), "a directory that exists wins"
+    assert artifact_path("~/x") == Path.home() / "x"
+    assert artifact_path("no-such") == Path("no-such")

@@ -11,7 +11,7 @@ import pytest
 
 from router.artifact import ArtifactError, load_artifact, save_artifact
 from router.linear import fit_logistic, predict_logistic
-from router.training import Row, auc, read_rows, train
+from router.training import Row, auc, latest_rows, read_rows, train
 
 
 def synthetic(n: int = 120, seed: int = 1) -> tuple[list[Row], dict[str, np.ndarray], dict[str, float]]:
@@ -110,3 +110,13 @@ def test_logistic_separable_and_single_class() -> None:
 )
 def test_auc(scores, labels, expected) -> None:
     assert auc(np.array(scores), np.array(labels)) == expected
+
+
+def test_the_last_row_of_a_prompt_and_arm_wins() -> None:
+    def row(pid: str, arm: str, e2e: float) -> Row:
+        return Row(pid, "gsm8k", "train", arm, True, 10, 0.1, 20.0, e2e)
+
+    rows = [row("p1", "a", 1.0), row("p1", "b", 2.0), row("p2", "a", 3.0), row("p1", "a", 4.0)]
+    latest = latest_rows(rows)
+    got = sorted((r.prompt_id, r.arm, r.e2e_s) for r in latest)
+    assert got == [("p1", "a", 4.0), ("p1", "b", 2.0), ("p2", "a", 3.0)]
