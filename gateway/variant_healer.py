@@ -22,11 +22,12 @@ At the top level it imports only the standard library (plus the builder's pure h
 3. **Determinism.** ``torch.manual_seed(seed)``; the batch of step *s* is a fixed function of
    (seed, s) (a seeded permutation per epoch), so a resumed run sees the same data as an
    uninterrupted one.
-4. **Checkpoints** every ``--save-every`` steps and on Ctrl-C / SIGTERM (the current step is
-   finished first, then the process exits 130) in ``<out>.heal-work/checkpoint.pt`` with a sha256
-   sidecar; a rerun with the same inputs resumes. A checkpoint whose sha256 does not match
-   (corrupted) or whose fingerprint (teacher, variant weights, data, seed, batch, seq-len, lr,
-   loss) differs from this run's is refused with a clear message (``--restart`` discards it).
+4. **Checkpoints** (:mod:`gateway.heal_checkpoint`) every ``--save-every`` steps and on Ctrl-C /
+   SIGTERM (the current step is finished first, then the process exits 130) in
+   ``<out>.heal-work/checkpoint.pt`` with a sha256 sidecar; a rerun with the same inputs resumes.
+   A checkpoint whose sha256 does not match (corrupted) or whose fingerprint (teacher, variant
+   weights, data, seed, batch, seq-len, lr, loss) differs from this run's is refused with a clear
+   message (``--restart`` discards it).
 5. **Output.** A standard Hugging Face checkpoint in the source dtype (``tie_word_embeddings`` as
    in the source: a tied model stays tied), the variant's side files, and ``variant.json`` with a
    ``healing`` section (teacher, data hashes, steps, losses, held-out KL before/after, wall time).
@@ -37,11 +38,9 @@ At the top level it imports only the standard library (plus the builder's pure h
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``gateway`` importable for the builder helpers
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway.heal_checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_META,
+    StopFlag,
+    load_checkpoint,
+    save_checkpoint,
+    sha256_json,
+    weights_sha256,
+)
 from gateway.variant_builder import (
     METADATA_FILE,
     SmokeTestFailed,
@@ -61,40 +69,11 @@ from gateway.variant_builder import (
     smoke_test,
 )
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_META = "checkpoint.json"
 EXIT_INTERRUPTED = 130
 HELD_OUT_FRACTION = 0.1
 
 
-class CheckpointError(VariantError):
-    """A resume checkpoint that is corrupted or belongs to another run."""
-
-
 # -- pure helpers ---------------------------------------------------------------------------------
-
-
-def sha256_json(obj: Any) -> str:
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 over the checkpoint's weight files and config (names and contents, sorted)."""
-    h = hashlib.sha256()
-    for f in sorted(model_dir.iterdir()):
-        if f.name == "config.json" or f.name.endswith((".safetensors", ".bin")):
-            h.update(f.name.encode())
-            h.update(file_sha256(f).encode())
-    return h.hexdigest()
 
 
 def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -317,72 +296,6 @@ def trainable_parameters(student: Any, variant_meta: dict[str, Any], scope: str)
     return [n for n, p in student.named_parameters() if p.requires_grad]
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-
-
-def save_checkpoint(work: Path, state: dict[str, Any], fingerprint: dict[str, Any]) -> None:
-    """Write ``checkpoint.pt`` atomically plus a sidecar with its sha256 and the run's fingerprint."""
-    import torch
-
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = work / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    digest = file_sha256(tmp)
-    tmp.replace(work / CHECKPOINT)
-    meta = {"sha256": digest, "step": state["step"], "fingerprint": fingerprint}
-    (work / (CHECKPOINT_META + ".tmp")).write_text(json.dumps(meta, indent=2))
-    (work / (CHECKPOINT_META + ".tmp")).replace(work / CHECKPOINT_META)
-
-
-def load_checkpoint(work: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint in ``work`` if any; :class:`CheckpointError` if corrupted or from another run."""
-    import torch
-
-    ckpt, meta_path = work / CHECKPOINT, work / CHECKPOINT_META
-    if not ckpt.exists() and not meta_path.exists():
-        return None
-    hint = f"(delete {work} or pass --restart to start over)"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint sidecar {meta_path} unreadable: {exc} {hint}") from exc
-    if not ckpt.exists() or file_sha256(ckpt) != meta.get("sha256"):
-        raise CheckpointError(f"checkpoint {ckpt} is corrupted: its sha256 does not match {meta_path} {hint}")
-    theirs = meta.get("fingerprint", {})
-    diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
-    if diff:
-        details = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, now {fingerprint.get(k)!r}" for k in diff)
-        raise CheckpointError(f"checkpoint {ckpt} belongs to another healing run ({details}) {hint}")
-    try:
-        state: dict[str, Any] = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling failure means the file is unusable
-        raise CheckpointError(f"checkpoint {ckpt} cannot be loaded: {exc} {hint}") from exc
-    return state
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM: the training loop finishes its step, saves and exits 130."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.set:  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.set = True
-        print("\n==> interrupted: finishing this step, saving the checkpoint", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 # -- the healing run ------------------------------------------------------------------------------
 
 
@@ -460,10 +373,8 @@ def heal(
     train_idx, held_idx = split_held_out(len(seqs))
     train, held = [seqs[i] for i in train_idx], [seqs[i] for i in held_idx]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    fingerprint = {
-        "teacher": weights_sha256(teacher_dir),
-        "variant": weights_sha256(variant_dir),
-        "data_sha256": sha256_json([s[0] for s in seqs]),
+    # the run's settings: part of the checkpoint fingerprint and of the written metadata
+    settings = {
         "seed": seed,
         "batch_size": batch_size,
         "seq_len": seq_len,
@@ -471,6 +382,12 @@ def heal(
         "warmup": warmup,
         "ce_weight": ce_weight,
         "train_layers": train_layers,
+    }
+    fingerprint = {
+        "teacher": weights_sha256(teacher_dir),
+        "variant": weights_sha256(variant_dir),
+        "data_sha256": sha256_json([s[0] for s in seqs]),
+        **settings,
     }
 
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -509,7 +426,7 @@ def heal(
     bar = _progress(start, steps, progress)
     step = start
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while step < steps:
                 student.train()
                 for group in optimizer.param_groups:
@@ -564,14 +481,8 @@ def heal(
             "train_tokens_per_epoch": sum(len(s[0]) for s in train),
         },
         "steps": step,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "lr": lr,
-        "warmup": warmup,
-        "ce_weight": ce_weight,
-        "train_layers": train_layers,
+        **settings,
         "trainable_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
-        "seed": seed,
         "device": str(dev),
         "final_loss": round(final_loss, 5),
         "initial_loss": history[0][1] if history else None,

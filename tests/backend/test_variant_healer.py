@@ -13,6 +13,7 @@ import torch
 from test_variant_builder import WORDS, make_model, tensors
 from transformers import AutoModelForCausalLM
 
+from gateway import heal_checkpoint as hc
 from gateway import variant_builder as vb
 from gateway import variant_healer as vh
 
@@ -83,7 +84,7 @@ def test_metadata_is_written(tmp_path: Path) -> None:
     assert len(meta["dropped"]) == 3
     h = meta["healing"]
     assert h["teacher"] == str(src.resolve()) and h["steps"] == 4 and h["seed"] == 0
-    assert h["data"]["prompts"] == len(PROMPTS) and h["data"]["prompts_sha256"] == vh.sha256_json(
+    assert h["data"]["prompts"] == len(PROMPTS) and h["data"]["prompts_sha256"] == hc.sha256_json(
         [p["messages"] for p in PROMPTS]
     )
     assert len(h["data"]["healing_data_sha256"]) == 64
@@ -113,7 +114,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         heal(src, variant, tmp_path / "split", steps=8, stop_after=3)
     assert not (tmp_path / "split").exists()
-    assert json.loads((tmp_path / "split.heal-work" / vh.CHECKPOINT_META).read_text())["step"] == 3
+    assert json.loads((tmp_path / "split.heal-work" / hc.CHECKPOINT_META).read_text())["step"] == 3
     logs: list[str] = []
     resumed = heal(src, variant, tmp_path / "split", steps=8, log=logs.append)
     assert any("resuming" in line and "step 3/8" in line for line in logs)
@@ -126,11 +127,11 @@ def test_a_corrupted_checkpoint_is_refused(tmp_path: Path) -> None:
     src, variant = pruned(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         heal(src, variant, tmp_path / "out", stop_after=2)
-    ckpt = tmp_path / "out.heal-work" / vh.CHECKPOINT
+    ckpt = tmp_path / "out.heal-work" / hc.CHECKPOINT
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2] ^= 0xFF
     ckpt.write_bytes(bytes(data))
-    with pytest.raises(vh.CheckpointError, match="is corrupted"):
+    with pytest.raises(hc.CheckpointError, match="is corrupted"):
         heal(src, variant, tmp_path / "out")
     heal(src, variant, tmp_path / "out", steps=2, restart=True)  # --restart discards it
     assert (tmp_path / "out" / "config.json").exists()
@@ -140,10 +141,10 @@ def test_a_mismatched_checkpoint_is_refused(tmp_path: Path) -> None:
     src, variant = pruned(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         heal(src, variant, tmp_path / "out", stop_after=2)
-    with pytest.raises(vh.CheckpointError, match=r"another healing run \(lr: checkpoint 0\.001, now 0\.002\)"):
+    with pytest.raises(hc.CheckpointError, match=r"another healing run \(lr: checkpoint 0\.001, now 0\.002\)"):
         heal(src, variant, tmp_path / "out", lr=2e-3)
     _, other = pruned(tmp_path / "other", drop=2)
-    with pytest.raises(vh.CheckpointError, match=r"another healing run.*variant"):
+    with pytest.raises(hc.CheckpointError, match=r"another healing run.*variant"):
         heal(src, other, tmp_path / "out")
 
 
@@ -152,7 +153,7 @@ def test_a_healed_variant_failing_its_smoke_test_is_not_written(tmp_path: Path) 
     with pytest.raises(vb.SmokeTestFailed, match=r"healed variant failed its smoke test.*--allow-failing-smoke"):
         heal(src, variant, tmp_path / "out", steps=2, smoke=True)
     assert not (tmp_path / "out").exists()
-    assert (tmp_path / "out.heal-work" / vh.CHECKPOINT).exists()  # kept: more steps can follow
+    assert (tmp_path / "out.heal-work" / hc.CHECKPOINT).exists()  # kept: more steps can follow
     meta = heal(src, variant, tmp_path / "out", steps=2, smoke=True, allow_failing_smoke=True)
     assert meta["healing"]["smoke_test"]["passed"] is False
 
