@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,18 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import stack
 
 overhead = stack.overhead
-
-
-def inflight(url: str) -> float:
-    try:
-        text = httpx.get(url + "/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return -1
-    return sum(float(v) for v in re.findall(r"^gateway_inflight_requests\{[^}]*\} (\S+)$", text, re.M))
 
 
 class Watch(threading.Thread):
@@ -59,7 +49,7 @@ class Watch(threading.Thread):
     def run(self) -> None:
         t0 = time.monotonic()
         while not self.halt.wait(self.period):
-            s = {"t": time.monotonic() - t0, "inflight": inflight(self.url)}
+            s = {"t": time.monotonic() - t0, "inflight": stack.inflight(self.url, timeout_s=2)}
             if self.pid:
                 s["rss_mb"] = stack.rss_kb(self.pid) / 1024
                 s["cpu_s"] = overhead.proc_cpu_s(self.pid)

@@ -40,17 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from locust import FastHttpUser, between, constant, events, task
+from routing_mix import MIX  # a sibling module: locust puts this file's folder on sys.path
 
-MIX: tuple[tuple[str, dict[str, Any] | None], ...] = (
-    ("smollm2-135m", None),
-    ("qwen2.5-coder-0.5b", None),
-    ("auto", None),
-    ("auto", {"prefer": "speed"}),
-    ("auto", {"prefer": "quality"}),
-    ("auto", {"accuracy": "medium", "max_latency_ms": 20000}),
-    ("smollm2-135m", None),
-    ("auto", {"prefer": "balanced", "max_latency_ms": 5000}),
-)
 FALLBACK = (
     "Explain the difference between a process and a thread.",
     "Write a haiku about autumn rain.",

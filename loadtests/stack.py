@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import overhead  # noqa: E402  (a sibling script, not a package)
+from routing_mix import MIX  # noqa: E402,F401  (stack.MIX: the soak's request mix)
 
 FAKES = (("smol-plain", "smollm2"), ("smol-ngram4", "smollm2"), ("qwen-plain", "qwen-coder-0.5b"))
 
@@ -88,14 +89,15 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def inflight(url: str) -> float:
-    """Streams the gateway has open to its backends now (``gateway_inflight_requests`` summed)."""
+def inflight(url: str, timeout_s: float = 5.0) -> float:
+    """Streams the gateway has open to its backends now (``gateway_inflight_requests`` summed); -1 if
+    ``/metrics`` does not answer within ``timeout_s``."""
     import re
 
     import httpx
 
     try:
-        text = httpx.get(url + "/metrics", timeout=5).text
+        text = httpx.get(url + "/metrics", timeout=timeout_s).text
     except httpx.HTTPError:
         return -1.0
     return sum(float(v) for v in re.findall(r"^gateway_inflight_requests\{[^}]*\} (\S+)$", text, re.M))
@@ -170,16 +172,3 @@ def prompts(limit: int = 2000, seed: int = 0) -> tuple[str, list[str]]:
     out = [p.text for p in ps]
     random.Random(seed).shuffle(out)
     return "mtbench+gsm8k", out
-
-
-# (model, route flags); cycled so every run sends the same mix
-MIX: tuple[tuple[str, dict[str, Any] | None], ...] = (
-    ("smollm2-135m", None),
-    ("qwen2.5-coder-0.5b", None),
-    ("auto", None),
-    ("auto", {"prefer": "speed"}),
-    ("auto", {"prefer": "quality"}),
-    ("auto", {"accuracy": "medium", "max_latency_ms": 20000}),
-    ("smollm2-135m", None),
-    ("auto", {"prefer": "balanced", "max_latency_ms": 5000}),
-)

@@ -56,6 +56,11 @@ def _acceptance(path: Path) -> dict[str, Any]:
     return dict(json.loads(meta.read_text(encoding="utf-8")).get("spec_decode_acceptance") or {})
 
 
+def _arms(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The run's arms, the plain baseline first."""
+    return sorted({a for _, a in rows}, key=lambda a: a != PLAIN)
+
+
 def main(paths: list[Path]) -> None:
     runs = {p.stem: (_rows(p), _acceptance(p)) for p in paths}
     print(
@@ -64,8 +69,7 @@ def main(paths: list[Path]) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run, (rows, acc) in runs.items():
-        arms = sorted({a for _, a in rows}, key=lambda a: a != PLAIN)
-        for arm in arms:
+        for arm in _arms(rows):
             rate = (acc.get(arm) or {}).get("acceptance_rate")
             for task in (*TASKS, "all"):
                 rs = [r for (_, a), r in rows.items() if a == arm and task in ("all", r["task"])]
@@ -110,9 +114,8 @@ def main(paths: list[Path]) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for run, (rows, _) in runs.items():
-        arms = sorted({a for _, a in rows}, key=lambda a: a != PLAIN)
         base = [r["correct"] for (_, a), r in rows.items() if a == PLAIN and r["correct"] is not None]
-        for arm in arms:
+        for arm in _arms(rows):
             rs = [r for (_, a), r in rows.items() if a == arm]
             per = [sum(bool(r["correct"]) for r in rs if r["task"] == t) for t in TASKS]
             mmlu = [r for r in rs if r["task"] == "mmlu"]
