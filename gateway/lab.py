@@ -220,7 +220,7 @@ def _write_evaluation(result: dict[str, Any], out: Path, stem: str, title: str) 
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from router.encoder import NO_EMBEDDING
+    from router.encoder import encoder_kind
     from router.evaluation import evaluate
     from router.learned import LearnedPolicy
 
@@ -251,7 +251,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
     if args.cv:
         print(f"==> {args.cv}-fold cross-validation over every profiled prompt (train and test splits)")
-        kind = NO_EMBEDDING if policy.model.encoder == NO_EMBEDDING else "minilm"
+        kind = encoder_kind(policy.model.encoder)
         cv = _cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed, kind)
         _write_evaluation(cv, out, "evaluation-cv", f"{args.cv}-fold cross-validation (n={cv['prompts']})")
     return 0

@@ -28,7 +28,7 @@ this project's 2-core machines (see ``loadtests/router_latency.py`` and ``docs/r
 No embedding: :class:`FeaturesOnly` (name ``none``) stands in for an encoder with zero dimensions,
 so a router trained with it (``llm-gateway train --encoder none``) routes on the cheap prompt
 features alone, at about 0.05 ms per prompt instead of the embedding's 8 ms (docs/router.md compares
-the two). :func:`encoder_named` gives the encoder an artifact was trained with.
+the two). :func:`encoder_kind` names the encoder an artifact was trained with.
 
 Thread safety: :meth:`PromptEncoder.encode` may be called from several threads at once (ONNX
 Runtime allows concurrent ``run`` on one session; the tokenizer is configured once in
@@ -90,9 +90,10 @@ def load_encoder(kind: str) -> Encoder:
     raise ValueError(f"unknown encoder {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
 
 
-def encoder_named(name: str) -> Encoder:
-    """The installed encoder an artifact trained with encoder ``name`` needs (its name is checked by the caller)."""
-    return FeaturesOnly() if name == NO_EMBEDDING else PromptEncoder.load()
+def encoder_kind(name: str) -> str:
+    """The :func:`load_encoder` kind an artifact trained with encoder ``name`` needs (the caller checks
+    that the loaded encoder's name matches)."""
+    return NO_EMBEDDING if name == NO_EMBEDDING else "minilm"
 
 
 def cache_dir() -> Path:

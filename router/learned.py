@@ -30,7 +30,7 @@ import numpy as np
 
 from router.artifact import ArtifactError, load_artifact
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteRequest
-from router.encoder import Encoder, encoder_named
+from router.encoder import Encoder, encoder_kind, load_encoder
 from router.features import FEATURE_NAMES, prompt_features
 from router.policy import Policy, pinned_decision, register_policy
 from router.predictor import Prediction, RouterModel
@@ -100,7 +100,7 @@ class LearnedPolicy(Policy):
             return
         self.model = load_artifact(self.artifact)
         try:
-            self.encoder = encoder or encoder_named(self.model.encoder)
+            self.encoder = encoder or load_encoder(encoder_kind(self.model.encoder))
         except (OSError, RuntimeError) as exc:
             raise ValueError(f"cannot load the prompt encoder: {exc}") from exc
         if self.encoder.name != self.model.encoder:
