@@ -22,7 +22,6 @@ Ties always go to configuration order, so decisions are deterministic.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +132,9 @@ class LearnedPolicy(Policy):
 
     def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
         x, kchars = request.features if request.features is not None else self.featurize(request.prompt)
-        out = {}
-        for s in candidates:
-            p = self.model.arms[s.arm.name].predict(x, kchars, request.max_tokens, s.ttft_s, s.tokens_per_s)
-            slow = 1.0 + self.load_share * max(0.0, s.load)
-            if slow != 1.0:
-                p = replace(p, ttft_s=p.ttft_s * slow, tokens_per_s=p.tokens_per_s / slow, latency_s=p.latency_s * slow)
-            out[s.arm.name] = p
-        return out
+        share = self.load_share
+        live = [(s.arm.name, s.ttft_s, s.tokens_per_s, 1.0 + share * max(0.0, s.load)) for s in candidates]
+        return self.model.predict(x, kchars, request.max_tokens, live)
 
     def accuracy_floor(self, value: float | str | None) -> float | None:
         if isinstance(value, str):

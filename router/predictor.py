@@ -15,12 +15,15 @@ measurements (the profile medians otherwise): latency = TTFT + length / speed.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
 
-from router.linear import Array, predict_linear, predict_logistic
+from router.linear import Array
 
 
 @dataclass(frozen=True)
@@ -62,18 +65,42 @@ class ArmModel:
         max_tokens: int | None,
         live_ttft_s: float | None,
         live_tokens_per_s: float | None,
+        slow: float = 1.0,
     ) -> Prediction:
-        quality = float(predict_logistic(self.quality_w, x[None, :])[0])
-        length = float(np.expm1(predict_linear(self.length_w, x[None, :])[0]))
-        length = max(1.0, length)
+        """This arm's forecast for the standardised prompt vector ``x`` (see :meth:`forecast`)."""
+        heads = np.stack([self.quality_w, self.length_w, self.speed_w], axis=1)
+        z = x @ heads[:-1] + heads[-1]
+        q, n, v = (float(value) for value in z)
+        return self.forecast(q, n, v, kchars, max_tokens, live_ttft_s, live_tokens_per_s, slow)
+
+    def forecast(
+        self,
+        quality_z: float,
+        length_z: float,
+        speed_z: float,
+        kchars: float,
+        max_tokens: int | None,
+        live_ttft_s: float | None,
+        live_tokens_per_s: float | None,
+        slow: float = 1.0,
+    ) -> Prediction:
+        """Combine the three heads' linear outputs with the arm's speed into a :class:`Prediction`.
+
+        ``quality_z`` is a logit, ``length_z`` a ``log1p(tokens)`` and ``speed_z`` a log speed factor
+        (clipped to +-2). ``slow`` (>= 1, load on the arm) stretches TTFT and decode time alike.
+        Plain-float maths: this runs for every arm of every routed request.
+        """
+        quality = 1.0 / (1.0 + math.exp(-min(30.0, max(-30.0, quality_z))))
+        length = max(1.0, math.expm1(min(length_z, 30.0)))
         if max_tokens is not None:
             length = min(length, float(max_tokens))
-        factor = float(np.exp(np.clip(predict_linear(self.speed_w, x[None, :])[0], -2.0, 2.0)))
+        factor = math.exp(min(2.0, max(-2.0, speed_z)))
         base_tps = live_tokens_per_s or self.median_tokens_per_s
-        tps = max(1e-3, base_tps * factor)
+        tps = max(1e-3, base_tps * factor) / slow
         ttft = max(0.0, self.ttft_intercept_s + self.ttft_per_kchar_s * kchars)
         if live_ttft_s is not None and self.median_ttft_s > 0:
             ttft *= live_ttft_s / self.median_ttft_s
+        ttft *= slow
         return Prediction(
             quality=quality, output_tokens=length, ttft_s=ttft, tokens_per_s=tps, latency_s=ttft + length / tps
         )
@@ -104,3 +131,34 @@ class RouterModel:
 
     def standardise(self, raw: NDArray[np.floating]) -> Array:
         return np.asarray((raw - self.mean) / self.std, dtype=np.float64)
+
+    @cached_property
+    def _heads(self) -> tuple[dict[str, int], Array, Array]:
+        """Every arm's three heads side by side: (arm -> first column, weights, biases)."""
+        names = list(self.arms)
+        stacked = np.stack(
+            [w for n in names for w in (self.arms[n].quality_w, self.arms[n].length_w, self.arms[n].speed_w)], axis=1
+        )
+        return {n: 3 * i for i, n in enumerate(names)}, np.ascontiguousarray(stacked[:-1]), stacked[-1].copy()
+
+    def predict(
+        self,
+        x: NDArray[np.floating],
+        kchars: float,
+        max_tokens: int | None,
+        arms: Sequence[tuple[str, float | None, float | None, float]],
+    ) -> dict[str, Prediction]:
+        """Forecasts for ``arms`` — ``(name, live TTFT, live tokens/s, slow-down)`` each — on one prompt.
+
+        One matrix-vector product for all arms' heads at once, then :meth:`ArmModel.forecast` per
+        arm: the per-request cost barely grows with the number of arms. ``KeyError`` for an arm the
+        model does not know.
+        """
+        column, weights, bias = self._heads
+        z = (x @ weights + bias).tolist()
+        out = {}
+        for name, live_ttft_s, live_tps, slow in arms:
+            c = column[name]
+            arm = self.arms[name]
+            out[name] = arm.forecast(z[c], z[c + 1], z[c + 2], kchars, max_tokens, live_ttft_s, live_tps, slow)
+        return out

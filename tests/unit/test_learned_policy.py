@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 
@@ -158,3 +160,31 @@ def test_a_loaded_arm_is_routed_around_and_load_share_scales_it() -> None:
 def test_load_share_is_validated(bad: object) -> None:
     with pytest.raises(ValueError, match="load_share"):
         LearnedPolicy(model=MODEL, load_share=bad)  # type: ignore[arg-type]
+
+
+def test_all_arms_at_once_equal_each_arm_alone() -> None:
+    """RouterModel.predict stacks the heads into one product; it must match ArmModel.predict per arm."""
+    rng = np.random.default_rng(7)
+    dim = 9
+
+    def random_arm() -> ArmModel:
+        return ArmModel(
+            quality_w=rng.normal(0, 3, dim + 1),
+            length_w=rng.normal(0, 2, dim + 1),
+            speed_w=rng.normal(0, 2, dim + 1),  # large enough to hit the +-2 clip
+            ttft_intercept_s=float(rng.uniform(0.05, 0.5)),
+            ttft_per_kchar_s=float(rng.uniform(0, 0.1)),
+            median_tokens_per_s=float(rng.uniform(5, 50)),
+            median_ttft_s=float(rng.uniform(0.05, 0.5)),
+        )
+
+    arms = {f"a{i}": random_arm() for i in range(5)}
+    names = tuple(f"f{i}" for i in range(dim))
+    model = RouterModel("test", names, np.zeros(dim), np.ones(dim), arms, MODEL.calibration)
+    for trial in range(50):
+        x = rng.normal(0, 1 + trial / 5, dim)  # up to extreme inputs: logits past +-30, lengths past max_tokens
+        live = [(n, None if i % 2 else 0.3, None if i % 3 else 12.0, 1.0 + 0.05 * i) for i, n in enumerate(arms)]
+        together = model.predict(x, 1.7, 200 if trial % 2 else None, live)
+        for name, ttft, tps, slow in live:
+            alone = arms[name].predict(x, 1.7, 200 if trial % 2 else None, ttft, tps, slow)
+            assert astuple(together[name]) == pytest.approx(astuple(alone), rel=1e-12), (trial, name)
