@@ -46,6 +46,8 @@ HEAL_OPTIONS: dict[str, tuple[type, float, float, str]] = {
     "answer_tokens": (int, 192, 1, "tokens of the teacher's greedy answer per prompt"),
     "save_every": (int, 25, 1, "checkpoint every K steps"),
     "heal_samples": (int, 160, 2, "healing prompts (train split)"),
+    "lora_rank": (int, 0, 0, "LoRA adapters of this rank, merged into the weights at the end (0: full fine-tuning)"),
+    "lora_alpha": (float, 32.0, 1e-12, "LoRA scale numerator (scale = alpha / rank)"),
 }
 
 

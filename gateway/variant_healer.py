@@ -18,7 +18,9 @@ At the top level it imports only the standard library (plus the builder's pure h
    (temperature 1) over prompt and answer tokens, plus ``--ce-weight`` x cross-entropy on the
    teacher's greedy answer tokens. AdamW, linear warm-up then constant learning rate (so a run
    can be extended by resuming with more ``--steps``), gradient clipping at 1.0, bf16 autocast
-   where the CPU has AMX / on CUDA, fp32 master weights.
+   where the CPU has AMX / on CUDA, fp32 master weights. ``--lora-rank R`` trains rank-R adapters
+   on the healed layers' projections instead of the weights (:mod:`gateway.lora`) and merges them
+   into the weights before writing, so the output has the same shape either way.
 3. **Determinism.** ``torch.manual_seed(seed)``; the batch of step *s* is a fixed function of
    (seed, s) (a seeded permutation per epoch), so a resumed run sees the same data as an
    uninterrupted one.
@@ -49,6 +51,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``gateway`` importable for the builder helpers
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway import lora
 from gateway.heal_checkpoint import (
     CHECKPOINT,
     CHECKPOINT_META,
@@ -270,29 +273,48 @@ def evaluate_kl(student: Any, teacher: Any, seqs: list[tuple[list[int], int]], p
     return total / len(seqs)
 
 
-def trainable_parameters(student: Any, variant_meta: dict[str, Any], scope: str) -> list[str]:
-    """Freeze what ``scope`` leaves alone; return the names of the trainable parameters.
+def healed_layers(student: Any, variant_meta: dict[str, Any], scope: str) -> list[Any]:
+    """The decoder layers that healing trains under ``scope`` (``all`` or ``from-gap``).
 
-    ``all``: every parameter. ``from-gap``: the decoder layers from the one just before the first
-    removed layer up, plus the final norm; embeddings (tied with the output head in SmolLM2/Qwen)
-    and the untouched bottom layers stay frozen, so backward stops early (about half the compute
-    of ``all`` when the first gap is mid-model).
+    ``from-gap``: from the layer just before the first removed one up (all layers when nothing
+    was removed or the metadata does not say).
     """
     if scope not in ("all", "from-gap"):
         raise VariantError(f"--train-layers must be all or from-gap, got {scope!r}")
+    layers = list(decoder_layers(student))
     dropped = [int(d["layer"]) for d in variant_meta.get("dropped", [])]
     if scope == "all" or not dropped:
-        return [n for n, p in student.named_parameters() if p.requires_grad]
-    first = max(0, min(dropped) - 1)
-    for p in student.parameters():
-        p.requires_grad_(False)
-    for layer in list(decoder_layers(student))[first:]:
-        for p in layer.parameters():
-            p.requires_grad_(True)
-    norm = getattr(student.model, "norm", None)
-    if norm is not None:
-        for p in norm.parameters():
-            p.requires_grad_(True)
+        return layers
+    return layers[max(0, min(dropped) - 1) :]
+
+
+def trainable_parameters(
+    student: Any, variant_meta: dict[str, Any], scope: str, lora_rank: int = 0, lora_alpha: float = 32.0
+) -> list[str]:
+    """Freeze what healing leaves alone; return the names of the trainable parameters.
+
+    Full fine-tuning (``lora_rank`` 0): ``all`` trains every parameter; ``from-gap`` trains the
+    :func:`healed_layers` plus the final norm, while embeddings (tied with the output head in
+    SmolLM2/Qwen) and the untouched bottom layers stay frozen, so backward stops early (about half
+    the compute of ``all`` when the first gap is mid-model). With ``lora_rank`` > 0 every weight is
+    frozen and only rank-``lora_rank`` adapters on the projections of those layers train
+    (:mod:`gateway.lora`).
+    """
+    layers = healed_layers(student, variant_meta, scope)
+    if lora_rank > 0:
+        for p in student.parameters():
+            p.requires_grad_(False)
+        lora.attach(layers, lora_rank, lora_alpha)
+    elif scope == "from-gap" and variant_meta.get("dropped"):
+        for p in student.parameters():
+            p.requires_grad_(False)
+        for layer in layers:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        norm = getattr(student.model, "norm", None)
+        if norm is not None:
+            for p in norm.parameters():
+                p.requires_grad_(True)
     return [n for n, p in student.named_parameters() if p.requires_grad]
 
 
@@ -313,6 +335,8 @@ def heal(
     seed: int = 0,
     ce_weight: float = 0.5,
     train_layers: str = "from-gap",
+    lora_rank: int = 0,
+    lora_alpha: float = 32.0,
     answer_tokens: int = 192,
     save_every: int = 25,
     task: str = "mixed",
@@ -364,7 +388,9 @@ def heal(
     if student.config.vocab_size != teacher.config.vocab_size:
         sizes = f"teacher {teacher.config.vocab_size}, variant {student.config.vocab_size}"
         raise VariantError(f"vocab sizes differ: {sizes}")
-    trainable = trainable_parameters(student, variant_meta, train_layers)
+    if lora_rank < 0 or (lora_rank > 0 and not lora_alpha > 0):
+        raise VariantError(f"--lora-rank must be >= 0 and --lora-alpha > 0, got {lora_rank} and {lora_alpha}")
+    trainable = trainable_parameters(student, variant_meta, train_layers, lora_rank, lora_alpha)
 
     answers, cache_file = load_or_make_answers(teacher_dir, teacher, tokenizer, prompts, answer_tokens, cache, log)
     teacher.to(dev)
@@ -382,6 +408,7 @@ def heal(
         "warmup": warmup,
         "ce_weight": ce_weight,
         "train_layers": train_layers,
+        **({"lora_rank": lora_rank, "lora_alpha": lora_alpha} if lora_rank else {}),
     }
     fingerprint = {
         "teacher": weights_sha256(teacher_dir),
@@ -455,7 +482,10 @@ def heal(
     final_loss = sum(h[1] for h in tail) / len(tail) if tail else float("nan")
     log(f"==> held-out KL after healing: {kl_after:.4f} (before {kl_before:.4f}); wall {wall:.0f} s")
 
+    trainable_count = sum(p.numel() for p in student.parameters() if p.requires_grad)
     student.to("cpu")
+    if lora_rank:
+        log(f"    merged {lora.merge(student)} LoRA adapters into the weights")
     source_smoke = variant_meta.get("smoke_test", {}).get("source")
     healed_smoke = smoke_test(student, tokenizer) if smoke else None
     if healed_smoke is not None:
@@ -464,7 +494,12 @@ def heal(
     source_dtype = str(variant_meta.get("dtype") or json.loads((variant_dir / "config.json").read_text()).get("dtype"))
     healing = {
         "method": "knowledge distillation: KL(teacher || student) on next-token distributions"
-        + (f" + {ce_weight} x CE on the teacher's greedy answers" if ce_weight > 0 else ""),
+        + (f" + {ce_weight} x CE on the teacher's greedy answers" if ce_weight > 0 else "")
+        + (
+            f"; LoRA rank {lora_rank}, alpha {lora_alpha:g} on {', '.join(lora.TARGETS)}, merged into the weights"
+            if lora_rank
+            else "; full fine-tuning"
+        ),
         "teacher": str(teacher_dir.resolve()),
         "pruned_variant": str(variant_dir.resolve()),
         "task": task,
@@ -482,7 +517,7 @@ def heal(
         },
         "steps": step,
         **settings,
-        "trainable_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
+        "trainable_parameters": trainable_count,
         "device": str(dev),
         "final_loss": round(final_loss, 5),
         "initial_loss": history[0][1] if history else None,
@@ -549,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--ce-weight", type=float, default=0.5)
     parser.add_argument("--train-layers", default="from-gap", choices=["from-gap", "all"])
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0: full fine-tuning)")
+    parser.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale numerator (scale = alpha / rank)")
     parser.add_argument("--answer-tokens", type=int, default=192)
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
@@ -575,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             ce_weight=args.ce_weight,
             train_layers=args.train_layers,
+            lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha,
             answer_tokens=args.answer_tokens,
             save_every=args.save_every,
             task=args.task,
