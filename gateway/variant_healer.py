@@ -112,7 +112,8 @@ def split_held_out(n: int) -> tuple[list[int], list[int]]:
 # -- torch side -----------------------------------------------------------------------------------
 
 
-def _device(name: str) -> Any:
+def torch_device(name: str) -> Any:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu`` or ``cuda`` as a ``torch.device``."""
     import torch
 
     if name == "auto":
@@ -120,7 +121,8 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
-def _autocast(device: Any) -> Any:
+def autocast(device: Any) -> Any:
+    """bf16 autocast on CUDA and on CPUs with AMX (``HEAL_NO_AUTOCAST=1`` turns it off), else no-op."""
     import contextlib
 
     import torch
@@ -243,7 +245,7 @@ def distill_loss(
 
     ids, valid, answer = batch
     attention = torch.ones_like(ids)
-    with _autocast(device):
+    with autocast(device):
         with torch.no_grad():
             t_logits = teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits
         s_logits = student(input_ids=ids, attention_mask=attention, use_cache=False).logits
@@ -375,7 +377,7 @@ def heal(
     variant_meta = json.loads(variant_meta_path.read_text()) if variant_meta_path.exists() else {}
     work = work_dir or out_dir.with_name(out_dir.name + ".heal-work")
     cache = cache_dir or work
-    dev = _device(device)
+    dev = torch_device(device)
     t0 = time.monotonic()
 
     torch.manual_seed(seed)
