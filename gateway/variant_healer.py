@@ -150,8 +150,7 @@ def teacher_answers(
     from gateway.variant_builder import _encode
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = teacher.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    eos_ids = stop_ids(teacher, tokenizer)
     encoded = [_encode(tokenizer, p["messages"])[0].tolist() for p in prompts]
     out: list[dict[str, Any]] = []
     for start in range(0, len(encoded), batch_size):
@@ -173,6 +172,27 @@ def teacher_answers(
             out.append({"prompt_ids": prompt_ids, "answer_ids": answer, "answer": text})
         log(f"    teacher answers {len(out)}/{len(encoded)}")
     return out
+
+
+def stop_ids(teacher: Any, tokenizer: Any) -> set[int]:
+    """The token ids that end an answer (the generation config's end-of-turn ids and the tokenizer's EOS)."""
+    eos = teacher.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+
+
+def unfinished_answers(answers: list[dict[str, Any]], seq_len: int, stops: set[int]) -> int:
+    """How many training sequences stop before their answer ends.
+
+    An answer is unfinished when the teacher hit ``--answer-tokens`` before an end-of-turn token, or
+    when ``--seq-len`` cuts the sequence inside it. The student is never shown where such an answer
+    ends: measured on SmolLM2 d6, a run where most GSM8K answers were cut before their closing
+    "The answer is N" learnt to reason on without concluding (docs/strategies.md).
+    """
+    count = 0
+    for answer, (ids, start) in zip(answers, make_sequences(answers, seq_len), strict=True):
+        whole = len(ids) - start == len(answer["answer_ids"])
+        count += not (whole and answer["answer_ids"] and answer["answer_ids"][-1] in stops)
+    return count
 
 
 def load_or_make_answers(
@@ -398,6 +418,13 @@ def heal(
     teacher.to(dev)
     student.to(dev)
     seqs = make_sequences(answers, seq_len)
+    unfinished = unfinished_answers(answers, seq_len, stop_ids(teacher, tokenizer))
+    if unfinished * 4 > len(answers):
+        log(
+            f"==> note: {unfinished} of {len(answers)} sequences end before their answer does (cut at "
+            f"--answer-tokens {answer_tokens} or --seq-len {seq_len}); the student does not learn where "
+            "those answers end: raise both for tasks with long answers"
+        )
     train_idx, held_idx = split_held_out(len(seqs))
     train, held = [seqs[i] for i in train_idx], [seqs[i] for i in held_idx]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -511,6 +538,7 @@ def heal(
             "prompts_sha256": sha256_json([p["messages"] for p in prompts]),
             "ids": [p.get("id") for p in prompts],
             "teacher_answer_tokens": answer_tokens,
+            "unfinished_answers": unfinished,
             "healing_data_sha256": fingerprint["data_sha256"],
             "answers_cache": cache_file,
             "train_sequences": len(train),

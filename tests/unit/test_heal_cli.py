@@ -226,6 +226,18 @@ def test_held_out_split(n: int, held: list[int]) -> None:
     assert got == held and sorted(train + got) == list(range(n))
 
 
+def test_unfinished_answers_counts_answers_cut_by_the_budget_or_the_sequence() -> None:
+    eos = 2
+    answers = [
+        {"prompt_ids": [5, 6], "answer_ids": [7, 8, eos]},  # complete
+        {"prompt_ids": [5, 6], "answer_ids": [7, 8, 9]},  # the teacher hit --answer-tokens
+        {"prompt_ids": [5, 6, 7, 8], "answer_ids": [9, 10, 11, eos]},  # --seq-len 6 cuts it
+        {"prompt_ids": [5], "answer_ids": []},  # nothing to learn the end from
+    ]
+    assert vh.unfinished_answers(answers, 6, {eos}) == 3
+    assert vh.unfinished_answers(answers, 64, {eos}) == 2
+
+
 def test_make_sequences_keeps_the_answer() -> None:
     answers = [{"prompt_ids": list(range(10)), "answer_ids": [100, 101, 102]}]
     assert vh.make_sequences(answers, 20) == [([*range(10), 100, 101, 102], 10)]
