@@ -180,16 +180,16 @@ def stop_ids(teacher: Any, tokenizer: Any) -> set[int]:
     return set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
 
 
-def unfinished_answers(answers: list[dict[str, Any]], seq_len: int, stops: set[int]) -> int:
-    """How many training sequences stop before their answer ends.
+def unfinished_answers(answers: list[dict[str, Any]], seqs: list[tuple[list[int], int]], stops: set[int]) -> int:
+    """How many training sequences (``make_sequences(answers, ...)``) stop before their answer ends.
 
     An answer is unfinished when the teacher hit ``--answer-tokens`` before an end-of-turn token, or
-    when ``--seq-len`` cuts the sequence inside it. The student is never shown where such an answer
+    when ``--seq-len`` cut the sequence inside it. The student is never shown where such an answer
     ends: measured on SmolLM2 d6, a run where most GSM8K answers were cut before their closing
     "The answer is N" learnt to reason on without concluding (docs/strategies.md).
     """
     count = 0
-    for answer, (ids, start) in zip(answers, make_sequences(answers, seq_len), strict=True):
+    for answer, (ids, start) in zip(answers, seqs, strict=True):
         whole = len(ids) - start == len(answer["answer_ids"])
         count += not (whole and answer["answer_ids"] and answer["answer_ids"][-1] in stops)
     return count
@@ -418,7 +418,7 @@ def heal(
     teacher.to(dev)
     student.to(dev)
     seqs = make_sequences(answers, seq_len)
-    unfinished = unfinished_answers(answers, seq_len, stop_ids(teacher, tokenizer))
+    unfinished = unfinished_answers(answers, seqs, stop_ids(teacher, tokenizer))
     if unfinished * 4 > len(answers):
         log(
             f"==> note: {unfinished} of {len(answers)} sequences end before their answer does (cut at "

@@ -234,8 +234,8 @@ def test_unfinished_answers_counts_answers_cut_by_the_budget_or_the_sequence() -
         {"prompt_ids": [5, 6, 7, 8], "answer_ids": [9, 10, 11, eos]},  # --seq-len 6 cuts it
         {"prompt_ids": [5], "answer_ids": []},  # nothing to learn the end from
     ]
-    assert vh.unfinished_answers(answers, 6, {eos}) == 3
-    assert vh.unfinished_answers(answers, 64, {eos}) == 2
+    assert vh.unfinished_answers(answers, vh.make_sequences(answers, 6), {eos}) == 3
+    assert vh.unfinished_answers(answers, vh.make_sequences(answers, 64), {eos}) == 2
 
 
 def test_make_sequences_keeps_the_answer() -> None:
