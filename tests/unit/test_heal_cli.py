@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway import heal_data as hd
 from gateway import variant_healer as vh
 from gateway.cli import build_parser
 from gateway.variant import BUILDER, HEALER
@@ -203,13 +204,13 @@ def test_task_choices_and_exclusions(argv: list[str]) -> None:
 
 def test_batch_indices_are_seeded_epochs() -> None:
     n, b = 10, 4
-    steps = [vh.batch_indices(n, b, s, seed=0) for s in range(5)]
+    steps = [hd.batch_indices(n, b, s, seed=0) for s in range(5)]
     flat = [i for batch in steps for i in batch]
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # whole epochs
     assert flat[:10] != flat[10:20]  # a new order each epoch
-    assert steps == [vh.batch_indices(n, b, s, seed=0) for s in range(5)]  # pure: resumable at any step
-    assert steps != [vh.batch_indices(n, b, s, seed=1) for s in range(5)]
-    assert vh.batch_indices(3, 5, 0, seed=0) and len(vh.batch_indices(3, 5, 0, seed=0)) == 5  # batch > data
+    assert steps == [hd.batch_indices(n, b, s, seed=0) for s in range(5)]  # pure: resumable at any step
+    assert steps != [hd.batch_indices(n, b, s, seed=1) for s in range(5)]
+    assert hd.batch_indices(3, 5, 0, seed=0) and len(hd.batch_indices(3, 5, 0, seed=0)) == 5  # batch > data
 
 
 @pytest.mark.parametrize(
@@ -222,7 +223,7 @@ def test_lr_warmup_then_constant(step: int, expected: float) -> None:
 
 @pytest.mark.parametrize(("n", "held"), [(2, [1]), (9, [8]), (20, [9, 19]), (25, [9, 19])])
 def test_held_out_split(n: int, held: list[int]) -> None:
-    train, got = vh.split_held_out(n)
+    train, got = hd.split_held_out(n)
     assert got == held and sorted(train + got) == list(range(n))
 
 
@@ -234,12 +235,12 @@ def test_unfinished_answers_counts_answers_cut_by_the_budget_or_the_sequence() -
         {"prompt_ids": [5, 6, 7, 8], "answer_ids": [9, 10, 11, eos]},  # --seq-len 6 cuts it
         {"prompt_ids": [5], "answer_ids": []},  # nothing to learn the end from
     ]
-    assert vh.unfinished_answers(answers, vh.make_sequences(answers, 6), {eos}) == 3
-    assert vh.unfinished_answers(answers, vh.make_sequences(answers, 64), {eos}) == 2
+    assert hd.unfinished_answers(answers, hd.make_sequences(answers, 6), {eos}) == 3
+    assert hd.unfinished_answers(answers, hd.make_sequences(answers, 64), {eos}) == 2
 
 
 def test_make_sequences_keeps_the_answer() -> None:
     answers = [{"prompt_ids": list(range(10)), "answer_ids": [100, 101, 102]}]
-    assert vh.make_sequences(answers, 20) == [([*range(10), 100, 101, 102], 10)]
-    ids, start = vh.make_sequences(answers, 8)[0]
+    assert hd.make_sequences(answers, 20) == [([*range(10), 100, 101, 102], 10)]
+    ids, start = hd.make_sequences(answers, 8)[0]
     assert ids == [6, 7, 8, 9, 100, 101, 102] and start == 4  # long prompt: its tail kept
