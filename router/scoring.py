@@ -1,4 +1,5 @@
-"""Is an answer correct? GSM8K number match, MMLU letter, HumanEval by running the tests.
+"""Is an answer correct? GSM8K number match, MMLU letter, HumanEval by running the tests, a rename
+by comparing syntax trees, a log extraction line by line.
 
 HumanEval code runs in a separate ``python -I`` process, in an empty temporary directory, in its
 own process group, with CPU, address-space and file-size limits and a wall-clock timeout; the
@@ -18,6 +19,7 @@ import sys
 import tempfile
 from typing import Any
 
+from router.copy_tasks import same_code, score_extract
 from router.datasets import Prompt
 
 _NUM = r"-?\d[\d,]*(?:\.\d+)?"
@@ -142,8 +144,12 @@ def score(prompt: Prompt, text: str) -> bool | None:
     if prompt.task == "gsm8k":
         got, want = gsm8k_answer(text), _to_float(str(prompt.reference))
         return got is not None and want is not None and abs(got - want) < 1e-6
-    if prompt.task == "mmlu":
+    if prompt.task in ("mmlu", "mmlu-circular"):
         return bool(mmlu_letter(text) == prompt.reference)
     if prompt.task == "humaneval":
         return run_humaneval(dict(prompt.reference), text)
+    if prompt.task == "rename":
+        return same_code(extract_code(text), str(prompt.reference["expected"]))
+    if prompt.task == "extract":
+        return score_extract(text, list(prompt.reference))
     return None

@@ -14,11 +14,12 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from router.datasets import group_of
 from router.linear import Array, fit_logistic, fit_ridge, log_loss, predict_linear, predict_logistic
 from router.predictor import ArmModel, Calibration, RouterModel
 
@@ -63,7 +64,29 @@ def read_rows(lines: Iterable[str]) -> list[Row]:
                 e2e_s=float(r["e2e_s"]),
             )
         )
-    return rows
+    return circular_labels(rows)
+
+
+CIRCULAR_TASKS = frozenset({"mmlu-circular"})
+CIRCULAR_ORDERS = 2  # option orders per item (router.datasets._mmlu_circular)
+
+
+def circular_labels(rows: Sequence[Row]) -> list[Row]:
+    """Multiple-choice rows asked under several option orders (:func:`router.datasets.group_of`) are
+    labelled correct only if the arm was right under every order it was asked; an order still
+    missing leaves the label ``None`` (not yet known). The last row per (prompt, arm) counts."""
+    latest = {(r.prompt_id, r.arm): r for r in rows if r.task in CIRCULAR_TASKS}
+    verdict: dict[tuple[str, str], list[bool | None]] = defaultdict(list)
+    for (pid, arm), r in latest.items():
+        verdict[(group_of(pid), arm)].append(r.correct)
+    out = []
+    for r in rows:
+        if r.task in CIRCULAR_TASKS:
+            seen = verdict[(group_of(r.prompt_id), r.arm)]
+            complete = len(seen) >= CIRCULAR_ORDERS and all(v is not None for v in seen)
+            r = replace(r, correct=all(seen) if complete else None)
+        out.append(r)
+    return out
 
 
 def latest_rows(rows: Iterable[Row]) -> list[Row]:
@@ -77,9 +100,11 @@ def latest_rows(rows: Iterable[Row]) -> list[Row]:
 
 
 def prompt_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
-    """Fold number (0..k-1) per prompt id: a fixed function of the ids and the seed."""
-    order = sorted(set(ids), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
-    return {pid: n % k for n, pid in enumerate(order)}
+    """Fold number (0..k-1) per prompt id: a fixed function of the ids and the seed. Prompts made from
+    one source item (same :func:`router.datasets.group_of`) share a fold."""
+    groups = sorted({group_of(i) for i in ids}, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    fold = {g: n % k for n, g in enumerate(groups)}
+    return {pid: fold[group_of(pid)] for pid in ids}
 
 
 def _cv_choose(
