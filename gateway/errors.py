@@ -7,6 +7,7 @@
     ├── Unauthorized                 401     invalid_request_error   missing_api_key / invalid_api_key
     ├── ModelNotFound                404     invalid_request_error   model_not_found (also: not allowed for the key)
     ├── PayloadTooLarge              413     invalid_request_error   payload_too_large
+    ├── RouteUnmeetableError         422     invalid_request_error   route_unmeetable (route.strict; param named)
     ├── RateLimited                  429     requests / tokens       rate_limit_exceeded (+Retry-After)
     ├── NoHealthyBackend             503     service_unavailable     no_healthy_backend (+Retry-After)
     ├── UpstreamError                502/504 upstream_error          upstream_<kind>
@@ -58,6 +59,14 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
+
+
+class RouteUnmeetableError(GatewayError):
+    """``route.strict`` is set and no arm is predicted to meet the flags: refused before generating."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "route_unmeetable"
 
 
 class Unauthorized(GatewayError):

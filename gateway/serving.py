@@ -31,6 +31,7 @@ from gateway.errors import (
     ModelNotFound,
     NoHealthyBackend,
     PayloadTooLarge,
+    RouteUnmeetableError,
     UpstreamError,
     UpstreamHTTPError,
     error_response,
@@ -43,7 +44,16 @@ from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint,
 from gateway.relay import RelayResponse, StreamOutcome
 from gateway.settings import Settings
 from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
-from router import Decision, FlagError, NoArmAvailable, Policy, RouteFlags, RouteRequest, parse_flags
+from router import (
+    Decision,
+    FlagError,
+    NoArmAvailable,
+    Policy,
+    RouteFlags,
+    RouteRequest,
+    RouteUnmeetable,
+    parse_flags,
+)
 from router.strategy import PDRStrategy
 
 log = logging.getLogger("gateway.serving")
@@ -155,6 +165,8 @@ class Proxy:
         req = RouteRequest(prompt=prompt, flags=flags, max_tokens=body.get("max_tokens"), features=features)
         try:
             decision = self.policy.decide(req, self.catalog.states(arms, self.pool))
+        except RouteUnmeetable as exc:
+            raise RouteUnmeetableError(exc.message, param=exc.param) from None
         except NoArmAvailable as exc:
             raise NoHealthyBackend(
                 f"no healthy backend for model '{body['model']}': {exc}",
@@ -387,10 +399,12 @@ class Proxy:
                 self._remember(request_id, endpoint, live, backend.name, headers["x-route-reason"], body)
                 if live.arm is not decision.arm:
                     self.metrics.failover(live.arm.model, live.strategy_label)
+                forecast = decision.predictions.get(live.arm.name)
+                predicted = forecast.latency_s if forecast is not None else None
                 if stream:
-                    return self._relay(endpoint, live, backend, resp, headers, wants_usage, started)
+                    return self._relay(endpoint, live, backend, resp, headers, wants_usage, started, predicted)
                 try:
-                    return await self._complete(endpoint, live, backend, resp, headers, started)
+                    return await self._complete(endpoint, live, backend, resp, headers, started, predicted)
                 except UpstreamError as exc:
                     last_error = exc
                     continue
@@ -409,6 +423,7 @@ class Proxy:
         resp: UpstreamResponse,
         headers: dict[str, str],
         started: float,
+        predicted_s: float | None = None,
     ) -> Response:
         try:
             content = await resp.read()
@@ -441,7 +456,10 @@ class Proxy:
             self.metrics.observe_usage(
                 series, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             )
-        series.duration.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        series.duration.observe(elapsed)
+        if predicted_s is not None and resp.status < 400:
+            self.policy.observe(live.arm.name, predicted_s, elapsed)
         self.metrics.request_done(live.arm.model, live.strategy_label, endpoint, resp.status)
         return Response(content, status_code=resp.status, media_type=resp.content_type, headers=headers)
 
@@ -454,6 +472,7 @@ class Proxy:
         headers: dict[str, str],
         wants_usage: bool,
         started: float,
+        predicted_s: float | None = None,
     ) -> RelayResponse:
         metrics = self.metrics
         series = metrics.series(live.arm.model, live.strategy_label)
@@ -487,6 +506,8 @@ class Proxy:
                 status = 200
                 self.pool.report_success(backend)
                 live.record(ttft, tps)
+                if predicted_s is not None:
+                    self.policy.observe(live.arm.name, predicted_s, end - started)
             metrics.request_done(live.arm.model, live.strategy_label, endpoint, status)
 
         return RelayResponse(

@@ -10,7 +10,7 @@ Prompt and caller flags in, :class:`~router.decision.Decision` out::
 The gateway imports this package; this package never imports the gateway.
 """
 
-from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteFlags, RouteRequest
+from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteFlags, RouteRequest, RouteUnmeetable
 from router.flags import FlagError, parse_flags
 from router.policy import Policy, available_policies, build_policy
 from router.strategy import Strategy, StrategyError, available_strategies, build_strategy
@@ -24,6 +24,7 @@ __all__ = [
     "Policy",
     "RouteFlags",
     "RouteRequest",
+    "RouteUnmeetable",
     "Strategy",
     "StrategyError",
     "available_policies",

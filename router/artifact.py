@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from router.calibration import Isotonic, LatencyMargins
 from router.predictor import ArmModel, Calibration, RouterModel
 
-FORMAT = "llm-gateway-router/1"
+FORMAT = "llm-gateway-router/2"
+OLD_FORMATS = {"llm-gateway-router/1": "uncalibrated quality, no latency margins, absolute accuracy levels"}
 _PIECES = ("quality_w", "length_w", "speed_w")
 _SCALARS = ("ttft_intercept_s", "ttft_per_kchar_s", "median_tokens_per_s", "median_ttft_s")
 
@@ -49,6 +51,8 @@ def save_artifact(model: RouterModel, directory: str | Path, metadata: dict[str,
         "calibration": {
             "balanced_weight": model.calibration.balanced_weight,
             "accuracy_levels": model.calibration.accuracy_levels,
+            "quality_maps": {a: m.as_dict() for a, m in model.calibration.quality_maps.items()},
+            "latency_margins": model.calibration.margins.as_dict(),
         },
         "arms": {name: {s: getattr(arm, s) for s in _SCALARS} for name, arm in model.arms.items()},
         "metadata": metadata,
@@ -65,6 +69,11 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: cannot read router metadata: {exc}") from None
+    if isinstance(doc, dict) and doc.get("format") in OLD_FORMATS:
+        raise ArtifactError(
+            f"{path}: artifact format {doc['format']!r} ({OLD_FORMATS[doc['format']]}) is no longer served; "
+            f"retrain it with `llm-gateway train` to get format {FORMAT!r}"
+        )
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a router artifact of format {FORMAT!r}")
     return doc
@@ -104,7 +113,11 @@ def load_artifact(directory: str | Path, encoder: str | None = None, arms: Itera
         calibration = Calibration(
             balanced_weight=float(cal["balanced_weight"]),
             accuracy_levels={k: float(v) for k, v in cal["accuracy_levels"].items()},
+            quality_maps={a: Isotonic.from_dict(m) for a, m in cal["quality_maps"].items()},
+            margins=LatencyMargins.from_dict(cal["latency_margins"]),
         )
+        if set(calibration.accuracy_levels) != {"low", "medium", "high"}:
+            raise ArtifactError(f"{directory}: accuracy_levels must name low, medium and high")
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ArtifactError):
             raise

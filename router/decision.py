@@ -15,6 +15,7 @@ from router.predictor import Prediction
 from router.strategy import Strategy
 
 Prefer = Literal["quality", "balanced", "speed"]
+Priority = Literal["latency", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class RouteFlags:
     """The caller's wishes. Every field is optional; ``None`` means "no constraint".
 
     ``accuracy`` is a probability floor in [0, 1] or a named level (``low``/``medium``/``high``)
-    that the policy maps to a calibrated floor. ``arm`` pins one arm.
+    that the policy maps to a calibrated floor. ``arm`` pins one arm. ``strict``: refuse
+    (:class:`RouteUnmeetable`) rather than answer outside the flags. ``priority``: which flag wins
+    when no arm meets both the accuracy floor and the latency budget (the policy's default:
+    ``latency``).
     """
 
     accuracy: float | str | None = None
@@ -59,6 +63,8 @@ class RouteFlags:
     max_ttft_ms: int | None = None
     prefer: Prefer | None = None
     arm: str | None = None
+    strict: bool = False
+    priority: Priority | None = None
 
 
 @dataclass(frozen=True)
@@ -91,3 +97,16 @@ class Decision:
 
 class NoArmAvailable(Exception):
     """No candidate arm can take the request (all unhealthy, or none given)."""
+
+
+class RouteUnmeetable(Exception):
+    """``route.strict`` was set and no healthy arm is predicted to meet the flags.
+
+    ``param`` names the flag that cannot be met (``route.max_latency_ms``, ``route.max_ttft_ms``
+    or ``route.accuracy``); raised before any generation, so nothing was spent.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message

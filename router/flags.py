@@ -5,10 +5,13 @@ Body field ``route``::
     {"accuracy": "low" | "medium" | "high" | number in [0, 1],
      "max_latency_ms": int > 0, "max_ttft_ms": int > 0,
      "prefer": "quality" | "balanced" | "speed",
-     "arm": "<arm name>"}
+     "arm": "<arm name>",
+     "strict": bool,                          # refuse (422) instead of answering outside the flags
+     "priority": "latency" | "accuracy"}      # which flag wins when both cannot be met
 
 Headers ``x-route-accuracy``, ``x-route-max-latency-ms``, ``x-route-max-ttft-ms``,
-``x-route-prefer``, ``x-route-arm`` do the same; a body value wins over its header. Named
+``x-route-prefer``, ``x-route-arm``, ``x-route-strict``, ``x-route-priority`` do the same; a body
+value wins over its header. Named
 accuracy levels are resolved by the policy (they are calibrated on data), so
 :class:`~router.decision.RouteFlags` keeps them as given.
 """
@@ -18,17 +21,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, get_args
 
-from router.decision import Prefer, RouteFlags
+from router.decision import Prefer, Priority, RouteFlags
 
 ACCURACY_LEVELS = ("low", "medium", "high")
 _PREFER = get_args(Prefer)
-_FIELDS = ("accuracy", "max_latency_ms", "max_ttft_ms", "prefer", "arm")
+_PRIORITY = get_args(Priority)
+_FIELDS = ("accuracy", "max_latency_ms", "max_ttft_ms", "prefer", "arm", "strict", "priority")
 HEADERS = {
     "accuracy": "x-route-accuracy",
     "max_latency_ms": "x-route-max-latency-ms",
     "max_ttft_ms": "x-route-max-ttft-ms",
     "prefer": "x-route-prefer",
     "arm": "x-route-arm",
+    "strict": "x-route-strict",
+    "priority": "x-route-priority",
 }
 
 
@@ -69,6 +75,20 @@ def _choice(value: Any, param: str, from_header: bool) -> str:
     return str(value)
 
 
+def _priority(value: Any, param: str, from_header: bool) -> str:
+    if value not in _PRIORITY:
+        raise FlagError(param, f"must be one of {list(_PRIORITY)}")
+    return str(value)
+
+
+def _bool(value: Any, param: str, from_header: bool) -> bool:
+    if from_header and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise FlagError(param, "must be true or false")
+    return value
+
+
 def _name(value: Any, param: str, from_header: bool) -> str:
     if not isinstance(value, str) or not value:
         raise FlagError(param, "must be a non-empty arm name")
@@ -81,6 +101,8 @@ _PARSERS = {
     "max_ttft_ms": _positive_int,
     "prefer": _choice,
     "arm": _name,
+    "strict": _bool,
+    "priority": _priority,
 }
 
 

@@ -1,33 +1,22 @@
 """The learned policy: per-prompt predictions for every arm, then the caller's flags decide.
 
 Scoring and deciding are separate (as in RouteLLM): :mod:`router.predictor` forecasts quality,
-length, TTFT and speed per arm; this policy filters arms by the caller's constraints and picks
-by preference, using thresholds calibrated at training time.
-
-Decision rules, in order:
-
-1. a pinned arm (``route.arm``) wins;
-2. keep healthy arms whose predicted quality ≥ the accuracy floor, latency ≤ ``max_latency_ms``
-   and TTFT ≤ ``max_ttft_ms``;
-3. among those, ``speed`` takes the least predicted latency, ``quality`` the highest predicted
-   quality (ties: less latency), ``balanced`` (the default) the highest
-   ``quality - balanced_weight * latency_s``;
-4. if none qualifies, best effort: when some arms meet the accuracy floor, the fastest of them
-   (reason ``best-effort-latency``); otherwise the arm with the highest predicted quality
-   (``best-effort-accuracy``).
-
-Ties always go to configuration order, so decisions are deterministic.
+length, TTFT and speed per arm; :mod:`router.calibration` turns them into calibrated
+probabilities and latency upper bounds; :mod:`router.choice` applies the flags' contract.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from router.artifact import ArtifactError, load_artifact
+from router.calibration import ResidualTracker, quantile_index
+from router.choice import choose
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteRequest
 from router.encoder import Encoder, encoder_kind, load_encoder
 from router.features import FEATURE_NAMES, prompt_features
@@ -75,7 +64,11 @@ class LearnedPolicy(Policy):
     batching makes extra streams nearly free until the batch is full. Raise it for backends that
     batch poorly; past ``max-num-seqs`` requests queue, which the live TTFT measurements pick up.
     The learned predictions themselves are for an idle arm, so this is what spreads a burst across
-    arms and routes around a queue.
+    arms and routes around a queue. ``latency_quantile`` — which calibrated quantile of an arm's
+    latency must fit ``max_latency_ms`` / ``max_ttft_ms`` (0.5, 0.75, 0.8, 0.9, 0.95 or 0.99;
+    default 0.9). ``live_bound`` — how far live speed and TTFT measurements may move an arm's
+    forecast from its profile (a factor; default 1.5): a burst of slow traffic shifts the
+    decision a bounded amount and can never erase what the profile measured.
     """
 
     needs_features = True
@@ -85,13 +78,21 @@ class LearnedPolicy(Policy):
         artifact: str | None = None,
         *,
         load_share: float = 0.05,
+        latency_quantile: float = 0.9,
+        live_bound: float = 1.5,
         model: RouterModel | None = None,
         encoder: Encoder | None = None,
     ) -> None:
         """Load ``artifact`` and the encoder it was trained with, or (tests, evaluation) take ``model`` as is."""
         if not isinstance(load_share, int | float) or isinstance(load_share, bool) or not 0 <= load_share <= 10:
             raise ValueError(f"load_share must be a number in [0, 10], got {load_share!r}")
+        if not isinstance(live_bound, int | float) or isinstance(live_bound, bool) or not 1 <= live_bound <= 10:
+            raise ValueError(f"live_bound must be a number in [1, 10], got {live_bound!r}")
         self.load_share = float(load_share)
+        self.q_index = quantile_index(latency_quantile)
+        self.latency_quantile = float(latency_quantile)
+        self.live_bound = float(live_bound)
+        self.residuals = ResidualTracker()
         self.artifact = artifact_path(artifact)
         self.encoder = encoder
         if model is not None:
@@ -131,14 +132,41 @@ class LearnedPolicy(Policy):
         return self.model.standardise(prompt_vector(self.encoder, prompt)), len(prompt) / 1000.0
 
     def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
+        """Every candidate's forecast, calibrated quality, with the latency and TTFT upper bounds the
+        budgets are checked against (offline conformal margin x the live residual factor)."""
         x, kchars = request.features if request.features is not None else self.featurize(request.prompt)
-        share = self.load_share
-        live = [(s.arm.name, s.ttft_s, s.tokens_per_s, 1.0 + share * max(0.0, s.load)) for s in candidates]
-        return self.model.predict(x, kchars, request.max_tokens, live)
+        share, bound = self.load_share, self.live_bound
+        live = []
+        for s in candidates:
+            arm = self.model.arms[s.arm.name]
+            live.append(
+                (
+                    s.arm.name,
+                    _bounded(s.ttft_s, arm.median_ttft_s, bound),
+                    _bounded(s.tokens_per_s, arm.median_tokens_per_s, bound),
+                    1.0 + share * max(0.0, s.load),
+                )
+            )
+        preds = self.model.predict(x, kchars, request.max_tokens, live)
+        margins, q = self.model.calibration.margins, self.q_index
+        for name, p in preds.items():
+            factor = self.residuals.factor(name, q, margins.latency(name, 0.0, q) if margins.overall else 1.0)
+            preds[name] = replace(
+                p,
+                latency_bound_s=p.latency_s * margins.latency(name, p.output_tokens, q) * factor,
+                ttft_bound_s=p.ttft_s * margins.first_token(name, q) * factor,
+            )
+        return preds
 
-    def accuracy_floor(self, value: float | str | None) -> float | None:
+    def observe(self, arm: str, predicted_s: float, actual_s: float) -> None:
+        """A finished request's predicted (point) and actual latency: keeps the bounds honest online."""
+        self.residuals.observe(arm, predicted_s, actual_s)
+
+    def accuracy_floor(self, value: float | str | None, preds: dict[str, Prediction]) -> float | None:
+        """A number is an absolute calibrated floor; a level is relative to this prompt's best arm."""
         if isinstance(value, str):
-            return self.model.calibration.accuracy_levels[value]
+            best = max(p.quality for p in preds.values())
+            return best - self.model.calibration.accuracy_levels[value] - 1e-12
         return value
 
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
@@ -149,45 +177,15 @@ class LearnedPolicy(Policy):
         if not healthy:
             raise NoArmAvailable("no candidate arm has a healthy backend")
         preds = self.predict(request, healthy)
-        flags = request.flags
-        floor = self.accuracy_floor(flags.accuracy)
-        max_lat = flags.max_latency_ms / 1000 if flags.max_latency_ms else None
-        max_ttft = flags.max_ttft_ms / 1000 if flags.max_ttft_ms else None
-        order = {s.arm.name: i for i, s in enumerate(healthy)}
-        accurate = [s for s in healthy if floor is None or preds[s.arm.name].quality >= floor]
-        feasible = [
-            s
-            for s in accurate
-            if (max_lat is None or preds[s.arm.name].latency_s <= max_lat)
-            and (max_ttft is None or preds[s.arm.name].ttft_s <= max_ttft)
-        ]
-        prefer = flags.prefer or "balanced"
-        weight = self.model.calibration.balanced_weight
+        return choose(request.flags, healthy, preds, self.accuracy_floor(request.flags.accuracy, preds), self.weight)
 
-        def by_latency(s: ArmState) -> tuple[float, int]:
-            return preds[s.arm.name].latency_s, order[s.arm.name]
+    @property
+    def weight(self) -> float:
+        return self.model.calibration.balanced_weight
 
-        def by_quality(s: ArmState) -> tuple[float, float, int]:
-            p = preds[s.arm.name]
-            return -p.quality, p.latency_s, order[s.arm.name]
 
-        def by_balance(s: ArmState) -> tuple[float, int]:
-            p = preds[s.arm.name]
-            return -(p.quality - weight * p.latency_s), order[s.arm.name]
-
-        if feasible:
-            key = {"speed": by_latency, "quality": by_quality}.get(prefer, by_balance)
-            ranked = sorted(feasible, key=key)  # type: ignore[arg-type]
-            reason = f"prefer-{prefer}"
-            why = f"{len(feasible)} of {len(healthy)} arms meet the constraints; chose by {prefer}"
-        elif accurate:
-            ranked = sorted(accurate, key=by_latency)
-            reason = "best-effort-latency"
-            why = "no arm meets the latency budget at the accuracy floor; chose the fastest accurate arm"
-        else:
-            ranked = sorted(healthy, key=by_quality)
-            reason = "best-effort-accuracy"
-            why = f"no arm reaches the accuracy floor {floor:.2f}; chose the highest predicted quality"
-        rest = [s for s in healthy if s not in ranked]
-        arms = tuple(s.arm for s in [*ranked, *sorted(rest, key=by_latency)])
-        return Decision(arm=arms[0], reason=reason, ranked=arms, predictions=preds, explanation=why)
+def _bounded(live: float | None, profiled: float, bound: float) -> float | None:
+    """A live measurement, kept within ``[profiled / bound, profiled * bound]`` (None stays None)."""
+    if live is None or profiled <= 0:
+        return live
+    return min(profiled * bound, max(profiled / bound, live))

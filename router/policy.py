@@ -40,7 +40,13 @@ class Policy(ABC):
 
     @abstractmethod
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
-        """Return the decision; raise :class:`NoArmAvailable` if nothing can serve."""
+        """Return the decision; raise :class:`NoArmAvailable` if nothing can serve (and
+        :class:`~router.decision.RouteUnmeetable` when ``request.flags.strict`` cannot be kept)."""
+
+    def observe(self, arm: str, predicted_s: float, actual_s: float) -> None:
+        """A request ``arm`` served finished: its forecast and actual end-to-end seconds. Called on
+        the event loop for every successful generation the policy forecast; must be cheap."""
+        return None
 
 
 _REGISTRY: dict[str, Callable[[Mapping[str, Any]], Policy]] = {}

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
 
+from router.calibration import Isotonic, LatencyMargins
 from router.linear import Array
 
 
@@ -35,15 +36,22 @@ class Prediction:
     ttft_s: float
     tokens_per_s: float
     latency_s: float
+    latency_bound_s: float | None = None  # the calibrated upper quantile the policy checks budgets against
+    ttft_bound_s: float | None = None
 
     def as_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "quality": round(self.quality, 4),
             "output_tokens": round(self.output_tokens, 1),
             "ttft_ms": round(self.ttft_s * 1000, 1),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "latency_ms": round(self.latency_s * 1000, 1),
         }
+        if self.latency_bound_s is not None:
+            out["latency_bound_ms"] = round(self.latency_bound_s * 1000, 1)
+        if self.ttft_bound_s is not None:
+            out["ttft_bound_ms"] = round(self.ttft_bound_s * 1000, 1)
+        return out
 
 
 @dataclass(frozen=True)
@@ -108,14 +116,19 @@ class ArmModel:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Decision thresholds fitted on data (never hand-set).
+    """Decision thresholds and calibration maps fitted on out-of-fold data (never hand-set).
 
     ``balanced_weight``: quality points traded per second of predicted latency under
-    ``prefer: balanced``. ``accuracy_levels``: the floor each named level stands for.
+    ``prefer: balanced``. ``accuracy_levels``: for each named level, how far below the best arm's
+    calibrated quality for *this prompt* an arm may be and still qualify (``high`` ≤ ``medium`` ≤
+    ``low``, fitted so the realised accuracy of the levels is ordered). ``quality_maps``: per arm,
+    raw → calibrated probability. ``margins``: latency upper-bound multipliers (conformal).
     """
 
     balanced_weight: float
     accuracy_levels: dict[str, float]
+    quality_maps: dict[str, Isotonic] = field(default_factory=dict)
+    margins: LatencyMargins = field(default_factory=lambda: LatencyMargins({}, {}))
 
 
 @dataclass(frozen=True)
@@ -151,14 +164,18 @@ class RouterModel:
         """Forecasts for ``arms`` — ``(name, live TTFT, live tokens/s, slow-down)`` each — on one prompt.
 
         One matrix-vector product for all arms' heads at once, then :meth:`ArmModel.forecast` per
-        arm: the per-request cost barely grows with the number of arms. ``KeyError`` for an arm the
+        arm: the per-request cost barely grows with the number of arms. Quality is calibrated
+        (:attr:`Calibration.quality_maps`) where the model has a map for the arm. ``KeyError`` for an arm the
         model does not know.
         """
         column, weights, bias = self._heads
         z = (x @ weights + bias).tolist()
+        maps = self.calibration.quality_maps
         out = {}
         for name, live_ttft_s, live_tps, slow in arms:
             c = column[name]
             arm = self.arms[name]
-            out[name] = arm.forecast(z[c], z[c + 1], z[c + 2], kchars, max_tokens, live_ttft_s, live_tps, slow)
+            p = arm.forecast(z[c], z[c + 1], z[c + 2], kchars, max_tokens, live_ttft_s, live_tps, slow)
+            calibrate = maps.get(name)
+            out[name] = p if calibrate is None else replace(p, quality=calibrate(p.quality))
         return out

@@ -3,9 +3,9 @@
 Input: profile rows (one per prompt x arm, see :mod:`gateway.profiling`) and the prompt texts.
 Only the ``train`` split is used; the split is a fixed function of the prompt id, so
 ``evaluate`` always sees prompts the router never trained on. Regularisation strengths are
-chosen by K-fold cross-validation grouped by prompt (fixed seed); the decision thresholds
-(balanced trade-off weight, named accuracy levels) are calibrated on the out-of-fold
-predictions, never on training fits.
+chosen by K-fold cross-validation grouped by prompt (fixed seed); the decision thresholds and
+calibration maps (:mod:`router.thresholds`) are fitted on the out-of-fold predictions, never on
+training fits.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np
 
 from router.datasets import group_of
 from router.linear import Array, fit_logistic, fit_ridge, log_loss, predict_linear, predict_logistic
-from router.predictor import ArmModel, Calibration, RouterModel
+from router.predictor import ArmModel, RouterModel
+from router.thresholds import OutOfFold, calibrate
 
 L2_GRID = (0.3, 3.0, 30.0, 300.0, 3000.0)
-LEVEL_QUANTILES = {"low": 0.25, "medium": 0.5, "high": 0.75}
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,20 @@ def _cv_choose(
     return best[1], best[2]
 
 
+def _out_of_fold(x: Array, y: Array, mask: np.ndarray, fold: np.ndarray, l2: float) -> Array:
+    """Ridge predictions for every row from a fit on the other folds' rows where ``mask`` holds
+    (``y`` is given for the masked rows only)."""
+    out = np.zeros(len(x))
+    target = np.zeros(len(x))
+    target[mask] = y
+    for f in np.unique(fold):
+        test = fold == f
+        train_rows = mask & ~test
+        if train_rows.any():
+            out[test] = predict_linear(fit_ridge(x[train_rows], target[train_rows], l2), x[test])
+    return out
+
+
 def _mse(p: Array, y: Array) -> float:
     return float(np.mean((p - y) ** 2))
 
@@ -188,8 +202,7 @@ def train(
             by_arm[r.arm].append(r)
     arms: dict[str, ArmModel] = {}
     reports: dict[str, ArmReport] = {}
-    oof_quality: dict[str, dict[str, float]] = defaultdict(dict)
-    oof_latency: dict[str, dict[str, float]] = defaultdict(dict)
+    oof = OutOfFold(defaultdict(dict), defaultdict(dict), defaultdict(dict), defaultdict(dict))
     for arm, arm_rows in sorted(by_arm.items()):
         arm_rows.sort(key=lambda r: r.prompt_id)
         x = np.stack([x_of[r.prompt_id] for r in arm_rows])
@@ -207,7 +220,7 @@ def train(
             base = np.full(int(lab.sum()), y_q[lab].mean())
             q_ll, q_base, q_auc = log_loss(oof_q, y_q[lab]), log_loss(base, y_q[lab]), auc(oof_q, y_q[lab])
             for r, p in zip([r for r, m in zip(arm_rows, lab, strict=True) if m], oof_q, strict=True):
-                oof_quality[r.prompt_id][arm] = float(p)
+                oof.quality[r.prompt_id][arm] = float(p)
         else:
             w_q = np.zeros(x.shape[1] + 1)  # no labels for this arm: quality unknown (p = 0.5)
             q_ll = q_base = q_auc = None
@@ -225,8 +238,10 @@ def train(
             l2s["speed"], oof_sp = _cv_choose(x[speed_rows], y_sp, fold[speed_rows], fit_ridge, _mse, predict_linear)
             w_sp = fit_ridge(x[speed_rows], y_sp, l2s["speed"])
             speed_mae = float(np.mean(np.abs(oof_sp - y_sp)))
+            speed_all = _out_of_fold(x, y_sp, speed_rows, fold, l2s["speed"])
         else:
             w_sp = np.zeros(x.shape[1] + 1)
+            speed_all = np.zeros(len(arm_rows))
         # TTFT, linear in prompt length
         kc = np.array([kchars[r.prompt_id] for r in arm_rows])
         ttft = np.array([r.ttft_s for r in arm_rows])
@@ -244,9 +259,12 @@ def train(
             median_tokens_per_s=median_tps,
             median_ttft_s=median_ttft,
         )
-        for r, ln in zip(arm_rows, oof_len, strict=True):
-            length = max(1.0, float(np.expm1(ln)))
-            oof_latency[r.prompt_id][arm] = a + b * kchars[r.prompt_id] + length / median_tps
+        for r, ln, sp in zip(arm_rows, oof_len, speed_all, strict=True):
+            # the serving formula (ArmModel.forecast) on out-of-fold heads: what the margins must cover
+            p = arms[arm].forecast(0.0, float(ln), float(sp), kchars[r.prompt_id], None, None, None)
+            oof.latency[r.prompt_id][arm] = p.latency_s
+            oof.tokens[r.prompt_id][arm] = p.output_tokens
+            oof.ttft[r.prompt_id][arm] = p.ttft_s
         labelled = [r.correct for r in arm_rows if r.correct is not None]
         reports[arm] = ArmReport(
             rows=len(arm_rows),
@@ -261,7 +279,7 @@ def train(
             median_ttft_s=median_ttft,
             l2=l2s,
         )
-    calibration, cal_report = calibrate(rows, oof_quality, oof_latency, sorted(arms))
+    calibration, cal_report = calibrate([r for r in rows if r.prompt_id in x_of], oof, sorted(arms))
     model = RouterModel(
         encoder=encoder, feature_names=tuple(feature_names), mean=mean, std=std, arms=arms, calibration=calibration
     )
@@ -273,60 +291,3 @@ def train(
         "folds": folds,
     }
     return model, report
-
-
-def calibrate(
-    rows: Sequence[Row],
-    oof_quality: Mapping[str, Mapping[str, float]],
-    oof_latency: Mapping[str, Mapping[str, float]],
-    arms: Sequence[str],
-) -> tuple[Calibration, dict[str, Any]]:
-    """Choose the balanced weight and the accuracy levels from out-of-fold predictions.
-
-    Balanced weight: on prompts labelled for every arm, route with ``argmax q - w * latency`` for
-    each ``w`` on a log grid and measure the *actual* accuracy and latency; normalise both by the
-    range the fixed arms span and keep the ``w`` that maximises accuracy gain minus latency cost.
-    Accuracy levels: quantiles (25/50/75 %) of the best arm's predicted quality per prompt.
-    """
-    actual: dict[str, dict[str, Row]] = defaultdict(dict)
-    for r in rows:
-        actual[r.prompt_id][r.arm] = r
-    pids = [
-        p
-        for p in sorted(oof_quality)
-        if all(a in oof_quality[p] and a in oof_latency[p] for a in arms)
-        and all(a in actual[p] and actual[p][a].correct is not None for a in arms)
-    ]
-    levels = {"low": 0.0, "medium": 0.0, "high": 0.0}
-    if not pids:
-        return Calibration(balanced_weight=0.0, accuracy_levels=levels), {"prompts": 0}
-    q = np.array([[oof_quality[p][a] for a in arms] for p in pids])
-    lat = np.array([[oof_latency[p][a] for a in arms] for p in pids])
-    acc = np.array([[1.0 if actual[p][a].correct else 0.0 for a in arms] for p in pids])
-    e2e = np.array([[actual[p][a].e2e_s for a in arms] for p in pids])
-    fixed_acc, fixed_lat = acc.mean(axis=0), e2e.mean(axis=0)
-    acc_span = max(fixed_acc.max() - fixed_acc.min(), 1e-9)
-    lat_span = max(fixed_lat.max() - fixed_lat.min(), 1e-9)
-    grid = [0.0, *np.geomspace(1e-4, 1.0, 25).tolist()]
-    best_w, best_u, sweep = 0.0, -np.inf, []
-    for w in grid:
-        pick = np.argmax(q - w * lat, axis=1)
-        a_mean = float(acc[np.arange(len(pids)), pick].mean())
-        t_mean = float(e2e[np.arange(len(pids)), pick].mean())
-        utility = (a_mean - fixed_acc.min()) / acc_span - (t_mean - fixed_lat.min()) / lat_span
-        sweep.append({"weight": w, "accuracy": a_mean, "latency_s": t_mean, "utility": utility})
-        if utility > best_u + 1e-12:
-            best_w, best_u = w, utility
-    best_q = q.max(axis=1)
-    levels = {name: float(np.quantile(best_q, qt)) for name, qt in LEVEL_QUANTILES.items()}
-    report = {
-        "prompts": len(pids),
-        "balanced_weight": best_w,
-        "accuracy_levels": levels,
-        "sweep": sweep,
-        "fixed_arms": {
-            a: {"accuracy": float(fa), "latency_s": float(fl)}
-            for a, fa, fl in zip(arms, fixed_acc, fixed_lat, strict=True)
-        },
-    }
-    return Calibration(balanced_weight=best_w, accuracy_levels=levels), report

@@ -256,10 +256,10 @@ def overview() -> Panel:
         stat(
             "Router best effort",
             "Share of routing decisions where no arm met the caller's constraints "
-            "(reasons best-effort-latency and best-effort-accuracy of the learned policy).",
+            "(reasons budget-unmeetable and accuracy-unmet of the learned policy).",
             targets(
                 (
-                    f'(sum(rate(gateway_routing_decisions_total{{{ARM}, reason=~"best-effort.*"}}[{RATE}]))'
+                    f'(sum(rate(gateway_routing_decisions_total{{{ARM}, reason=~"budget-unmeetable|accuracy-unmet"}}[{RATE}]))'
                     f" or vector(0)) / sum({decisions})",
                     "",
                 )
@@ -367,7 +367,7 @@ def overview() -> Panel:
         ),
         timeseries(
             "Decisions/s by reason",
-            "Why the router chose as it did (pinned, least-loaded, prefer-*, best-effort-*, ...).",
+            "Why the router chose as it did (pinned, least-loaded, prefer-*, budget-unmeetable, accuracy-unmet, ...).",
             targets((f"sum by (reason) ({decisions})", "{{reason}}")),
             "reqps",
             w=8,

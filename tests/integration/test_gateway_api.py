@@ -322,3 +322,41 @@ async def test_cheap_features_run_on_the_event_loop_and_long_prompts_in_a_thread
             assert r.status_code == 200, r.text
         assert threads[0] == threading.main_thread().name
         assert threads[1] != threading.main_thread().name
+
+
+async def test_strict_flags_that_no_arm_can_keep_are_refused_before_generation(
+    make_gateway: MakeGateway, upstreams: Upstreams
+) -> None:
+    """route.strict + a budget no arm fits: an OpenAI-style 422 naming the flag; nothing is generated.
+    Without strict, the same request is answered and the reason says the budget could not be met."""
+    async with make_gateway(arms=LEARNED_ARMS, routing={"policy": "learned"}) as gw:
+        body = {
+            "model": "auto",
+            "messages": [{"role": "user", "content": "Write a long essay about the history of Rome."}],
+            "route": {"max_latency_ms": 1, "strict": True},
+        }
+        r = await gw.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert (err["type"], err["code"], err["param"]) == (
+            "invalid_request_error",
+            "route_unmeetable",
+            "route.max_latency_ms",
+        )
+        assert not any(fake.generation_bodies for fake in upstreams.values())
+
+        r = await gw.client.post("/v1/route", json={**body, "route": {"max_latency_ms": 1}})
+        assert r.status_code == 200 and r.json()["reason"] == "budget-unmeetable"
+
+        r = await gw.client.post("/v1/route", json={**body, "route": {"strict": "yes"}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "route.strict"
+
+
+async def test_finished_requests_feed_the_policys_latency_residuals(make_gateway: MakeGateway) -> None:
+    async with make_gateway(arms=LEARNED_ARMS, routing={"policy": "learned"}) as gw:
+        policy = gw.app.state.proxy.policy
+        for stream in (False, True):
+            body = {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]}
+            r = await gw.client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200
+        assert sum(policy.residuals.samples(a) for a in policy.model.arms) == 2

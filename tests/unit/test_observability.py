@@ -421,10 +421,10 @@ def test_alerts_have_severity_and_annotations() -> None:
 
 
 def test_best_effort_alert_matches_the_router_reasons() -> None:
-    """router/learned.py names its fallbacks best-effort-latency and best-effort-accuracy."""
-    source = (ROOT / "router/learned.py").read_text()
-    reasons = set(re.findall(r'reason = "(best-effort-[a-z]+)"', source))
-    assert reasons == {"best-effort-latency", "best-effort-accuracy"}
+    """router/choice.py names the decisions that could not keep the flags budget-unmeetable and accuracy-unmet."""
+    source = (ROOT / "router/choice.py").read_text()
+    reasons = set(re.findall(r'"(budget-unmeetable|accuracy-unmet)"', source))
+    assert reasons == {"budget-unmeetable", "accuracy-unmet"}
     expr = recording_rules()[":gateway_routing_best_effort:ratio_rate10m"]
     pattern = re.search(r'reason=~"([^"]+)"', expr)
     assert pattern is not None

@@ -37,7 +37,7 @@ def test_training_is_deterministic_and_learns_the_signal() -> None:
     assert r1["arms"]["maths"]["quality_log_loss"] < r1["arms"]["maths"]["quality_base_log_loss"]
     assert m1.arms["chat"].median_tokens_per_s == pytest.approx(60.0)
     levels = m1.calibration.accuracy_levels
-    assert 0 <= levels["low"] <= levels["medium"] <= levels["high"] <= 1
+    assert 0 <= levels["high"] <= levels["medium"] <= levels["low"] <= 1  # allowed shortfalls from the best arm
 
 
 def test_artifact_round_trip_and_refusals(tmp_path: Path) -> None:

@@ -1,0 +1,122 @@
+"""The learned policy's decision rules: forecasts plus the caller's flags in, one ranked choice out.
+
+The contract (``docs/router.md``, "What the flags promise"):
+
+1. An arm *fits* a budget when its calibrated upper bound — ``Prediction.latency_bound_s``
+   (``ttft_bound_s`` for ``max_ttft_ms``), by default the 90th percentile of what that arm's
+   latency turned out to be on unseen prompts — is within the budget. It *meets the accuracy
+   floor* when its calibrated quality is at least the floor.
+2. Among the arms that do both, ``prefer`` chooses: ``speed`` the least predicted latency,
+   ``quality`` the highest quality (ties: less latency), ``balanced`` the highest
+   ``quality - weight * latency_s``. With an accuracy flag and no ``prefer``, ``speed``: the
+   floor already says how good the answer must be. Reason ``prefer-<preference>``.
+3. When no arm does both, nothing is dropped silently:
+
+   * ``strict``: :class:`~router.decision.RouteUnmeetable` naming the flag, before any generation.
+   * ``priority: latency`` (the default): among arms that fit the budget, the highest quality
+     (reason ``accuracy-unmet``); if none fits, the arm most likely to fit (``budget-unmeetable``).
+   * ``priority: accuracy``: among arms that meet the floor, the one most likely to fit the budget
+     (``budget-unmeetable``); if none meets it, the highest quality among those that fit, else of
+     all (``accuracy-unmet``).
+
+"Most likely to fit" is the arm whose budget covers the highest calibrated quantile of its
+latency (ties: the lower median bound). Ties everywhere else go to configuration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from router.decision import ArmState, Decision, RouteFlags, RouteUnmeetable
+from router.predictor import Prediction
+
+Key = Callable[[ArmState], Any]
+
+
+def _fits(p: Prediction, max_lat: float | None, max_ttft: float | None) -> bool:
+    lat = p.latency_s if p.latency_bound_s is None else p.latency_bound_s
+    ttft = p.ttft_s if p.ttft_bound_s is None else p.ttft_bound_s
+    return (max_lat is None or lat <= max_lat) and (max_ttft is None or ttft <= max_ttft)
+
+
+def _fit_odds(p: Prediction, max_lat: float | None, max_ttft: float | None) -> tuple[float, float]:
+    """Sort key, smaller = likelier to fit: how far the bound overshoots the tighter budget."""
+    over = 0.0
+    if max_lat is not None:
+        over = max(over, (p.latency_bound_s or p.latency_s) / max_lat)
+    if max_ttft is not None:
+        over = max(over, (p.ttft_bound_s or p.ttft_s) / max_ttft)
+    return over, p.latency_s
+
+
+def choose(
+    flags: RouteFlags,
+    healthy: Sequence[ArmState],
+    preds: dict[str, Prediction],
+    floor: float | None,
+    weight: float,
+) -> Decision:
+    """Apply the contract above; ``floor`` is the accuracy floor already resolved to a probability."""
+    max_lat = flags.max_latency_ms / 1000 if flags.max_latency_ms else None
+    max_ttft = flags.max_ttft_ms / 1000 if flags.max_ttft_ms else None
+    order = {s.arm.name: i for i, s in enumerate(healthy)}
+
+    def by_latency(s: ArmState) -> tuple[float, int]:
+        return preds[s.arm.name].latency_s, order[s.arm.name]
+
+    def by_quality(s: ArmState) -> tuple[float, float, int]:
+        p = preds[s.arm.name]
+        return -p.quality, p.latency_s, order[s.arm.name]
+
+    def by_balance(s: ArmState) -> tuple[float, int]:
+        p = preds[s.arm.name]
+        return -(p.quality - weight * p.latency_s), order[s.arm.name]
+
+    def by_fit(s: ArmState) -> tuple[float, float, int]:
+        return (*_fit_odds(preds[s.arm.name], max_lat, max_ttft), order[s.arm.name])
+
+    accurate = [s for s in healthy if floor is None or preds[s.arm.name].quality >= floor]
+    fitting = [s for s in healthy if _fits(preds[s.arm.name], max_lat, max_ttft)]
+    feasible = [s for s in accurate if s in fitting]
+    prefer = flags.prefer or ("speed" if flags.accuracy is not None else "balanced")
+    key: Key
+    if feasible:
+        key = {"speed": by_latency, "quality": by_quality}.get(prefer, by_balance)
+        ranked, reason = sorted(feasible, key=key), f"prefer-{prefer}"
+        why = f"{len(feasible)} of {len(healthy)} arms meet the flags; chose by {prefer}"
+    else:
+        budget_param = "route.max_latency_ms" if max_lat is not None else "route.max_ttft_ms"
+        if flags.strict:
+            _refuse(floor, fitting, accurate, budget_param, max_lat, max_ttft)
+        if (flags.priority == "accuracy" and accurate) or not fitting:
+            pool, key, reason = (accurate or healthy), by_fit, "budget-unmeetable"
+            why = "no arm is predicted to fit the budget" + (" at the accuracy floor" if accurate else "")
+            why += "; chose the arm most likely to fit"
+        else:
+            pool, key, reason = fitting, by_quality, "accuracy-unmet"
+            why = f"no arm that fits the flags reaches the accuracy floor {floor:.2f}; chose the highest quality"
+        ranked = sorted(pool, key=key)
+    rest = sorted((s for s in healthy if s not in ranked), key=by_latency)
+    arms = tuple(s.arm for s in [*ranked, *rest])
+    return Decision(arm=arms[0], reason=reason, ranked=arms, predictions=preds, explanation=why)
+
+
+def _refuse(
+    floor: float | None,
+    fitting: Sequence[ArmState],
+    accurate: Sequence[ArmState],
+    budget_param: str,
+    max_lat: float | None,
+    max_ttft: float | None,
+) -> None:
+    if not fitting:
+        budget = (
+            f"{max_lat * 1000:.0f} ms" if max_lat is not None else f"{(max_ttft or 0) * 1000:.0f} ms to first token"
+        )
+        raise RouteUnmeetable(budget_param, f"no arm is predicted to answer within {budget} (route.strict is set)")
+    if not accurate:
+        raise RouteUnmeetable("route.accuracy", f"no arm reaches the accuracy floor {floor:.2f} (route.strict is set)")
+    raise RouteUnmeetable(
+        "route.accuracy", "no single arm both meets the accuracy floor and fits the budget (route.strict is set)"
+    )
