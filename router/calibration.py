@@ -142,6 +142,11 @@ class LatencyMargins:
         row2 = self.overall.get(arm)
         return row2[q_index] if row2 is not None else 1.0
 
+    def arm_overall(self, arm: str, q_index: int) -> float:
+        """The arm's margin over all lengths (what the live :class:`ResidualTracker` is compared with)."""
+        row = self.overall.get(arm)
+        return row[q_index] if row is not None else 1.0
+
     def first_token(self, arm: str, q_index: int) -> float:
         row = self.ttft.get(arm)
         return row[q_index] if row is not None else 1.0

@@ -150,7 +150,7 @@ class LearnedPolicy(Policy):
         preds = self.model.predict(x, kchars, request.max_tokens, live)
         margins, q = self.model.calibration.margins, self.q_index
         for name, p in preds.items():
-            factor = self.residuals.factor(name, q, margins.latency(name, 0.0, q) if margins.overall else 1.0)
+            factor = self.residuals.factor(name, q, margins.arm_overall(name, q))
             preds[name] = replace(
                 p,
                 latency_bound_s=p.latency_s * margins.latency(name, p.output_tokens, q) * factor,
