@@ -1,49 +1,265 @@
 """Offline evaluation of a trained router on held-out prompts (``llm-gateway evaluate``).
 
-Every held-out prompt was answered by every arm during profiling, so any routing rule can be
-scored exactly: pick an arm, read that arm's real outcome (correct or not, end-to-end seconds).
-The router is scored through :class:`router.learned.LearnedPolicy` itself, so the decision code
-under test is the code that serves. Compared: each fixed arm, uniform random routing (its
-expectation), the oracle (the fastest correct arm; the fastest arm when none is correct), and
-the router over a sweep of flags.
+Every held-out prompt was answered by every arm during profiling, so any routing rule is scored
+exactly: pick an arm, read that arm's real outcome (correct or not, end-to-end seconds). The router
+is scored through the policy object itself (:meth:`Policy.decide`), so the decision code under test
+is the code that serves, under a list of flag :data:`SETTINGS` (preferences, accuracy levels,
+latency budgets).
+
+Each setting is compared, on the same prompts, with every fixed arm, random mixing at the router's
+own arm shares (its exact expectation), a task-family rule and kNN fitted on the training prompts
+(:mod:`router.baselines`), and the oracle. Accuracy counts labelled prompts only; latency and budget
+compliance count every prompt (chat prompts have no label). Uncertainty: paired bootstrap intervals
+over prompts (:mod:`router.bootstrap`) for every point and for every router-minus-baseline
+difference. Honesty of the forecasts: reliability bins of the predicted quality and quantiles of
+actual / predicted latency (:mod:`router.reliability`).
+
+:func:`evaluate` keeps the per-prompt picks in its result, so :func:`pool` concatenates
+cross-validation folds and recomputes everything (bootstrap included) over all prompts.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
+from router.baselines import (
+    Forecast,
+    Outcomes,
+    Rule,
+    choose,
+    knn_forecasts,
+    oracle_picks,
+    outcomes,
+    task_forecasts,
+)
+from router.bootstrap import PairedMeans, weighted_quantile
+from router.datasets import group_of
 from router.decision import Arm, ArmState, RouteFlags, RouteRequest
+from router.linear import Array
 from router.policy import Policy
-from router.predictor import Calibration
+from router.predictor import Prediction
+from router.reliability import forecast_report
 from router.strategy import build_strategy
 from router.training import Row
 
 BALANCED_SWEEP = (0.0, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+REPLICATES = 2000
+LEVEL = 0.95
+KNN_K = 10
+UNMEETABLE = "budget-unmeetable"  # the reason a policy gives when it believes no arm fits the budget
+CHOSEN_RELIABILITY = ("router:default", "router:quality")
+FORECAST_KEYS = ("predicted_quality", "predicted_latency_s", "predicted_latency_bound_s")
+SLICE_RULES = ("oracle", "router:quality", "router:default", "task-rule:quality", "knn:quality")
 
 
 @dataclass(frozen=True)
-class Point:
-    """One routing rule's result: mean accuracy and mean end-to-end latency over the prompts."""
+class Setting:
+    """One way of calling the router: its flags, and (balanced sweep only) a balanced weight override.
+    ``compare``: also score the baselines under the same rule and the differences to them."""
 
     name: str
-    accuracy: float
-    latency_s: float
-    share: dict[str, float]
+    flags: RouteFlags = field(default_factory=RouteFlags)
+    weight: float | None = None
+    compare: bool = True
+
+    @property
+    def label(self) -> str:
+        return self.name.removeprefix("router:")
+
+    @property
+    def budget_s(self) -> float | None:
+        return self.flags.max_latency_ms / 1000 if self.flags.max_latency_ms else None
+
+    def meta(self) -> dict[str, Any]:
+        flags = {f.name: getattr(self.flags, f.name) for f in fields(self.flags)}
+        return {
+            "name": self.name,
+            "flags": {k: v for k, v in flags.items() if v is not None and v is not False},
+            "budget_s": self.budget_s,
+            "weight": self.weight,
+            "compare": self.compare,
+        }
 
 
-def _point(name: str, picks: Sequence[str], outcomes: Mapping[str, Mapping[str, Row]], pids: Sequence[str]) -> Point:
-    acc = np.mean([1.0 if outcomes[p][a].correct else 0.0 for p, a in zip(pids, picks, strict=True)])
-    lat = np.mean([outcomes[p][a].e2e_s for p, a in zip(pids, picks, strict=True)])
-    counts: dict[str, float] = defaultdict(float)
-    for a in picks:
-        counts[a] += 1 / len(picks)
-    return Point(name, float(acc), float(lat), dict(sorted(counts.items())))
+SETTINGS: tuple[Setting, ...] = (
+    Setting("router:quality", RouteFlags(prefer="quality")),
+    Setting("router:balanced", RouteFlags(prefer="balanced")),
+    Setting("router:speed", RouteFlags(prefer="speed")),
+    Setting("router:default", RouteFlags()),
+    *(Setting(f"router:accuracy={lv}", RouteFlags(accuracy=lv, prefer="speed")) for lv in ("low", "medium", "high")),
+    *(Setting(f"router:max_latency_ms={ms}", RouteFlags(max_latency_ms=ms)) for ms in (2000, 5000, 10000)),
+    *(
+        Setting(f"router:quality,max_latency_ms={ms}", RouteFlags(prefer="quality", max_latency_ms=ms))
+        for ms in (2000, 5000, 10000)
+    ),
+    Setting("router:accuracy=high,max_latency_ms=3000", RouteFlags(accuracy="high", max_latency_ms=3000)),
+    *(
+        Setting(f"router:balanced(w={w})", RouteFlags(prefer="balanced"), weight=w, compare=False)
+        for w in BALANCED_SWEEP
+    ),
+)
+
+
+def _vector(features: Any) -> Array:
+    """The standardised prompt vector in what ``featurize`` returned (``(vector, kchars)`` for the learned policy)."""
+    if isinstance(features, tuple | list):
+        features = features[0]
+    return np.asarray(features, dtype=np.float64).ravel()
+
+
+def _calibration(policy: Policy) -> dict[str, Any] | None:
+    cal = getattr(getattr(policy, "model", None), "calibration", None)
+    if cal is None:
+        return None
+    return {"balanced_weight": float(cal.balanced_weight), "accuracy_levels": dict(cal.accuracy_levels)}
+
+
+def _rule(policy: Policy, setting: Setting) -> Rule:
+    """The setting's decision rule written out (:func:`router.baselines.choose`), for a policy whose
+    decision cannot be fed the baselines' forecasts; a named accuracy level reads as an absolute floor."""
+    flags, cal = setting.flags, _calibration(policy)
+    floor: float | None = None
+    if isinstance(flags.accuracy, int | float):
+        floor = float(flags.accuracy)
+    elif isinstance(flags.accuracy, str) and cal:
+        floor = cal["accuracy_levels"].get(flags.accuracy)
+    weight = setting.weight if setting.weight is not None else (cal["balanced_weight"] if cal else 0.0)
+    prefer = flags.prefer or ("speed" if flags.accuracy is not None else "balanced")
+    return Rule(prefer=prefer, floor=floor, budget_s=setting.budget_s, weight=weight)
+
+
+_BOUNDS = {"latency_bound_s", "ttft_bound_s"} <= {f.name for f in fields(Prediction)}
+
+
+def _predictions(forecast: Forecast, i: int, arms: Sequence[str]) -> dict[str, Prediction]:
+    """Prompt ``i``'s baseline forecast as the policy's :class:`Prediction` (p90s as the latency bounds)."""
+    out = {}
+    quality = np.nan_to_num(forecast.quality[i], nan=0.0)
+    for j, a in enumerate(arms):
+        p = Prediction(
+            quality=float(quality[j]),
+            output_tokens=0.0,
+            ttft_s=float(forecast.ttft_s[i, j]),
+            tokens_per_s=0.0,
+            latency_s=float(forecast.latency_s[i, j]),
+        )
+        if _BOUNDS:
+            p = replace(
+                p, latency_bound_s=float(forecast.latency_p90_s[i, j]), ttft_bound_s=float(forecast.ttft_p90_s[i, j])
+            )
+        out[a] = p
+    return out
+
+
+def _baseline_decisions(
+    policy: Policy,
+    setting: Setting,
+    forecast: Forecast,
+    test: Outcomes,
+    features: Mapping[str, Any],
+    states: list[ArmState],
+) -> tuple[list[int], list[str] | None]:
+    """A baseline's pick per prompt: the policy's own :meth:`~Policy.decide` for the setting, with the
+    baseline's forecasts in place of the policy's ``predict``; reasons are the policy's. When the
+    decision does not go through ``predict`` (it does not return the forecasts it was given), the
+    rule written out instead (:func:`_rule`), and no reasons."""
+    arms = [s.arm.name for s in states]
+    index = {a: j for j, a in enumerate(arms)}
+    current: list[dict[str, Prediction]] = [{}]
+    own = vars(policy).get("predict")
+
+    def predict(request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
+        return current[0]
+
+    try:
+        setattr(policy, "predict", predict)  # noqa: B010 (an instance attribute: the class's stays intact)
+    except AttributeError:
+        return choose(forecast, _rule(policy, setting)), None
+    picks, reasons = [], []
+    try:
+        for i, p in enumerate(test.ids):
+            current[0] = _predictions(forecast, i, arms)
+            d = policy.decide(RouteRequest(flags=setting.flags, features=features[p]), states)
+            if d.predictions is not current[0]:
+                return choose(forecast, _rule(policy, setting)), None
+            picks.append(index[d.arm.name])
+            reasons.append(d.reason)
+    finally:
+        if own is not None:
+            setattr(policy, "predict", own)  # noqa: B010
+        elif "predict" in vars(policy):
+            delattr(policy, "predict")
+    return picks, reasons
+
+
+def _route(
+    policy: Policy, settings: Sequence[Setting], test: Outcomes, features: Mapping[str, Any], states: list[ArmState]
+) -> tuple[dict[str, list[int]], dict[str, list[str]], list[float]]:
+    """The router's pick (arm index) and reason per prompt under every setting, and each decision's seconds."""
+    index = {s.arm.name: j for j, s in enumerate(states)}
+    picks: dict[str, list[int]] = {}
+    reasons: dict[str, list[str]] = {}
+    decide_s: list[float] = []
+    model = getattr(policy, "model", None)
+    for setting in settings:
+        if setting.weight is not None and model is not None:
+            calibration = replace(model.calibration, balanced_weight=setting.weight)
+            policy.model = replace(model, calibration=calibration)  # type: ignore[attr-defined]
+        try:
+            picked, why = [], []
+            for p in test.ids:
+                t0 = time.perf_counter()
+                d = policy.decide(RouteRequest(flags=setting.flags, features=features[p]), states)
+                decide_s.append(time.perf_counter() - t0)
+                picked.append(index[d.arm.name])
+                why.append(d.reason)
+        finally:
+            if model is not None:
+                policy.model = model  # type: ignore[attr-defined]
+        picks[setting.name], reasons[setting.name] = picked, why
+    return picks, reasons, decide_s
+
+
+def _policy_forecasts(
+    policy: Policy, test: Outcomes, features: Mapping[str, Any], states: list[ArmState]
+) -> dict[str, list[list[float]] | None]:
+    """The policy's own forecast per prompt and arm (``policy.predict``, when it has one): quality,
+    latency and, where the policy gives one, the latency bound it checks budgets against."""
+    out: dict[str, list[list[float]] | None] = dict.fromkeys(FORECAST_KEYS)
+    predict = getattr(policy, "predict", None)
+    if not callable(predict):
+        return out
+    arms = [s.arm.name for s in states]
+    q: list[list[float]] = []
+    lat: list[list[float]] = []
+    bound: list[list[Any]] = []
+    for p in test.ids:
+        preds = predict(RouteRequest(features=features[p]), states)
+        q.append([round(float(preds[a].quality), 5) for a in arms])
+        lat.append([round(float(preds[a].latency_s), 4) for a in arms])
+        bound.append([getattr(preds[a], "latency_bound_s", None) for a in arms])
+    out["predicted_quality"], out["predicted_latency_s"] = q, lat
+    if all(isinstance(v, int | float) for row in bound for v in row):
+        out["predicted_latency_bound_s"] = [[round(float(v), 4) for v in row] for row in bound]
+    return out
+
+
+def _encode_reasons(reasons: Mapping[str, Sequence[str]]) -> tuple[list[str], dict[str, list[int]]]:
+    """Reasons as indices into a sorted list of the labels (keeps the per-prompt JSON small)."""
+    labels = sorted({r for rs in reasons.values() for r in rs})
+    code = {r: i for i, r in enumerate(labels)}
+    return labels, {name: [code[r] for r in rs] for name, rs in reasons.items()}
+
+
+def _decode_reasons(per_prompt: Mapping[str, Any]) -> dict[str, list[str]]:
+    labels = per_prompt["reason_labels"]
+    return {name: [labels[i] for i in codes] for name, codes in per_prompt["reasons"].items()}
 
 
 def evaluate(
@@ -51,151 +267,322 @@ def evaluate(
     rows: Sequence[Row],
     features: Mapping[str, Any],
     arms: Sequence[str],
-    prompt_lengths: Mapping[str, int] | None = None,
+    *,
+    train_rows: Sequence[Row],
+    train_features: Mapping[str, Any],
+    settings: Sequence[Setting] = SETTINGS,
+    replicates: int = REPLICATES,
+    seed: int = 0,
+    k: int = KNN_K,
 ) -> dict[str, Any]:
-    """Score fixed arms, random, oracle and the router's flag sweep on labelled held-out prompts.
+    """Score the router under ``settings`` and the baselines on the held-out prompts of ``rows``.
 
-    ``features``: what ``policy.featurize`` returned per prompt id (computed once by the caller).
+    ``features`` / ``train_features``: what ``policy.featurize`` returned per prompt id, for the
+    held-out and the training prompts (computed once by the caller; kNN uses their standardised
+    vectors). ``train_rows`` fit the task rule and kNN. Prompts count when every arm answered them
+    (and they have features); unlabelled ones count for latency and compliance only. The result is
+    :func:`summarise`'s report plus ``training_prompts``, ``calibration``, ``policy_decide_ms`` and
+    ``per_prompt`` (the raw material :func:`pool` needs).
     """
-    outcomes: dict[str, dict[str, Row]] = defaultdict(dict)
-    task_of: dict[str, str] = {}
-    for r in rows:
-        outcomes[r.prompt_id][r.arm] = r
-        task_of[r.prompt_id] = r.task
-    pids = sorted(
-        p
-        for p in outcomes
-        if p in features and all(a in outcomes[p] and outcomes[p][a].correct is not None for a in arms)
-    )
-    if not pids:
-        raise ValueError("no held-out prompt has a labelled outcome for every arm")
+    test = outcomes(rows, arms, keep=features)
+    if not test.ids:
+        raise ValueError("no held-out prompt has an outcome for every arm")
+    train = outcomes(train_rows, arms, keep=train_features)
+    if not train.ids:
+        raise ValueError("no training prompt has an outcome for every arm (the baselines are fitted on them)")
     states = [ArmState(arm=Arm(name=a, model=a, strategy=build_strategy({"kind": "plain"}))) for a in arms]
-    points = [_point(f"fixed:{a}", [a] * len(pids), outcomes, pids) for a in arms]
-    acc = np.array([[1.0 if outcomes[p][a].correct else 0.0 for a in arms] for p in pids])
-    e2e = np.array([[outcomes[p][a].e2e_s for a in arms] for p in pids])
-    points.append(Point("random", float(acc.mean()), float(e2e.mean()), {a: 1 / len(arms) for a in arms}))
-    oracle = []
-    for i, _ in enumerate(pids):
-        correct = [j for j in range(len(arms)) if acc[i, j] == 1.0]
-        pool = correct or list(range(len(arms)))
-        oracle.append(arms[min(pool, key=lambda j: e2e[i, j])])
-    points.append(_point("oracle", oracle, outcomes, pids))
+    picks, reasons, decide_s = _route(policy, settings, test, features, states)
 
-    sweeps: list[tuple[str, RouteFlags, float | None]] = [
-        (f"router:balanced(w={w})", RouteFlags(prefer="balanced"), w) for w in BALANCED_SWEEP
-    ]
-    sweeps += [
-        ("router:speed", RouteFlags(prefer="speed"), None),
-        ("router:quality", RouteFlags(prefer="quality"), None),
-        ("router:default", RouteFlags(), None),
-    ]
-    sweeps += [
-        (f"router:accuracy={lv}", RouteFlags(accuracy=lv, prefer="speed"), None) for lv in ("low", "medium", "high")
-    ]
-    model = getattr(policy, "model", None)
-    router_picks: dict[str, list[str]] = {}
-    decide_s: list[float] = []
-    for name, flags, weight in sweeps:
-        if weight is not None and model is not None:
-            levels = model.calibration.accuracy_levels
-            policy.model = replace(model, calibration=Calibration(weight, levels))  # type: ignore[attr-defined]
-        picks = []
-        for p in pids:
-            t0 = time.perf_counter()
-            d = policy.decide(RouteRequest(flags=flags, features=features[p]), states)
-            decide_s.append(time.perf_counter() - t0)
-            picks.append(d.arm.name)
-        if model is not None:
-            policy.model = model  # type: ignore[attr-defined]
-        router_picks[name] = picks
-        points.append(_point(name, picks, outcomes, pids))
+    train_x = np.stack([_vector(train_features[p]) for p in train.ids])
+    test_x = np.stack([_vector(features[p]) for p in test.ids])
+    forecasts = {"task-rule": task_forecasts(train, test.tasks), "knn": knn_forecasts(train, train_x, test_x, k)}
+    through_policy = True
+    for setting in settings:
+        for kind, forecast in forecasts.items():
+            if setting.compare:
+                name = f"{kind}:{setting.label}"
+                picks[name], why = _baseline_decisions(policy, setting, forecast, test, features, states)
+                if why is None:
+                    through_policy = False
+                else:
+                    reasons[name] = why
 
-    best_fixed = max((pt for pt in points if pt.name.startswith("fixed:")), key=lambda pt: pt.accuracy)
-    orc = next(pt for pt in points if pt.name == "oracle")
-    gap = orc.accuracy - best_fixed.accuracy
+    forecasts_of = _policy_forecasts(policy, test, features, states)
+    labels, codes = _encode_reasons(reasons)
+    per_prompt = {
+        "prompt_ids": test.ids,
+        "tasks": test.tasks,
+        "correct": [[None if np.isnan(v) else int(v) for v in row] for row in test.correct.tolist()],
+        "e2e_s": np.round(test.e2e_s, 4).tolist(),
+        "ttft_s": np.round(test.ttft_s, 4).tolist(),
+        **forecasts_of,
+        "picks": picks,
+        "reason_labels": labels,
+        "reasons": codes,
+    }
+    report = summarise(per_prompt, arms, [s.meta() for s in settings], replicates=replicates, seed=seed)
+    report["training_prompts"] = len(train.ids)
+    report["knn_k"] = k
+    report["baseline_decisions"] = "policy" if through_policy else "rule"
+    report["calibration"] = _calibration(policy)
+    report["policy_decide_ms"] = {
+        "p50": float(np.percentile(decide_s, 50) * 1000),
+        "p99": float(np.percentile(decide_s, 99) * 1000),
+    }
+    report["per_prompt"] = per_prompt
+    return report
 
-    def recovered(pt: Point) -> float | None:
-        return None if gap <= 0 else (pt.accuracy - best_fixed.accuracy) / gap
 
-    tasks = sorted(set(task_of[p] for p in pids))
-    slices = {}
-    for t in tasks:
-        idx = [i for i, p in enumerate(pids) if task_of[p] == t]
-        sub = [pids[i] for i in idx]
-        slices[t] = {
-            "prompts": len(idx),
-            **{f"fixed:{a}": float(acc[idx, j].mean()) for j, a in enumerate(arms)},
-            "oracle": _point("o", [oracle[i] for i in idx], outcomes, sub).accuracy,
-            **{
-                k: _point(k, [v[i] for i in idx], outcomes, sub).accuracy
-                for k, v in router_picks.items()
-                if k in ("router:default", "router:quality")
-            },
+def summarise(
+    per_prompt: Mapping[str, Any],
+    arms: Sequence[str],
+    settings: Sequence[Mapping[str, Any]],
+    *,
+    replicates: int = REPLICATES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything the report says, from the per-prompt outcomes and picks (see :func:`evaluate`).
+
+    Keys: ``prompts``, ``labelled_prompts``, ``tasks``, ``arms``, ``bootstrap``, ``settings``,
+    ``points`` (every rule: accuracy and mean latency with intervals, p90 latency, arm shares, gap
+    recovered), ``best_fixed``, ``differences`` (router minus each baseline per setting, with
+    intervals), ``compliance`` (per budget setting), ``reliability``, ``latency_ratio``, ``slices``.
+    """
+    n_arms = len(arms)
+    correct = np.array([[np.nan if v is None else float(v) for v in row] for row in per_prompt["correct"]])
+    correct = correct.reshape(-1, n_arms)
+    e2e = np.asarray(per_prompt["e2e_s"], dtype=np.float64).reshape(-1, n_arms)
+    n = len(e2e)
+    ttft = np.asarray(per_prompt["ttft_s"], dtype=np.float64).reshape(-1, n_arms)
+    test = Outcomes(list(per_prompt["prompt_ids"]), list(per_prompt["tasks"]), correct, e2e, ttft)
+    labelled = test.labelled
+    everyone = np.ones(n, dtype=bool)
+    filled = np.nan_to_num(correct, nan=0.0)
+    eye = np.eye(n_arms)
+    picks = {name: np.asarray(v, dtype=int) for name, v in per_prompt["picks"].items()}
+    reasons = _decode_reasons(per_prompt)
+
+    rules: dict[str, tuple[Array, Array]] = {}  # name -> (arm weights for accuracy, for latency), (prompts, arms)
+    info: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, kind: str, setting: str | None, w_acc: Array, w_lat: Array | None = None) -> None:
+        rules[name] = (w_acc, w_acc if w_lat is None else w_lat)
+        info[name] = {"kind": kind, "setting": setting}
+
+    for j, a in enumerate(arms):
+        add(f"fixed:{a}", "fixed", None, np.tile(eye[j], (n, 1)))
+    add("random", "random", None, np.full((n, n_arms), 1 / n_arms))
+    add("oracle", "oracle", None, eye[oracle_picks(test)])
+    baselines: dict[str, list[str]] = {}
+    for s in settings:
+        name, label = s["name"], s["name"].removeprefix("router:")
+        onehot = eye[picks[name]]
+        add(name, "router", name, onehot)
+        if not s["compare"]:
+            continue
+        share_all = onehot.mean(axis=0)
+        share_lab = onehot[labelled].mean(axis=0) if labelled.any() else share_all
+        add(f"mix:{label}", "mix", name, np.tile(share_lab, (n, 1)), np.tile(share_all, (n, 1)))
+        add(f"task-rule:{label}", "task-rule", name, eye[picks[f"task-rule:{label}"]])
+        add(f"knn:{label}", "knn", name, eye[picks[f"knn:{label}"]])
+        oracle = "oracle"
+        if s["budget_s"] is not None:
+            oracle = f"oracle:{label}"
+            add(oracle, "oracle", name, eye[oracle_picks(test, s["budget_s"])])
+        baselines[name] = [*(f"fixed:{a}" for a in arms), f"mix:{label}", f"task-rule:{label}", f"knn:{label}", oracle]
+
+    acc_p = {name: (w * filled).sum(axis=1) for name, (w, _) in rules.items()}
+    lat_p = {name: (w * e2e).sum(axis=1) for name, (_, w) in rules.items()}
+    stats = PairedMeans()
+    for name in rules:
+        stats.add(("accuracy", name), acc_p[name], labelled)
+        stats.add(("latency", name), lat_p[name], everyone)
+    feasible: dict[str, np.ndarray] = {}
+    for s in settings:
+        name = s["name"]
+        for b in baselines.get(name, []):
+            stats.add(("d_accuracy", name, b), acc_p[name] - acc_p[b], labelled)
+            stats.add(("d_latency", name, b), lat_p[name] - lat_p[b], everyone)
+        if s["budget_s"] is not None:
+            fits = e2e <= s["budget_s"]
+            feasible[name] = fits.any(axis=1)
+            for r in [name, *baselines.get(name, [])]:
+                comply = (rules[r][1] * fits).sum(axis=1)
+                stats.add(("compliance", name, r), comply, everyone)
+                stats.add(("compliance_feasible", name, r), comply, feasible[name])
+    cluster_of: dict[str, int] = {}
+    groups = np.array([cluster_of.setdefault(group_of(p), len(cluster_of)) for p in test.ids], dtype=np.int64)
+    ci = stats.run(replicates, seed, LEVEL, groups)
+
+    points = []
+    for name, (w_acc, w_lat) in rules.items():
+        acc, acc_ci = ci[("accuracy", name)]
+        lat, lat_ci = ci[("latency", name)]
+        share = w_lat.mean(axis=0)
+        share_lab = w_acc[labelled].mean(axis=0) if labelled.any() else share
+        pt: dict[str, Any] = {
+            "name": name,
+            **info[name],
+            "accuracy": acc,
+            "accuracy_ci": acc_ci,
+            "latency_s": lat,
+            "latency_ci": lat_ci,
+            "latency_p90_s": weighted_quantile(e2e, w_lat, 0.9),
+            "share": {a: float(v) for a, v in zip(arms, share, strict=True) if v > 0},
+            "share_labelled": {a: float(v) for a, v in zip(arms, share_lab, strict=True) if v > 0},
         }
+        if name in reasons:
+            counts = Counter(reasons[name])
+            pt["reasons"] = {r: c / n for r, c in sorted(counts.items())}
+        points.append(pt)
+    fixed = [pt for pt in points if pt["kind"] == "fixed" and pt["accuracy"] is not None]
+    best_fixed = max(fixed, key=lambda pt: pt["accuracy"]) if fixed else None
+    oracle_acc = ci[("accuracy", "oracle")][0]
+    for pt in points:
+        gap = None if best_fixed is None or oracle_acc is None else oracle_acc - best_fixed["accuracy"]
+        ok = gap is not None and gap > 0 and pt["accuracy"] is not None and best_fixed is not None
+        pt["gap_recovered"] = (pt["accuracy"] - best_fixed["accuracy"]) / gap if ok else None  # type: ignore[index,operator]
+
+    differences = []
+    for name, bases in baselines.items():
+        for b in bases:
+            d_acc, d_acc_ci = ci[("d_accuracy", name, b)]
+            d_lat, d_lat_ci = ci[("d_latency", name, b)]
+            differences.append(
+                {
+                    "setting": name,
+                    "baseline": b,
+                    "accuracy": d_acc,
+                    "accuracy_ci": d_acc_ci,
+                    "latency_s": d_lat,
+                    "latency_ci": d_lat_ci,
+                }
+            )
+
+    compliance = []
+    for s in settings:
+        name = s["name"]
+        if name not in feasible:
+            continue
+        ok_rows = feasible[name]
+        unmeetable = np.array([r == UNMEETABLE for r in reasons[name]], dtype=bool)
+        infeasible = ~ok_rows
+        rows_out = []
+        for r in [name, *baselines.get(name, [])]:
+            share_all, all_ci = ci[("compliance", name, r)]
+            share_ok, ok_ci = ci[("compliance_feasible", name, r)]
+            said = reasons.get(r)
+            reported = alarms = None
+            if said is not None:
+                flagged = np.array([x == UNMEETABLE for x in said], dtype=bool)
+                reported = float(flagged[infeasible].mean()) if infeasible.any() else None
+                alarms = float(flagged[ok_rows].mean()) if ok_rows.any() else None
+            rows_out.append(
+                {
+                    "rule": r,
+                    "all": share_all,
+                    "all_ci": all_ci,
+                    "feasible": share_ok,
+                    "feasible_ci": ok_ci,
+                    "infeasible_reported": reported,
+                    "unmeetable_on_feasible": alarms,
+                }
+            )
+        compliance.append(
+            {
+                "setting": name,
+                "budget_s": s["budget_s"],
+                "prompts": n,
+                "infeasible_prompts": int(infeasible.sum()),
+                "infeasible_share": float(infeasible.mean()),
+                "infeasible_reported": float(unmeetable[infeasible].mean()) if infeasible.any() else None,
+                "unmeetable_on_feasible": float(unmeetable[ok_rows].mean()) if ok_rows.any() else None,
+                "rules": rows_out,
+            }
+        )
+
+    calib, ratio = forecast_report(
+        per_prompt, arms, correct, e2e, {n: picks[n] for n in CHOSEN_RELIABILITY if n in picks}
+    )
+
+    tasks = sorted(set(test.tasks))
+    task_arr = np.array(test.tasks)
+    slices: dict[str, Any] = {}
+    for t in tasks:
+        m = task_arr == t
+        entry: dict[str, Any] = {"prompts": int(m.sum()), "labelled": int((m & labelled).sum()), "rules": {}}
+        for name in [f"fixed:{a}" for a in arms] + [r for r in SLICE_RULES if r in rules]:
+            lab = m & labelled
+            entry["rules"][name] = {
+                "accuracy": float(acc_p[name][lab].mean()) if lab.any() else None,
+                "latency_s": float(lat_p[name][m].mean()),
+            }
+        slices[t] = entry
+
     return {
-        "prompts": len(pids),
+        "prompts": n,
+        "labelled_prompts": int(labelled.sum()),
+        "tasks": {t: int((task_arr == t).sum()) for t in tasks},
         "arms": list(arms),
-        "points": [{**vars(pt), "gap_recovered": recovered(pt)} for pt in points],
-        "best_fixed": best_fixed.name,
-        "slices": slices,
-        "policy_decide_ms": {
-            "p50": float(np.percentile(decide_s, 50) * 1000),
-            "p99": float(np.percentile(decide_s, 99) * 1000),
+        "bootstrap": {
+            "replicates": replicates,
+            "seed": seed,
+            "level": LEVEL,
+            "paired": True,
+            "unit": "source item (router.datasets.group_of): its prompts are drawn together",
+            "clusters": len(cluster_of),
         },
+        "settings": [dict(s) for s in settings],
+        "points": points,
+        "best_fixed": best_fixed["name"] if best_fixed else None,
+        "differences": differences,
+        "compliance": compliance,
+        "reliability": calib,
+        "latency_ratio": ratio,
+        "slices": slices,
     }
 
 
 def pool(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Combine :func:`evaluate` results on disjoint prompt sets (cross-validation folds).
 
-    Means are weighted by each result's prompt count, so the pooled point equals what one
-    evaluation over all the prompts would report; gap recovered is recomputed from the pooled
-    points. Decision latency percentiles are the folds' medians.
+    The folds' per-prompt outcomes, picks and forecasts are concatenated and :func:`summarise`
+    recomputes every number over all prompts: means are exactly what one evaluation over all the
+    prompts would report, random mixing uses the pooled arm shares, and the bootstrap resamples all
+    prompts. Decision latency percentiles are the folds' medians.
     """
     if not results:
         raise ValueError("nothing to pool")
-    total = sum(r["prompts"] for r in results)
-    names = [pt["name"] for pt in results[0]["points"]]
-    points: list[Point] = []
-    for name in names:
-        per = [(r["prompts"], next(pt for pt in r["points"] if pt["name"] == name)) for r in results]
-        share: dict[str, float] = defaultdict(float)
-        for n, pt in per:
-            for arm, s in pt["share"].items():
-                share[arm] += s * n / total
-        points.append(
-            Point(
-                name,
-                sum(pt["accuracy"] * n for n, pt in per) / total,
-                sum(pt["latency_s"] * n for n, pt in per) / total,
-                dict(sorted(share.items())),
-            )
-        )
-    best_fixed = max((pt for pt in points if pt.name.startswith("fixed:")), key=lambda pt: pt.accuracy)
-    orc = next(pt for pt in points if pt.name == "oracle")
-    gap = orc.accuracy - best_fixed.accuracy
-    slices: dict[str, dict[str, float]] = {}
-    for r in results:
-        for task, sl in r["slices"].items():
-            acc = slices.setdefault(task, defaultdict(float))
-            acc["prompts"] += sl["prompts"]
-            for k, v in sl.items():
-                if k != "prompts":
-                    acc[k] += v * sl["prompts"]
-    for sl in slices.values():
-        n = sl["prompts"]
-        for k in list(sl):
-            if k != "prompts":
-                sl[k] /= n
-    return {
-        "prompts": total,
-        "folds": len(results),
-        "arms": results[0]["arms"],
-        "points": [
-            {**vars(pt), "gap_recovered": None if gap <= 0 else (pt.accuracy - best_fixed.accuracy) / gap}
-            for pt in points
-        ],
-        "best_fixed": best_fixed.name,
-        "slices": {t: dict(v) for t, v in slices.items()},
-        "policy_decide_ms": {q: float(np.median([r["policy_decide_ms"][q] for r in results])) for q in ("p50", "p99")},
+    first = results[0]
+    arms, settings = first["arms"], first["settings"]
+    for r in results[1:]:
+        if r["arms"] != arms or [s["name"] for s in r["settings"]] != [s["name"] for s in settings]:
+            raise ValueError("the results to pool differ in arms or settings")
+    parts = [r["per_prompt"] for r in results]
+    ids = [p for part in parts for p in part["prompt_ids"]]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the results to pool share prompts; folds must be disjoint")
+    per_prompt: dict[str, Any] = {
+        key: [v for part in parts for v in part[key]] for key in ("prompt_ids", "tasks", "correct", "e2e_s", "ttft_s")
     }
+    per_prompt["fold"] = [i for i, part in enumerate(parts) for _ in part["prompt_ids"]]
+    for key in FORECAST_KEYS:
+        have = all(part.get(key) is not None for part in parts)
+        per_prompt[key] = [v for part in parts for v in part[key]] if have else None
+    decoded = [_decode_reasons(part) for part in parts]
+    for key, source in (("picks", [part["picks"] for part in parts]), ("reasons", decoded)):
+        common = [name for name in source[0] if all(name in got for got in source)]
+        per_prompt[key] = {name: [v for got in source for v in got[name]] for name in common}
+    per_prompt["reason_labels"], per_prompt["reasons"] = _encode_reasons(per_prompt["reasons"])
+    boot = first["bootstrap"]
+    report = summarise(per_prompt, arms, settings, replicates=boot["replicates"], seed=boot["seed"])
+    report["folds"] = len(results)
+    report["training_prompts"] = [r["training_prompts"] for r in results]
+    report["knn_k"] = first.get("knn_k")
+    report["baseline_decisions"] = "policy" if all(r.get("baseline_decisions") == "policy" for r in results) else "rule"
+    report["calibration"] = [r.get("calibration") for r in results]
+    report["policy_decide_ms"] = {
+        q: float(np.median([r["policy_decide_ms"][q] for r in results])) for q in ("p50", "p99")
+    }
+    report["per_prompt"] = per_prompt
+    return report
