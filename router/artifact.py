@@ -39,6 +39,10 @@ def save_artifact(model: RouterModel, directory: str | Path, metadata: dict[str,
     for name, arm in model.arms.items():
         for piece in _PIECES:
             arrays[f"arm:{name}:{piece}"] = getattr(arm, piece)
+    if model.knn_x is not None:
+        arrays["knn_x"] = model.knn_x
+        for name, labels in model.knn_y.items():
+            arrays[f"knn_y:{name}"] = labels
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     weights = buf.getvalue()
@@ -54,7 +58,10 @@ def save_artifact(model: RouterModel, directory: str | Path, metadata: dict[str,
             "quality_maps": {a: m.as_dict() for a, m in model.calibration.quality_maps.items()},
             "latency_margins": model.calibration.margins.as_dict(),
         },
-        "arms": {name: {s: getattr(arm, s) for s in _SCALARS} for name, arm in model.arms.items()},
+        "arms": {
+            name: {**{s: getattr(arm, s) for s in _SCALARS}, "quality_knn_k": arm.quality_knn_k}
+            for name, arm in model.arms.items()
+        },
         "metadata": metadata,
     }
     path = out / "router.json"
@@ -103,11 +110,19 @@ def load_artifact(directory: str | Path, encoder: str | None = None, arms: Itera
             for p, w in pieces.items():
                 if w.shape != (dim + 1,):
                     raise ArtifactError(f"{directory}: arm {name!r} {p} has shape {w.shape}, expected {(dim + 1,)}")
+            k = int(scalars.get("quality_knn_k", 0))
+            if k and (
+                f"knn_y:{name}" not in arrays
+                or arrays["knn_x"].shape[1:] != (dim,)
+                or arrays[f"knn_y:{name}"].shape != (arrays["knn_x"].shape[0],)
+            ):
+                raise ArtifactError(f"{directory}: arm {name!r} uses a kNN quality head but its neighbours are missing")
             models[name] = ArmModel(
                 quality_w=pieces["quality_w"],
                 length_w=pieces["length_w"],
                 speed_w=pieces["speed_w"],
                 **{s: float(scalars[s]) for s in _SCALARS},  # type: ignore[arg-type]
+                quality_knn_k=k,
             )
         cal = doc["calibration"]
         calibration = Calibration(
@@ -135,4 +150,6 @@ def load_artifact(directory: str | Path, encoder: str | None = None, arms: Itera
         std=arrays["std"],
         arms=models,
         calibration=calibration,
+        knn_x=arrays.get("knn_x"),
+        knn_y={n: arrays[f"knn_y:{n}"] for n, m in models.items() if m.quality_knn_k},
     )

@@ -23,6 +23,7 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
+from router import neighbours
 from router.calibration import Isotonic, LatencyMargins
 from router.linear import Array
 
@@ -65,6 +66,7 @@ class ArmModel:
     ttft_per_kchar_s: float
     median_tokens_per_s: float
     median_ttft_s: float
+    quality_knn_k: int = 0  # > 0: quality is the rate of the k nearest training prompts, not quality_w
 
     def predict(
         self,
@@ -141,6 +143,8 @@ class RouterModel:
     std: Array
     arms: dict[str, ArmModel]
     calibration: Calibration
+    knn_x: Array | None = None  # standardised training prompts, for arms whose quality head is kNN
+    knn_y: dict[str, Array] = field(default_factory=dict)  # per such arm: 1/0 per training prompt, NaN unlabelled
 
     def standardise(self, raw: NDArray[np.floating]) -> Array:
         return np.asarray((raw - self.mean) / self.std, dtype=np.float64)
@@ -171,11 +175,18 @@ class RouterModel:
         column, weights, bias = self._heads
         z = (x @ weights + bias).tolist()
         maps = self.calibration.quality_maps
+        order = None
+        if self.knn_x is not None:
+            order = neighbours.neighbour_order(self.knn_x, x, 2 * max(a.quality_knn_k for a in self.arms.values()))
         out = {}
         for name, live_ttft_s, live_tps, slow in arms:
             c = column[name]
             arm = self.arms[name]
-            p = arm.forecast(z[c], z[c + 1], z[c + 2], kchars, max_tokens, live_ttft_s, live_tps, slow)
+            quality_z = z[c]
+            if arm.quality_knn_k and order is not None:
+                r = neighbours.rate(self.knn_y[name], order, arm.quality_knn_k)
+                quality_z = math.log(r / (1.0 - r))
+            p = arm.forecast(quality_z, z[c + 1], z[c + 2], kchars, max_tokens, live_ttft_s, live_tps, slow)
             calibrate = maps.get(name)
             out[name] = p if calibrate is None else replace(p, quality=calibrate(p.quality))
         return out

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from router import neighbours
 from router.datasets import group_of
 from router.linear import Array, fit_logistic, fit_ridge, log_loss, predict_linear, predict_logistic
 from router.predictor import ArmModel, RouterModel
@@ -155,6 +156,7 @@ class ArmReport:
     quality_log_loss: float | None
     quality_base_log_loss: float | None
     quality_auc: float | None
+    quality_head: str
     length_mae_log: float
     length_base_mae_log: float
     speed_mae_log: float | None
@@ -203,6 +205,8 @@ def train(
     arms: dict[str, ArmModel] = {}
     reports: dict[str, ArmReport] = {}
     oof = OutOfFold(defaultdict(dict), defaultdict(dict), defaultdict(dict), defaultdict(dict))
+    knn_k: dict[str, int] = {}
+    knn_y: dict[str, Array] = {}
     for arm, arm_rows in sorted(by_arm.items()):
         arm_rows.sort(key=lambda r: r.prompt_id)
         x = np.stack([x_of[r.prompt_id] for r in arm_rows])
@@ -218,7 +222,12 @@ def train(
             l2s["quality"], oof_q = _cv_choose(x[lab], y_q[lab], fold[lab], fit_logistic, log_loss, predict_logistic)
             w_q = fit_logistic(x[lab], y_q[lab], l2s["quality"])
             base = np.full(int(lab.sum()), y_q[lab].mean())
-            q_ll, q_base, q_auc = log_loss(oof_q, y_q[lab]), log_loss(base, y_q[lab]), auc(oof_q, y_q[lab])
+            q_ll, q_base = log_loss(oof_q, y_q[lab]), log_loss(base, y_q[lab])
+            knn_k[arm], oof_knn, q_ll = neighbours.choose_k(x[lab], y_q[lab], fold[lab], q_ll)
+            oof_q = oof_knn if oof_knn is not None else oof_q
+            q_auc = auc(oof_q, y_q[lab])
+            labels = {r.prompt_id: float(bool(r.correct)) for r, m in zip(arm_rows, lab, strict=True) if m}
+            knn_y[arm] = np.array([labels.get(i, np.nan) for i in ids])
             for r, p in zip([r for r, m in zip(arm_rows, lab, strict=True) if m], oof_q, strict=True):
                 oof.quality[r.prompt_id][arm] = float(p)
         else:
@@ -258,6 +267,7 @@ def train(
             ttft_per_kchar_s=b,
             median_tokens_per_s=median_tps,
             median_ttft_s=median_ttft,
+            quality_knn_k=knn_k.get(arm, 0),
         )
         for r, ln, sp in zip(arm_rows, oof_len, speed_all, strict=True):
             # the serving formula (ArmModel.forecast) on out-of-fold heads: what the margins must cover
@@ -272,6 +282,7 @@ def train(
             quality_log_loss=q_ll,
             quality_base_log_loss=q_base,
             quality_auc=q_auc,
+            quality_head=f"knn-{knn_k[arm]}" if knn_k.get(arm) else "logistic",
             length_mae_log=float(np.mean(np.abs(oof_len - y_len))),
             length_base_mae_log=float(np.mean(np.abs(y_len - y_len.mean()))),
             speed_mae_log=speed_mae,
@@ -280,8 +291,16 @@ def train(
             l2=l2s,
         )
     calibration, cal_report = calibrate([r for r in rows if r.prompt_id in x_of], oof, sorted(arms))
+    uses_knn = any(m.quality_knn_k for m in arms.values())
     model = RouterModel(
-        encoder=encoder, feature_names=tuple(feature_names), mean=mean, std=std, arms=arms, calibration=calibration
+        encoder=encoder,
+        feature_names=tuple(feature_names),
+        mean=mean,
+        std=std,
+        arms=arms,
+        calibration=calibration,
+        knn_x=np.stack([x_of[i] for i in ids]) if uses_knn else None,
+        knn_y={a: y for a, y in knn_y.items() if arms[a].quality_knn_k} if uses_knn else {},
     )
     report = {
         "arms": {k: vars(v) for k, v in reports.items()},

@@ -120,3 +120,30 @@ def test_the_last_row_of_a_prompt_and_arm_wins() -> None:
     latest = latest_rows(rows)
     got = sorted((r.prompt_id, r.arm, r.e2e_s) for r in latest)
     assert got == [("p1", "a", 4.0), ("p1", "b", 2.0), ("p2", "a", 3.0)]
+
+
+def test_a_knn_quality_head_is_chosen_where_the_linear_one_cannot_see_the_signal(tmp_path: Path) -> None:
+    """Right exactly when features 0 and 1 have the same sign (XOR): no linear head can separate it,
+    neighbours can. Training must pick kNN for that arm, keep logistic for a linear one, and the
+    artifact must round-trip the neighbours."""
+    rng = np.random.default_rng(5)
+    rows, vectors, kchars = [], {}, {}
+    for i in range(400):
+        pid = f"x/{i:04d}"
+        v = rng.normal(size=3)
+        vectors[pid], kchars[pid] = v, 0.2
+        rows.append(Row(pid, "x", "train", "xor", bool(v[0] * v[1] > 0), 50, 0.1, 30.0, 2.0))
+        rows.append(Row(pid, "x", "train", "linear", bool(v[2] > 0), 50, 0.1, 30.0, 2.0))
+    model, report = train(rows, vectors, kchars, "enc", ["a", "b", "c"], seed=0)
+    assert report["arms"]["xor"]["quality_head"].startswith("knn-")
+    assert report["arms"]["linear"]["quality_head"] == "logistic"
+    assert report["arms"]["xor"]["quality_auc"] > 0.8
+    x = model.standardise(np.array([1.5, 1.5, 0.0]))
+    y = model.standardise(np.array([1.5, -1.5, 0.0]))
+    live = [("xor", None, None, 1.0)]
+    assert (
+        model.predict(x, 0.2, None, live)["xor"].quality > 0.7 > 0.3 > model.predict(y, 0.2, None, live)["xor"].quality
+    )
+    save_artifact(model, tmp_path / "art", {})
+    loaded = load_artifact(tmp_path / "art")
+    assert loaded.predict(x, 0.2, None, live) == model.predict(x, 0.2, None, live)
