@@ -3,6 +3,8 @@ whose right answers are known."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ def test_isotonic_recovers_a_known_miscalibration() -> None:
     for p in (0.2, 0.5, 0.8):
         assert iso(p) == pytest.approx(p**2, abs=0.04)
     grid = [iso(p) for p in np.linspace(0, 1, 101)]
-    assert all(b >= a for a, b in zip(grid, grid[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(grid))
 
 
 def test_isotonic_shrinks_small_blocks_and_is_identity_when_empty() -> None:
@@ -96,7 +98,7 @@ def test_levels_are_ordered_and_keep_their_share_of_accuracy() -> None:
     p = np.stack([rng.uniform(0.3, 0.9, n), rng.uniform(0.0, 0.6, n)], axis=1)
     acc = (rng.uniform(0, 1, (n, 2)) < p).astype(float)
     lat = np.tile([5.0, 1.0], (n, 1))
-    levels, sweep = _levels(p, lat, acc, lat)
+    levels, _sweep = _levels(p, lat, acc, lat)
     assert 0 <= levels["high"] <= levels["medium"] <= levels["low"]
     rows = np.arange(n)
     reference = acc[rows, level_picks(p, lat, 0.0)].mean()
