@@ -26,6 +26,7 @@ SCHEMA_VERSION = 39  # Grafana 10.4 and 11.x
 DS = {"type": "prometheus", "uid": "${datasource}"}
 ARM = 'model=~"$model", strategy=~"$strategy"'
 RATE = "$__rate_interval"
+UNMET = 'reason=~"budget-unmeetable|accuracy-unmet"'  # router/choice.py: decisions that could not keep the flags
 
 Panel = dict[str, Any]
 
@@ -259,7 +260,7 @@ def overview() -> Panel:
             "(reasons budget-unmeetable and accuracy-unmet of the learned policy).",
             targets(
                 (
-                    f'(sum(rate(gateway_routing_decisions_total{{{ARM}, reason=~"budget-unmeetable|accuracy-unmet"}}[{RATE}]))'
+                    f"(sum(rate(gateway_routing_decisions_total{{{ARM}, {UNMET}}}[{RATE}]))"
                     f" or vector(0)) / sum({decisions})",
                     "",
                 )
