@@ -45,15 +45,18 @@ def out_of_fold(x: Array, y: Array, fold: NDArray[np.integer], k: int) -> Array:
     return out
 
 
-def choose_k(x: Array, y: Array, fold: NDArray[np.integer], to_beat: float) -> tuple[int, Array | None, float]:
-    """The ``k`` whose out-of-fold log-loss beats ``to_beat`` by the most: ``(k, oof, loss)``;
-    ``(0, None, to_beat)`` when none does (keep the logistic head)."""
+def choose_k(
+    x: Array, y: Array, fold: NDArray[np.integer], to_beat: float, weight: Array | None = None
+) -> tuple[int, Array | None, float]:
+    """The ``k`` whose out-of-fold log-loss (``weight``-weighted, if given, like ``to_beat``) beats
+    ``to_beat`` by the most: ``(k, oof, loss)``; ``(0, None, to_beat)`` when none does (keep the
+    logistic head). The rates themselves count every neighbour once."""
     best: tuple[int, Array | None, float] = (0, None, to_beat)
     for k in K_GRID:
         if k >= len(y):
             break
         oof = out_of_fold(x, y, fold, k)
-        loss = log_loss(oof, y)
+        loss = log_loss(oof, y, weight)
         if loss < best[2] - 1e-9:
             best = (k, oof, loss)
     return best

@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class Row:
     arm: str
     correct: bool | None
     output_tokens: int
-    ttft_s: float
+    ttft_s: float  # NaN when not measured (a non-streamed answer from the decision log)
     decode_tps: float | None
     e2e_s: float
 
@@ -108,32 +108,43 @@ def prompt_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
     return {pid: fold[group_of(pid)] for pid in ids}
 
 
+class _Fit(Protocol):
+    def __call__(self, x: Array, y: Array, l2: float, *, weight: Array | None = None) -> Array: ...
+
+
 def _cv_choose(
     x: Array,
     y: Array,
     fold: np.ndarray,
-    fit: Callable[[Array, Array, float], Array],
-    loss: Callable[[Array, Array], float],
+    fit: _Fit,
+    loss: Callable[[Array, Array, Array | None], float],
     predict: Callable[[Array, Array], Array],
+    weight: Array | None = None,
 ) -> tuple[float, Array]:
-    """Pick the L2 strength with the least cross-validated loss; return it and the OOF predictions."""
+    """Pick the L2 strength with the least cross-validated (``weight``-weighted) loss; return it and
+    the OOF predictions. A fold holding every row is predicted by the (weighted) mean of ``y``."""
     best: tuple[float, float, Array] | None = None
     for l2 in L2_GRID:
         oof = np.zeros(len(y))
         for f in np.unique(fold):
             test = fold == f
-            w = fit(x[~test], y[~test], l2)
+            if test.all():
+                oof[test] = np.average(y, weights=weight)
+                continue
+            w = fit(x[~test], y[~test], l2, weight=None if weight is None else weight[~test])
             oof[test] = predict(w, x[test])
-        score = loss(oof, y)
+        score = loss(oof, y, weight)
         if best is None or score < best[0] - 1e-12:
             best = (score, l2, oof)
     assert best is not None
     return best[1], best[2]
 
 
-def _out_of_fold(x: Array, y: Array, mask: np.ndarray, fold: np.ndarray, l2: float) -> Array:
+def _out_of_fold(
+    x: Array, y: Array, mask: np.ndarray, fold: np.ndarray, l2: float, weight: Array | None = None
+) -> Array:
     """Ridge predictions for every row from a fit on the other folds' rows where ``mask`` holds
-    (``y`` is given for the masked rows only)."""
+    (``y`` is given for the masked rows only; ``weight``, if given, for every row)."""
     out = np.zeros(len(x))
     target = np.zeros(len(x))
     target[mask] = y
@@ -141,12 +152,29 @@ def _out_of_fold(x: Array, y: Array, mask: np.ndarray, fold: np.ndarray, l2: flo
         test = fold == f
         train_rows = mask & ~test
         if train_rows.any():
-            out[test] = predict_linear(fit_ridge(x[train_rows], target[train_rows], l2), x[test])
+            w = None if weight is None else weight[train_rows]
+            out[test] = predict_linear(fit_ridge(x[train_rows], target[train_rows], l2, weight=w), x[test])
     return out
 
 
-def _mse(p: Array, y: Array) -> float:
-    return float(np.mean((p - y) ** 2))
+def _mse(p: Array, y: Array, weight: Array | None = None) -> float:
+    return float(np.mean((p - y) ** 2) if weight is None else np.average((p - y) ** 2, weights=weight))
+
+
+def _ttft_line(rows: Sequence[Row], kchars: Mapping[str, float]) -> tuple[float, float, float]:
+    """TTFT linear in prompt length over the rows that measured it: ``(intercept, per kchar, median)``
+    (all 0 when none did: the forecast then has no TTFT part)."""
+    kc = np.array([kchars[r.prompt_id] for r in rows])
+    ttft = np.array([r.ttft_s for r in rows])
+    known = ~np.isnan(ttft)
+    if not known.any():
+        return 0.0, 0.0, 0.0
+    if not known.all():
+        kc, ttft = kc[known], ttft[known]
+    design = np.stack([np.ones_like(kc), kc], axis=1)
+    (_, b), *_ = np.linalg.lstsq(design, ttft, rcond=None)
+    b = max(0.0, float(b))
+    return float(np.median(ttft - b * kc)), b, float(np.median(ttft))
 
 
 @dataclass
@@ -186,11 +214,17 @@ def train(
     feature_names: Sequence[str],
     seed: int = 0,
     folds: int = 5,
+    weights: Mapping[tuple[str, str], float] | None = None,
 ) -> tuple[RouterModel, dict[str, Any]]:
     """Fit every arm's predictors and calibrate the policy thresholds.
 
     ``vectors``: raw prompt vector per prompt id (embedding + cheap features); ``kchars``: prompt
-    length in thousands of characters. Returns the model and a JSON-able report.
+    length in thousands of characters. ``weights``: a sample weight per ``(prompt id, arm)`` row
+    (absent rows weigh 1; ``None``: all rows 1, exactly as without weights), e.g. the inverse
+    propensity of a logged decision; the quality, length and speed heads and their cross-validated
+    losses use it (the kNN rates and the TTFT line do not). A row whose ``ttft_s`` is NaN (TTFT not
+    measured) counts for everything but the TTFT line and its margin. Returns the model and a
+    JSON-able report.
     """
     ids = sorted(vectors)
     raw = np.stack([vectors[i] for i in ids])
@@ -211,6 +245,7 @@ def train(
         arm_rows.sort(key=lambda r: r.prompt_id)
         x = np.stack([x_of[r.prompt_id] for r in arm_rows])
         fold = np.array([fold_of[r.prompt_id] for r in arm_rows])
+        sw = None if weights is None else np.array([float(weights.get((r.prompt_id, r.arm), 1.0)) for r in arm_rows])
         l2s: dict[str, float] = {}
         q_ll: float | None
         q_base: float | None
@@ -219,11 +254,14 @@ def train(
         lab = np.array([r.correct is not None for r in arm_rows])
         y_q = np.array([1.0 if r.correct else 0.0 for r in arm_rows])
         if lab.sum() >= folds:
-            l2s["quality"], oof_q = _cv_choose(x[lab], y_q[lab], fold[lab], fit_logistic, log_loss, predict_logistic)
-            w_q = fit_logistic(x[lab], y_q[lab], l2s["quality"])
-            base = np.full(int(lab.sum()), y_q[lab].mean())
-            q_ll, q_base = log_loss(oof_q, y_q[lab]), log_loss(base, y_q[lab])
-            knn_k[arm], oof_knn, q_ll = neighbours.choose_k(x[lab], y_q[lab], fold[lab], q_ll)
+            sw_q = None if sw is None else sw[lab]
+            l2s["quality"], oof_q = _cv_choose(
+                x[lab], y_q[lab], fold[lab], fit_logistic, log_loss, predict_logistic, sw_q
+            )
+            w_q = fit_logistic(x[lab], y_q[lab], l2s["quality"], weight=sw_q)
+            base = np.full(int(lab.sum()), np.average(y_q[lab], weights=sw_q))
+            q_ll, q_base = log_loss(oof_q, y_q[lab], sw_q), log_loss(base, y_q[lab], sw_q)
+            knn_k[arm], oof_knn, q_ll = neighbours.choose_k(x[lab], y_q[lab], fold[lab], q_ll, sw_q)
             oof_q = oof_knn if oof_knn is not None else oof_q
             q_auc = auc(oof_q, y_q[lab])
             labels = {r.prompt_id: float(bool(r.correct)) for r, m in zip(arm_rows, lab, strict=True) if m}
@@ -235,8 +273,8 @@ def train(
             q_ll = q_base = q_auc = None
         # output length
         y_len = np.log1p(np.array([r.output_tokens for r in arm_rows], dtype=float))
-        l2s["length"], oof_len = _cv_choose(x, y_len, fold, fit_ridge, _mse, predict_linear)
-        w_len = fit_ridge(x, y_len, l2s["length"])
+        l2s["length"], oof_len = _cv_choose(x, y_len, fold, fit_ridge, _mse, predict_linear, sw)
+        w_len = fit_ridge(x, y_len, l2s["length"], weight=sw)
         # decode speed factor
         speed_rows = np.array([bool(r.decode_tps and r.decode_tps > 0) for r in arm_rows])
         tps = np.array([r.decode_tps or 0.0 for r in arm_rows])
@@ -244,21 +282,17 @@ def train(
         speed_mae = None
         if speed_rows.sum() >= folds:
             y_sp = np.log(tps[speed_rows] / median_tps)
-            l2s["speed"], oof_sp = _cv_choose(x[speed_rows], y_sp, fold[speed_rows], fit_ridge, _mse, predict_linear)
-            w_sp = fit_ridge(x[speed_rows], y_sp, l2s["speed"])
+            sw_sp = None if sw is None else sw[speed_rows]
+            l2s["speed"], oof_sp = _cv_choose(
+                x[speed_rows], y_sp, fold[speed_rows], fit_ridge, _mse, predict_linear, sw_sp
+            )
+            w_sp = fit_ridge(x[speed_rows], y_sp, l2s["speed"], weight=sw_sp)
             speed_mae = float(np.mean(np.abs(oof_sp - y_sp)))
-            speed_all = _out_of_fold(x, y_sp, speed_rows, fold, l2s["speed"])
+            speed_all = _out_of_fold(x, y_sp, speed_rows, fold, l2s["speed"], sw)
         else:
             w_sp = np.zeros(x.shape[1] + 1)
             speed_all = np.zeros(len(arm_rows))
-        # TTFT, linear in prompt length
-        kc = np.array([kchars[r.prompt_id] for r in arm_rows])
-        ttft = np.array([r.ttft_s for r in arm_rows])
-        design = np.stack([np.ones_like(kc), kc], axis=1)
-        (a, b), *_ = np.linalg.lstsq(design, ttft, rcond=None)
-        b = max(0.0, float(b))
-        a = float(np.median(ttft - b * kc))
-        median_ttft = float(np.median(ttft))
+        a, b, median_ttft = _ttft_line(arm_rows, kchars)
         arms[arm] = ArmModel(
             quality_w=w_q,
             length_w=w_len,
@@ -274,7 +308,8 @@ def train(
             p = arms[arm].forecast(0.0, float(ln), float(sp), kchars[r.prompt_id], None, None, None)
             oof.latency[r.prompt_id][arm] = p.latency_s
             oof.tokens[r.prompt_id][arm] = p.output_tokens
-            oof.ttft[r.prompt_id][arm] = p.ttft_s
+            if not np.isnan(r.ttft_s):
+                oof.ttft[r.prompt_id][arm] = p.ttft_s
         labelled = [r.correct for r in arm_rows if r.correct is not None]
         reports[arm] = ArmReport(
             rows=len(arm_rows),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from router.artifact import ArtifactError, load_artifact, save_artifact
-from router.linear import fit_logistic, predict_logistic
+from router.linear import fit_logistic, fit_ridge, log_loss, predict_logistic
 from router.training import Row, auc, latest_rows, read_rows, train
 
 
@@ -147,3 +148,47 @@ def test_a_knn_quality_head_is_chosen_where_the_linear_one_cannot_see_the_signal
     save_artifact(model, tmp_path / "art", {})
     loaded = load_artifact(tmp_path / "art")
     assert loaded.predict(x, 0.2, None, live) == model.predict(x, 0.2, None, live)
+
+
+def test_a_sample_weight_is_the_row_repeated() -> None:
+    """Weighted ridge and logistic fits equal the unweighted fits on rows repeated weight times."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 3))
+    y_lin = x @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.3, size=40)
+    y_bin = (x[:, 0] + rng.normal(scale=1.0, size=40) > 0).astype(float)
+    weight = rng.integers(1, 4, size=40).astype(float)
+    repeated = np.repeat(np.arange(40), weight.astype(int))
+    assert np.allclose(
+        fit_ridge(x, y_lin, 3.0, weight=weight), fit_ridge(x[repeated], y_lin[repeated], 3.0), atol=1e-10
+    )
+    assert np.allclose(
+        fit_logistic(x, y_bin, 3.0, weight=weight), fit_logistic(x[repeated], y_bin[repeated], 3.0), atol=1e-8
+    )
+    assert np.array_equal(fit_ridge(x, y_lin, 3.0, weight=None), fit_ridge(x, y_lin, 3.0))
+    assert log_loss(np.full(40, 0.3), y_bin, weight) == pytest.approx(
+        log_loss(np.full(len(repeated), 0.3), y_bin[repeated])
+    )
+
+
+def test_training_weights_default_to_one_and_move_the_fit() -> None:
+    rows, vectors, kchars = synthetic(80)
+    plain, _ = train(rows, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
+    ones, _ = train(rows, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0, weights={})
+    assert np.allclose(plain.arms["maths"].quality_w, ones.arms["maths"].quality_w)
+    assert np.allclose(plain.arms["chat"].length_w, ones.arms["chat"].length_w)
+    # the chat arm's right answers weigh 20: its predicted quality rises
+    heavy = {(r.prompt_id, r.arm): 20.0 for r in rows if r.arm == "chat" and r.correct}
+    weighted, _ = train(rows, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0, weights=heavy)
+    assert weighted.arms["chat"].quality_w[-1] > plain.arms["chat"].quality_w[-1] + 1.0
+
+
+def test_rows_without_a_ttft_count_for_all_but_the_ttft_line() -> None:
+    rows, vectors, kchars = synthetic(60)
+    unmeasured = [replace(r, ttft_s=float("nan")) if i % 2 else r for i, r in enumerate(rows)]
+    model, report = train(unmeasured, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
+    assert model.arms["maths"].median_ttft_s == pytest.approx(0.5)
+    assert np.isfinite(model.arms["chat"].ttft_intercept_s)
+    assert report["arms"]["maths"]["rows"] == 60
+    only_nan = [replace(r, ttft_s=float("nan")) if r.arm == "chat" else r for r in rows]
+    model, _ = train(only_nan, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
+    assert model.arms["chat"].median_ttft_s == 0.0 and model.arms["chat"].ttft_intercept_s == 0.0
