@@ -86,6 +86,8 @@ class Decision:
     ``ranked`` lists every candidate arm name in the order the policy preferred them, so the
     caller can fail over to the next arm without asking again. ``predictions`` (learned
     policies only) holds each candidate's forecast; ``explanation`` is a sentence for humans.
+    ``propensity``: the probability the policy had of choosing ``arm`` (1 for a deterministic
+    choice; less when the policy explores), what off-policy learning weighs a logged outcome by.
     """
 
     arm: Arm
@@ -93,6 +95,7 @@ class Decision:
     ranked: tuple[Arm, ...] = ()
     predictions: Mapping[str, Prediction] = field(default_factory=dict)
     explanation: str = ""
+    propensity: float = 1.0
 
 
 class NoArmAvailable(Exception):

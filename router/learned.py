@@ -7,7 +7,8 @@ probabilities and latency upper bounds; :mod:`router.choice` applies the flags' 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ import numpy as np
 
 from router.artifact import ArtifactError, load_artifact
 from router.calibration import ResidualTracker, quantile_index
-from router.choice import choose
-from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteRequest
+from router.choice import _fits, choose
+from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteFlags, RouteRequest
 from router.encoder import Encoder, encoder_kind, load_encoder
 from router.features import FEATURE_NAMES, prompt_features
 from router.policy import Policy, pinned_decision, register_policy
@@ -68,7 +69,10 @@ class LearnedPolicy(Policy):
     latency must fit ``max_latency_ms`` / ``max_ttft_ms`` (0.5, 0.75, 0.8, 0.9, 0.95 or 0.99;
     default 0.9). ``live_bound`` — how far live speed and TTFT measurements may move an arm's
     forecast from its profile (a factor; default 1.5): a burst of slow traffic shifts the
-    decision a bounded amount and can never erase what the profile measured.
+    decision a bounded amount and can never erase what the profile measured. ``explore`` — the
+    probability (in [0, 0.5]; default 0, off) of answering with an arm drawn uniformly from those
+    that meet the request's flags instead of the best one, so a decision log (``routing.decision_log``)
+    also sees the arms the policy would not choose; ``seed`` seeds that draw (default: unseeded).
     """
 
     needs_features = True
@@ -80,6 +84,8 @@ class LearnedPolicy(Policy):
         load_share: float = 0.05,
         latency_quantile: float = 0.9,
         live_bound: float = 1.5,
+        explore: float = 0.0,
+        seed: int | None = None,
         model: RouterModel | None = None,
         encoder: Encoder | None = None,
     ) -> None:
@@ -88,6 +94,12 @@ class LearnedPolicy(Policy):
             raise ValueError(f"load_share must be a number in [0, 10], got {load_share!r}")
         if not isinstance(live_bound, int | float) or isinstance(live_bound, bool) or not 1 <= live_bound <= 10:
             raise ValueError(f"live_bound must be a number in [1, 10], got {live_bound!r}")
+        if not isinstance(explore, int | float) or isinstance(explore, bool) or not 0 <= explore <= 0.5:
+            raise ValueError(f"explore must be a number in [0, 0.5], got {explore!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.explore = float(explore)
+        self.rng = random.Random(seed)
         self.load_share = float(load_share)
         self.q_index = quantile_index(latency_quantile)
         self.latency_quantile = float(latency_quantile)
@@ -177,11 +189,51 @@ class LearnedPolicy(Policy):
         if not healthy:
             raise NoArmAvailable("no candidate arm has a healthy backend")
         preds = self.predict(request, healthy)
-        return choose(request.flags, healthy, preds, self.accuracy_floor(request.flags.accuracy, preds), self.weight)
+        floor = self.accuracy_floor(request.flags.accuracy, preds)
+        decision = choose(request.flags, healthy, preds, floor, self.weight)
+        if self.explore > 0:
+            return self._explored(decision, request.flags, healthy, floor)
+        return decision
+
+    def _explored(
+        self, greedy: Decision, flags: RouteFlags, healthy: Sequence[ArmState], floor: float | None
+    ) -> Decision:
+        """With probability :attr:`explore`, an arm drawn uniformly from those that meet the flags
+        (reason ``explore`` when it is not the greedy one); the decision carries the propensity of
+        its arm, ``(1 - explore) * [greedy] + explore / len(feasible)``. Nothing meets the flags:
+        the greedy decision, propensity 1."""
+        feasible = feasible_arms(flags, healthy, greedy.predictions, floor)
+        if not feasible:
+            return greedy
+        share = self.explore / len(feasible)
+        pick = greedy.arm
+        if self.rng.random() < self.explore:
+            pick = feasible[self.rng.randrange(len(feasible))]
+        if pick == greedy.arm:
+            return replace(greedy, propensity=(1.0 - self.explore) + share)
+        ranked = (pick, *(a for a in greedy.ranked if a != pick))
+        why = f"explored: drew {pick.name} from the {len(feasible)} arms that meet the flags (greedy {greedy.arm.name})"
+        return replace(greedy, arm=pick, reason="explore", ranked=ranked, explanation=why, propensity=share)
 
     @property
     def weight(self) -> float:
         return self.model.calibration.balanced_weight
+
+
+def feasible_arms(
+    flags: RouteFlags, healthy: Sequence[ArmState], preds: Mapping[str, Prediction], floor: float | None
+) -> list[Arm]:
+    """The arms that meet every flag, in configuration order: within the budgets by their calibrated
+    bounds (:func:`router.choice._fits`) and at or above the accuracy ``floor`` (rule 1 of
+    :mod:`router.choice`)."""
+    max_lat = flags.max_latency_ms / 1000 if flags.max_latency_ms else None
+    max_ttft = flags.max_ttft_ms / 1000 if flags.max_ttft_ms else None
+    out = []
+    for s in healthy:
+        p = preds[s.arm.name]
+        if (floor is None or p.quality >= floor) and _fits(p, max_lat, max_ttft):
+            out.append(s.arm)
+    return out
 
 
 def _bounded(live: float | None, profiled: float, bound: float) -> float | None:

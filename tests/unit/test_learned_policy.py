@@ -256,3 +256,96 @@ def test_observed_residuals_widen_the_bound_online() -> None:
     d = policy.decide(req, states())
     assert d.arm.name != "spec" or d.reason == "budget-unmeetable"
     assert d.predictions["spec"].latency_bound_s > 1.0
+
+
+def explore_decisions(flags: RouteFlags, n: int, explore: float = 0.3, seed: int | None = 7) -> list:
+    policy = LearnedPolicy(model=MODEL, explore=explore, seed=seed)
+    req = RouteRequest(flags=flags, features=(np.zeros(DIM), 0.1))
+    return [policy.decide(req, states()) for _ in range(n)]
+
+
+def test_exploration_is_off_by_default() -> None:
+    policy = LearnedPolicy(model=MODEL)
+    assert policy.explore == 0.0
+    decisions = [decide(RouteFlags()) for _ in range(50)]
+    assert {(d.arm.name, d.reason, d.propensity) for d in decisions} == {("big", "prefer-balanced", 1.0)}
+
+
+def test_exploration_is_deterministic_with_a_seed() -> None:
+    first = [(d.arm.name, d.reason, d.propensity) for d in explore_decisions(RouteFlags(), 200)]
+    again = [(d.arm.name, d.reason, d.propensity) for d in explore_decisions(RouteFlags(), 200)]
+    assert first == again
+    assert {name for name, _, _ in first} == {"small", "spec", "big"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "feasible"),
+    [
+        (RouteFlags(), {"small", "spec", "big"}),
+        (RouteFlags(max_latency_ms=2000), {"small", "spec"}),  # big (5.5 s) breaks the budget
+        (RouteFlags(accuracy=0.5), {"big"}),  # only big reaches the floor
+        (RouteFlags(accuracy="low", max_latency_ms=2000, prefer="quality"), {"small", "spec"}),
+    ],
+)
+def test_exploration_stays_inside_the_flags_and_propensities_sum_to_one(flags: RouteFlags, feasible: set[str]) -> None:
+    decisions = explore_decisions(flags, 3000)
+    chosen = {d.arm.name for d in decisions}
+    assert chosen == feasible
+    propensity = {d.arm.name: d.propensity for d in decisions}  # a fixed number per arm and request
+    assert all(propensity[d.arm.name] == d.propensity for d in decisions)
+    assert sum(propensity.values()) == pytest.approx(1.0)
+    greedy = decide(flags).arm.name
+    assert propensity[greedy] == pytest.approx(0.7 + 0.3 / len(feasible))
+    for name, p in propensity.items():  # the draws follow the propensities
+        share = sum(d.arm.name == name for d in decisions) / len(decisions)
+        assert share == pytest.approx(p, abs=0.04)
+        assert all(
+            d.reason == ("explore" if name != greedy else decide(flags).reason) for d in decisions if d.arm.name == name
+        )
+    if len(feasible) > 1:
+        explored = next(d for d in decisions if d.reason == "explore")
+        assert explored.ranked[0] == explored.arm and len(explored.ranked) == 3
+
+
+@pytest.mark.parametrize("flags", [RouteFlags(max_latency_ms=500), RouteFlags(accuracy=0.99), RouteFlags(arm="small")])
+def test_no_exploration_when_nothing_meets_the_flags_or_the_arm_is_pinned(flags: RouteFlags) -> None:
+    decisions = explore_decisions(flags, 200, explore=0.5)
+    assert len({d.arm.name for d in decisions}) == 1
+    assert all(d.propensity == 1.0 and d.reason != "explore" for d in decisions)
+
+
+def test_strict_without_a_feasible_arm_still_refuses() -> None:
+    from router import RouteUnmeetable
+
+    policy = LearnedPolicy(model=MODEL, explore=0.5, seed=1)
+    with pytest.raises(RouteUnmeetable):
+        policy.decide(
+            RouteRequest(flags=RouteFlags(max_latency_ms=100, strict=True), features=(np.zeros(2), 0.1)), states()
+        )
+
+
+def test_the_explored_set_is_the_set_choose_calls_feasible() -> None:
+    """feasible_arms and router.choice agree: an arm is feasible exactly when choose, offered that arm
+    alone, reports a preference (not budget-unmeetable / accuracy-unmet)."""
+    from router.choice import choose
+    from router.learned import feasible_arms
+
+    policy = LearnedPolicy(model=with_margins({"small": 1.2, "spec": 1.5, "big": 1.0}))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        flags = RouteFlags(
+            accuracy=rng.choice([None, 0.2, 0.5, "low", "medium", "high"]),  # type: ignore[arg-type]
+            max_latency_ms=rng.choice([None, 800, 1000, 1200, 1500, 6000]),  # type: ignore[arg-type]
+            max_ttft_ms=rng.choice([None, 90, 120, 600]),  # type: ignore[arg-type]
+        )
+        req = RouteRequest(flags=flags, features=(np.array([rng.normal(), 0.0]), 0.1))
+        preds = policy.predict(req, states())
+        floor = policy.accuracy_floor(flags.accuracy, preds)
+        alone = {s.arm.name for s in states() if choose(flags, [s], preds, floor, 0.0).reason.startswith("prefer-")}
+        assert {a.name for a in feasible_arms(flags, states(), preds, floor)} == alone, flags
+
+
+@pytest.mark.parametrize(("param", "bad"), [("explore", 0.6), ("explore", -0.1), ("explore", True), ("seed", "x")])
+def test_exploration_parameters_are_validated(param: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=param):
+        LearnedPolicy(model=MODEL, **{param: bad})  # type: ignore[arg-type]
