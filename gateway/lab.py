@@ -472,6 +472,7 @@ def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int, 
                 train_rows=train_rows,
                 train_features=features(set(train_ids)),
                 seed=seed,
+                replicates=0,  # the intervals are drawn once, over the pooled prompts
             )
         )
         print(f"  fold {fold + 1}/{k}: {results[-1]['prompts']} prompts", flush=True)
