@@ -6,7 +6,8 @@ for an assistant (edit this code, pull these lines out of that log):
 
 * ``rename`` — rename one variable everywhere in a HumanEval reference solution and return the
   whole code. Correct when the answer's code parses to the same syntax tree as the expected
-  rename (docstrings ignored: dropping or rewording one is not what is being tested).
+  rename. A docstring's wording is ignored (it is text, not code), but a dropped docstring, import
+  or statement is a change the prompt forbids.
 * ``extract`` — copy, in order, every line of a synthetic service log that mentions a given
   component. Correct when the answer's non-empty lines are exactly those lines.
 
@@ -75,7 +76,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
 
 
 def same_code(answer_code: str, expected: str) -> bool:
-    """Whether two programs have the same syntax tree, docstrings ignored; unparsable → ``False``."""
+    """Whether two programs have the same syntax tree, docstring wording ignored; unparsable → ``False``."""
     try:
         got = _strip_docstrings(ast.parse(answer_code))
         want = _strip_docstrings(ast.parse(expected))

@@ -105,3 +105,37 @@ def test_seed0_sample_is_pinned(task: str, first: list[str]) -> None:
     """Existing profiles were sampled this way: a change here breaks resuming and extending them."""
     _need(task)
     assert [p.id for p in load_prompts([task], 4, seed=0)] == first
+
+
+def test_mmlu_circular_asks_each_item_under_two_orders_with_the_answer_moved() -> None:
+    _need("mmlu")
+    from router.datasets import group_of
+
+    prompts = load_prompts(["mmlu-circular"], 40, seed=3)
+    assert len(prompts) == 40 and all(p.task == "mmlu-circular" for p in prompts)
+    by_group: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_group.setdefault(group_of(p.id), []).append(p)
+    assert all(len(v) == 2 for v in by_group.values()), "both orders of an item are sampled together"
+    for first, second in by_group.values():
+        assert first.reference != second.reference and first.split == second.split
+        right = lambda p: p.text.split(f"\n{p.reference}. ")[1].split("\n")[0]  # noqa: E731
+        assert right(first) == right(second), "the same answer text sits under two letters"
+
+
+def test_copy_families_are_deterministic_and_keep_a_problem_in_one_split() -> None:
+    _need("humaneval")
+    from router.datasets import group_of
+
+    renames = LOADERS["rename"]()
+    assert renames == LOADERS["rename"]() and len(renames) > 250
+    splits: dict[str, set[str]] = {}
+    for p in renames:
+        splits.setdefault(group_of(p.id), set()).add(p.split)
+        assert p.reference["old"] in p.text and p.reference["new"] not in p.reference["expected"].replace(
+            p.reference["new"], ""
+        )
+    assert all(len(s) == 1 for s in splits.values())
+    extracts = load_prompts(["extract"], 5)
+    assert [p.id for p in extracts] == [p.id for p in load_prompts(["extract"], 5)]
+    assert all(p.reference and all(line in p.text for line in p.reference) for p in extracts)

@@ -178,3 +178,27 @@ def test_canonical_humaneval_solutions_pass_as_body_and_as_whole_function() -> N
         assert run_humaneval(ref, body), p.id
         assert run_humaneval(ref, f"Here:\n```python\n{head}{body}```\nDone."), p.id
         assert not run_humaneval(ref, f"```python\n{head}    return None\n```"), p.id
+
+
+def test_rename_is_scored_by_syntax_tree_and_extract_line_by_line() -> None:
+    from router.copy_tasks import log_lines, rename_identifier, same_code, score_extract
+    from router.datasets import Prompt
+
+    source = 'def f(total, n):\n    """Sum."""\n    acc = total + n  # total\n    return acc\n'
+    expected = rename_identifier(source, "total", "amount")
+    assert "amount + n" in expected and "# total" in expected, "comments and strings keep the old name"
+    p = Prompt("rename/000#0", "rename", [], {"expected": expected, "old": "total", "new": "amount"}, "train")
+    reworded = 'def f(amount, n):\n    """Add them up."""\n    acc = amount + n\n    return acc\n'
+    assert score(p, f"Here it is:\n```python\n{reworded}```") is True, "a docstring's wording does not count"
+    dropped = "def f(amount, n):\n    acc = amount + n\n    return acc\n"
+    assert score(p, f"```python\n{dropped}```") is False, "dropping it is a change the prompt forbids"
+    assert score(p, f"```python\n{source}```") is False
+    assert score(p, "```python\ndef f(amount, n):\n    return amount + n\n```") is False
+    assert score(p, "```python\ndef f(amount n):\n```") is False
+    assert not same_code("def f(:", expected)
+
+    lines, target, wanted = log_lines(7)
+    assert wanted and all(f" {target}: " in line for line in wanted)
+    assert score_extract("```\n" + "\n".join(wanted) + "\n```", wanted)
+    assert not score_extract("\n".join(wanted[:-1]), wanted)
+    assert not score_extract("\n".join(lines), wanted)
