@@ -192,6 +192,11 @@ class GatewayMetrics:
             ["model", "strategy"],
             registry=r,
         )
+        self._decision_log_errors = Counter(
+            "gateway_decision_log_errors_total",
+            "Decision-log lines (routing.decision_log) that could not be written; the requests were answered.",
+            registry=r,
+        )
         self._series: dict[tuple[str, str], RequestSeries] = {}
 
     def series(self, model: str, strategy: str) -> RequestSeries:
@@ -246,6 +251,10 @@ class GatewayMetrics:
     def pdr_stage(self, model: str, strategy: str, stage: str, seconds: float) -> None:
         """One finished stage of a PDR request (``stage``: draft, distill or refine)."""
         self._pdr_stage.labels(model, strategy, stage).observe(seconds)
+
+    def decision_log_error(self) -> None:
+        """One decision-log line was lost (the write failed)."""
+        self._decision_log_errors.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.arms import ArmCatalog, LiveArm
 from gateway.backends import Backend, BackendPool
+from gateway.decision_log import DecisionRecord
 from gateway.errors import InvalidRequest, NoHealthyBackend, UpstreamError, UpstreamHTTPError
 from gateway.metrics import GatewayMetrics
 from gateway.pdr import PDRRunner
@@ -139,9 +140,16 @@ class PDRForwarder:
         return complete, stream
 
     async def forward(
-        self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float, request_id: str
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        decision: Decision,
+        started: float,
+        request_id: str,
+        trace: DecisionRecord | None = None,
     ) -> Response:
-        """Answer with the ``pdr`` strategy: drafts, distill and refine run by :class:`PDRRunner`."""
+        """Answer with the ``pdr`` strategy: drafts, distill and refine run by :class:`PDRRunner`;
+        ``trace`` (the decision log's record, if any) gets the outcome when the answer ends."""
         live = self._catalog.arms[decision.arm.name]
         strategy = live.arm.strategy
         assert isinstance(strategy, PDRStrategy)
@@ -174,7 +182,16 @@ class PDRForwarder:
         def finish(status: int) -> None:
             usage = runner.usage
             self._metrics.observe_usage(series, usage["prompt_tokens"], usage["completion_tokens"])
-            series.duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            series.duration.observe(elapsed)
+            if trace is not None:
+                trace.finish(
+                    status,
+                    served_arm=live.arm.name,
+                    backend=headers.get("x-route-backend"),
+                    output_tokens=usage["completion_tokens"],
+                    latency_s=elapsed,
+                )
             self._metrics.request_done(model, label, endpoint, status)
 
         if not body.get("stream"):

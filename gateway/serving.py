@@ -25,6 +25,7 @@ from starlette.responses import Response
 from gateway.arms import ArmCatalog, LiveArm
 from gateway.auth import ApiKey
 from gateway.backends import Backend, BackendPool
+from gateway.decision_log import DecisionLog, DecisionRecord
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -112,6 +113,10 @@ class Proxy:
         fb = settings.feedback
         self.routes = RouteLog(fb.remember, store_prompts=fb.store_prompts) if fb.path else None
         self.feedback_log = FeedbackLog(fb.path) if fb.path else None
+        path = settings.routing.decision_log
+        self.decision_log = (
+            DecisionLog(path, store_prompts=fb.store_prompts, on_error=metrics.decision_log_error) if path else None
+        )
         self.pdr = PDRForwarder(catalog, pool, metrics, settings.timeouts.retry_after_s, self._send, self._remember)
 
     async def _read_body(self, request: Request) -> dict[str, Any]:
@@ -153,7 +158,7 @@ class Proxy:
 
     async def _decide(
         self, body: dict[str, Any], arms: list[LiveArm], flags: RouteFlags, record: bool = True
-    ) -> Decision:
+    ) -> tuple[Decision, RouteRequest]:
         started = time.perf_counter()
         prompt, features = "", None
         if self.policy.needs_features and flags.arm is None and len(arms) > 1:
@@ -176,7 +181,7 @@ class Proxy:
             self.metrics.decision(
                 decision.arm.model, decision.arm.strategy.label, decision.reason, time.perf_counter() - started
             )
-        return decision
+        return decision, req
 
     def _arms(self, model: str, key: ApiKey | None) -> list[LiveArm]:
         """The arms that may answer ``model`` for ``key``; a model the key may not use looks nonexistent."""
@@ -209,9 +214,10 @@ class Proxy:
         key: ApiKey | None,
         body: dict[str, Any] | None = None,
         record: bool = True,
-    ) -> tuple[dict[str, Any], Decision, Charge | None]:
+    ) -> tuple[dict[str, Any], Decision, Charge | None, RouteRequest]:
         """Validate, check caps and the key's models and budget, decide. ``record=False`` (dry run):
-        no decision metrics and nothing taken from the key's budget (the returned charge is ``None``)."""
+        no decision metrics and nothing taken from the key's budget (the returned charge is ``None``).
+        Also returns what the policy was asked (prompt, flags, features)."""
         if body is None:
             body = await self._read_body(request)
         try:
@@ -225,7 +231,8 @@ class Proxy:
         if record and key is not None and (key.rpm or key.tpm):  # the estimate walks the prompt: only if needed
             charge = self.limiter.admit(key, estimate_tokens(body, self.settings.limits) if key.tpm else 0)
         try:
-            return body, await self._decide(body, arms, flags, record), charge
+            decision, asked = await self._decide(body, arms, flags, record)
+            return body, decision, charge, asked
         except GatewayError:
             if charge is not None:
                 charge.settle(0)
@@ -241,7 +248,7 @@ class Proxy:
         try:
             body = await self._read_body(request)
             endpoint: Endpoint = "completions" if "prompt" in body and "messages" not in body else "chat"
-            _, decision, _ = await self._route(endpoint, request, key, body, record=False)
+            _, decision, _, _ = await self._route(endpoint, request, key, body, record=False)
         except GatewayError as exc:
             self._rejected(exc, key)
             return error_response(exc)
@@ -268,17 +275,27 @@ class Proxy:
         request_id = uuid.uuid4().hex
         model_label, strategy_label = _UNKNOWN, _NONE
         charge: Charge | None = None
+        trace: DecisionRecord | None = None
         try:
-            body, decision, charge = await self._route(endpoint, request, key)
+            body, decision, charge, asked = await self._route(endpoint, request, key)
             model_label, strategy_label = decision.arm.model, decision.arm.strategy.label
-            return _settle_at_end(await self._forward(endpoint, body, decision, started, request_id), charge)
+            if self.decision_log is not None and decision.predictions and asked.features is not None:
+                # the learned policy chose among several arms (not pinned)
+                features = self.policy.logged_features(asked.features)
+                trace = self.decision_log.open(request_id, endpoint, asked, decision, features)
+            answer = await self._forward(endpoint, body, decision, started, request_id, trace)
+            return _settle_at_end(answer, charge)
         except GatewayError as exc:
             if charge is not None:
                 charge.settle(0)  # refused before any backend answered: nothing was generated
+            if trace is not None:
+                trace.finish(exc.status, latency_s=time.perf_counter() - started)
             self._rejected(exc, key)
             self.metrics.request_done(model_label, strategy_label, endpoint, exc.status)
             return error_response(_with_headers(exc, {"x-request-id": request_id}))
         except ClientDisconnect:
+            if trace is not None:
+                trace.finish(499, latency_s=time.perf_counter() - started)
             self.metrics.request_done(model_label, strategy_label, endpoint, 499)
             return Response(status_code=499)
 
@@ -338,10 +355,16 @@ class Proxy:
         return Response(orjson.dumps(doc), media_type="application/json")
 
     async def _forward(
-        self, endpoint: Endpoint, body: dict[str, Any], decision: Decision, started: float, request_id: str
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        decision: Decision,
+        started: float,
+        request_id: str,
+        trace: DecisionRecord | None = None,
     ) -> Any:
         if isinstance(decision.arm.strategy, PDRStrategy):
-            return await self.pdr.forward(endpoint, body, decision, started, request_id)
+            return await self.pdr.forward(endpoint, body, decision, started, request_id, trace)
         stream = bool(body.get("stream"))
         client_opts = body.get("stream_options") or {}
         wants_usage = bool(client_opts.get("include_usage"))
@@ -402,9 +425,9 @@ class Proxy:
                 forecast = decision.predictions.get(live.arm.name)
                 predicted = forecast.latency_s if forecast is not None else None
                 if stream:
-                    return self._relay(endpoint, live, backend, resp, headers, wants_usage, started, predicted)
+                    return self._relay(endpoint, live, backend, resp, headers, wants_usage, started, predicted, trace)
                 try:
-                    return await self._complete(endpoint, live, backend, resp, headers, started, predicted)
+                    return await self._complete(endpoint, live, backend, resp, headers, started, predicted, trace)
                 except UpstreamError as exc:
                     last_error = exc
                     continue
@@ -424,6 +447,7 @@ class Proxy:
         headers: dict[str, str],
         started: float,
         predicted_s: float | None = None,
+        trace: DecisionRecord | None = None,
     ) -> Response:
         try:
             content = await resp.read()
@@ -452,14 +476,18 @@ class Proxy:
         content = content.replace(needle, b'"model":' + orjson.dumps(live.arm.model), 1)
         series = self.metrics.series(live.arm.model, live.strategy_label)
         usage = answer.get("usage") or {}
+        completion = None
         if isinstance(usage, dict):
-            self.metrics.observe_usage(
-                series, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            )
+            completion = int(usage.get("completion_tokens") or 0)
+            self.metrics.observe_usage(series, int(usage.get("prompt_tokens") or 0), completion)
         elapsed = time.perf_counter() - started
         series.duration.observe(elapsed)
         if predicted_s is not None and resp.status < 400:
             self.policy.observe(live.arm.name, predicted_s, elapsed)
+        if trace is not None:
+            trace.finish(
+                resp.status, served_arm=live.arm.name, backend=backend.name, output_tokens=completion, latency_s=elapsed
+            )
         self.metrics.request_done(live.arm.model, live.strategy_label, endpoint, resp.status)
         return Response(content, status_code=resp.status, media_type=resp.content_type, headers=headers)
 
@@ -473,6 +501,7 @@ class Proxy:
         wants_usage: bool,
         started: float,
         predicted_s: float | None = None,
+        trace: DecisionRecord | None = None,
     ) -> RelayResponse:
         metrics = self.metrics
         series = metrics.series(live.arm.model, live.strategy_label)
@@ -508,6 +537,17 @@ class Proxy:
                 live.record(ttft, tps)
                 if predicted_s is not None:
                     self.policy.observe(live.arm.name, predicted_s, end - started)
+            if trace is not None:
+                tokens = completion if out.usage else None
+                trace.finish(
+                    status,
+                    served_arm=live.arm.name,
+                    backend=backend.name,
+                    ttft_s=ttft,
+                    output_tokens=tokens,
+                    latency_s=end - started,
+                    tokens_per_s=tps,
+                )
             metrics.request_done(live.arm.model, live.strategy_label, endpoint, status)
 
         return RelayResponse(

@@ -84,6 +84,18 @@ class RoutingSettings(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     # seconds an arm's measured TTFT / decode speed stays in use; then its profiled speed again
     live_ttl_s: float = Field(default=60.0, gt=0)
+    decision_log: str | None = Field(
+        None,
+        min_length=1,
+        description="JSONL file: one line per request the learned policy routed (gateway/decision_log.py); unset: off.",
+    )
+
+    @field_validator("decision_log")
+    @classmethod
+    def _log_file(cls, v: str | None) -> str | None:
+        if v is not None and Path(v).expanduser().is_dir():
+            raise ValueError(f"'{v}' is a directory; expected the path of a JSONL file")
+        return v
 
     @field_validator("policy")
     @classmethod

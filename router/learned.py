@@ -107,10 +107,10 @@ class LearnedPolicy(Policy):
         self.residuals = ResidualTracker()
         self.artifact = artifact_path(artifact)
         self.encoder = encoder
+        self.model = model if model is not None else load_artifact(self.artifact)
+        self.features_only = self.model.feature_names == tuple(FEATURE_NAMES)  # no embedding: vectors are small
         if model is not None:
-            self.model = model
             return
-        self.model = load_artifact(self.artifact)
         try:
             self.encoder = encoder or load_encoder(encoder_kind(self.model.encoder))
         except (OSError, RuntimeError) as exc:
@@ -142,6 +142,14 @@ class LearnedPolicy(Policy):
         if self.encoder is None:
             raise RuntimeError("this policy was built without an encoder")
         return self.model.standardise(prompt_vector(self.encoder, prompt)), len(prompt) / 1000.0
+
+    def logged_features(self, features: Any) -> list[float] | None:
+        """The raw (unstandardised) prompt vector behind ``features`` when the artifact routes on the
+        cheap features alone (a few dozen numbers), else ``None``: an embedding is too big to log."""
+        if not self.features_only or features is None:
+            return None
+        raw = np.round(features[0] * self.model.std + self.model.mean, 9)  # 9 places: drop the round trip's noise
+        return [float(v) for v in raw.tolist()]
 
     def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
         """Every candidate's forecast, calibrated quality, with the latency and TTFT upper bounds the

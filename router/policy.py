@@ -38,6 +38,11 @@ class Policy(ABC):
         worker thread unless :attr:`cheap_features`). Only called when :attr:`needs_features` is true."""
         return None
 
+    def logged_features(self, features: Any) -> list[float] | None:
+        """What the decision log records of :meth:`featurize`'s result: a small raw feature vector
+        a later training run can use as the prompt's vector, or ``None`` (nothing worth logging)."""
+        return None
+
     @abstractmethod
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
         """Return the decision; raise :class:`NoArmAvailable` if nothing can serve (and

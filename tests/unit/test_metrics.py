@@ -27,6 +27,7 @@ GOLDEN = {
     "gateway_pdr_stage_seconds": ("histogram", ("model", "stage", "strategy")),
     "gateway_arm_info": ("gauge", ("arm", "backend", "model", "strategy")),
     "gateway_failovers_total": ("counter", ("model", "strategy")),
+    "gateway_decision_log_errors_total": ("counter", ()),
 }
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
@@ -50,6 +51,7 @@ def exercised() -> str:
     m.pdr_stage("smol", "pdr-n4-r1", "draft", 2.5)
     m.arm_info("smol-spec", "smol", "speculative-ngram-k4", "b1")
     m.failover("smol", "plain")
+    m.decision_log_error()
     return m.exposition().decode()
 
 
