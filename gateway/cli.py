@@ -163,8 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--port", type=int)
     stack.add_argument("--access-log", action="store_true")
     stack.set_defaults(func=_local_stack)
-    train = sub.add_parser("train", help="fit the learned router's predictors from profiles; write an artifact")
-    train.add_argument("--profiles", nargs="+", required=True, help="profile JSONL file(s) from `llm-gateway profile`")
+    train = sub.add_parser(
+        "train", help="fit the learned router's predictors from profiles and/or logged traffic; write an artifact"
+    )
+    train.add_argument("--profiles", nargs="+", help="profile JSONL file(s) from `llm-gateway profile`")
+    train.add_argument(
+        "--from-log", metavar="LOG", help="decision log (routing.decision_log): learn from served requests too"
+    )
+    train.add_argument(
+        "--feedback", metavar="FEEDBACK", help="ratings (feedback.path) joined to --from-log by request id"
+    )
     train.add_argument("--out", required=True, help="artifact directory to write")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by prompt)")

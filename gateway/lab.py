@@ -76,26 +76,49 @@ def _vectors(ids: list[str], texts: dict[str, str], kind: str) -> tuple[dict[str
 def train_command(args: argparse.Namespace) -> int:
     from router.training import train
 
-    rows, texts, data_hash = _read_profiles(args.profiles)
+    if not args.profiles and not args.from_log:
+        print("llm-gateway: train needs --profiles, --from-log or both", file=sys.stderr)
+        return 2
+    if args.feedback and not args.from_log:
+        print("llm-gateway: --feedback is joined to a decision log: give --from-log too", file=sys.stderr)
+        return 2
+    rows, texts, data_hash = _read_profiles(args.profiles) if args.profiles else ([], {}, None)
     train_rows = [r for r in rows if r.split == "train"]
+    kchars = {r.prompt_id: len(texts[r.prompt_id]) / 1000 for r in train_rows}
+    given: dict[str, np.ndarray] = {}
+    weights = log_meta = None
+    if args.from_log:
+        from gateway.traffic import training_traffic
+
+        try:
+            traffic, given, log_meta = training_traffic(args.from_log, args.feedback, args.encoder, texts)
+        except (OSError, ValueError) as exc:
+            print(f"llm-gateway: {exc}", file=sys.stderr)
+            return 1
+        train_rows += traffic.rows
+        kchars.update(traffic.kchars)
+        weights = traffic.weights
+        print(f"==> decision log: {json.dumps(traffic.report)}", flush=True)
     ids = sorted({r.prompt_id for r in train_rows})
     if not ids:
-        print("llm-gateway: no train-split rows in the profiles", file=sys.stderr)
+        print("llm-gateway: no train-split rows in the profiles or answered requests in the log", file=sys.stderr)
         return 1
     print(
         f"==> training on {len(train_rows)} rows, {len(ids)} prompts, arms: "
         + ", ".join(sorted({r.arm for r in train_rows})),
         flush=True,
     )
-    vectors, encoder, names = _vectors(ids, texts, args.encoder)
+    vectors, encoder, names = _vectors([i for i in ids if i not in given], texts, args.encoder)
+    vectors.update(given)
     model, report = train(
-        train_rows, vectors, {i: len(texts[i]) / 1000 for i in ids}, encoder, names, seed=args.seed, folds=args.folds
+        train_rows, vectors, kchars, encoder, names, seed=args.seed, folds=args.folds, weights=weights
     )
     meta = {
         "arms": sorted(model.arms),
         "encoder": encoder,
-        "profiles": [str(p) for p in args.profiles],
+        "profiles": [str(p) for p in args.profiles or ()],
         "profiles_sha256": data_hash,
+        "decision_log": log_meta,
         "train_prompts": len(ids),
         "train_rows": len(train_rows),
         "seed": args.seed,
