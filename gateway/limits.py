@@ -31,9 +31,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from gateway.auth import ApiKey
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.protocol import prompt_text
+from gateway.relay import RelayResponse, StreamOutcome
 from gateway.settings import LimitSettings
 
 
@@ -153,3 +156,37 @@ class RateLimiter:
         if tokens is not None:
             tokens.add(-estimate)
         return Charge(tokens, estimate)
+
+
+def total_tokens(usage: Any) -> int | None:
+    """Tokens an answer's ``usage`` reports: ``total_tokens``, else prompt + completion; ``None`` if unknown."""
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get(k) for k in ("total_tokens", "prompt_tokens", "completion_tokens")]
+    total, prompt, completion = (c if isinstance(c, int) and not isinstance(c, bool) else None for c in counts)
+    if total is not None:
+        return total
+    if prompt is None and completion is None:
+        return None
+    return (prompt or 0) + (completion or 0)
+
+
+def settle_at_end(result: Any, charge: Charge | None) -> Any:
+    """Correct ``charge`` with the answer's usage: now for a body, when a relayed stream ends."""
+    if charge is None or charge.bucket is None:
+        return result
+    if isinstance(result, RelayResponse):
+        inner = result.on_done
+
+        def on_done(out: StreamOutcome) -> None:
+            inner(out)
+            charge.settle(total_tokens(out.usage))
+
+        result.on_done = on_done
+    else:
+        try:
+            usage = orjson.loads(result.body).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            usage = None
+        charge.settle(total_tokens(usage))
+    return result

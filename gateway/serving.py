@@ -31,18 +31,18 @@ from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
     NoHealthyBackend,
-    PayloadTooLarge,
     RouteUnmeetableError,
     UpstreamError,
     UpstreamHTTPError,
     error_response,
 )
 from gateway.feedback import FeedbackLog, RouteLog
-from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens
+from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens, settle_at_end
 from gateway.metrics import GatewayMetrics
 from gateway.pdr_forwarding import PDRForwarder
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, FeedbackRequest, prompt_text
 from gateway.relay import RelayResponse, StreamOutcome
+from gateway.request_body import read_body, validation_error
 from gateway.settings import Settings
 from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
 from router import (
@@ -65,30 +65,6 @@ _MODELS: dict[str, type[BaseModel]] = {"chat": ChatCompletionRequest, "completio
 _INLINE_FEATURE_CHARS = 4000
 _UNKNOWN = "unknown"
 _NONE = "none"
-
-
-def _param(loc: tuple[int | str, ...], body: Any, missing: bool) -> str | None:
-    """``loc`` as the client wrote it: pydantic's union-member tags (``prompt.list[int]``) dropped."""
-    parts: list[str] = []
-    node = body
-    for i, part in enumerate(loc):
-        if isinstance(node, dict) and (part in node or (missing and i == len(loc) - 1)):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        else:
-            break
-        parts.append(str(part))
-    return ".".join(parts) or None
-
-
-def _validation_error(exc: ValidationError, body: dict[str, Any]) -> InvalidRequest:
-    err = exc.errors()[0]
-    param = _param(err["loc"], body, err["type"] == "missing")
-    msg = err["msg"]
-    more = len(exc.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return InvalidRequest(f"{param}: {msg}{suffix}" if param else msg + suffix, param=param)
 
 
 class Proxy:
@@ -118,29 +94,6 @@ class Proxy:
             DecisionLog(path, store_prompts=fb.store_prompts, on_error=metrics.decision_log_error) if path else None
         )
         self.pdr = PDRForwarder(catalog, pool, metrics, settings.timeouts.retry_after_s, self._send, self._remember)
-
-    async def _read_body(self, request: Request) -> dict[str, Any]:
-        limit = self.settings.server.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw:
-            raise InvalidRequest("request body is empty; expected a JSON object")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("request body must be a JSON object")
-        return body
 
     def _flags(self, body: dict[str, Any], request: Request, arms: list[LiveArm]) -> RouteFlags:
         """Parse (and remove from the body) the caller's routing flags; check a pinned arm."""
@@ -219,11 +172,11 @@ class Proxy:
         no decision metrics and nothing taken from the key's budget (the returned charge is ``None``).
         Also returns what the policy was asked (prompt, flags, features)."""
         if body is None:
-            body = await self._read_body(request)
+            body = await read_body(request, self.settings.server.max_body_bytes)
         try:
             _MODELS[endpoint].model_validate(body)
         except ValidationError as exc:
-            raise _validation_error(exc, body) from None
+            raise validation_error(exc, body) from None
         check_caps(body, self.settings.limits)
         arms = self._arms(body["model"], key)
         flags = self._flags(body, request, arms)
@@ -246,7 +199,7 @@ class Proxy:
         """``POST /v1/route``: the decision for a chat or completion body, without calling any backend."""
         started = time.perf_counter()
         try:
-            body = await self._read_body(request)
+            body = await read_body(request, self.settings.server.max_body_bytes)
             endpoint: Endpoint = "completions" if "prompt" in body and "messages" not in body else "chat"
             _, decision, _, _ = await self._route(endpoint, request, key, body, record=False)
         except GatewayError as exc:
@@ -284,7 +237,7 @@ class Proxy:
                 features = self.policy.logged_features(asked.features)
                 trace = self.decision_log.open(request_id, endpoint, asked, decision, features)
             answer = await self._forward(endpoint, body, decision, started, request_id, trace)
-            return _settle_at_end(answer, charge)
+            return settle_at_end(answer, charge)
         except GatewayError as exc:
             if charge is not None:
                 charge.settle(0)  # refused before any backend answered: nothing was generated
@@ -328,11 +281,11 @@ class Proxy:
                 off = InvalidRequest("feedback recording is off on this gateway (set feedback.path)")
                 off.status, off.code = 404, "feedback_disabled"
                 raise off
-            body = await self._read_body(request)
+            body = await read_body(request, self.settings.server.max_body_bytes)
             try:
                 rating = FeedbackRequest.model_validate(body)
             except ValidationError as exc:
-                raise _validation_error(exc, body) from None
+                raise validation_error(exc, body) from None
             try:
                 line = await asyncio.to_thread(
                     self.feedback_log.record,
@@ -553,39 +506,6 @@ class Proxy:
         return RelayResponse(
             resp, headers, backend.settings.served_model, live.arm.model, strip_usage=not wants_usage, on_done=done
         )
-
-
-def _total_tokens(usage: Any) -> int | None:
-    if not isinstance(usage, dict):
-        return None
-    counts = [usage.get(k) for k in ("total_tokens", "prompt_tokens", "completion_tokens")]
-    total, prompt, completion = (c if isinstance(c, int) and not isinstance(c, bool) else None for c in counts)
-    if total is not None:
-        return total
-    if prompt is None and completion is None:
-        return None
-    return (prompt or 0) + (completion or 0)
-
-
-def _settle_at_end(result: Any, charge: Charge | None) -> Any:
-    """Correct ``charge`` with the answer's usage: now for a body, when a relayed stream ends."""
-    if charge is None or charge.bucket is None:
-        return result
-    if isinstance(result, RelayResponse):
-        inner = result.on_done
-
-        def on_done(out: StreamOutcome) -> None:
-            inner(out)
-            charge.settle(_total_tokens(out.usage))
-
-        result.on_done = on_done
-    else:
-        try:
-            usage = orjson.loads(result.body).get("usage")
-        except (orjson.JSONDecodeError, AttributeError):
-            usage = None
-        charge.settle(_total_tokens(usage))
-    return result
 
 
 def _with_headers(exc: GatewayError, headers: dict[str, str]) -> GatewayError:
