@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,14 @@ from gateway.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# compose overrides for the gpu profile: backends on loopback (profiling), learned routing (docs/deploy.md)
+GPU_PORTS_OVERRIDE = ROOT / "deploy/compose/gpu-backend-ports.yml"
+GPU_LEARNED_OVERRIDE = ROOT / "deploy/compose/gpu-learned.yml"
+LOCAL_GATEWAY = ROOT / "deploy/local/gateway.yaml"
+LOCAL_BACKENDS = ROOT / "deploy/local/backends.yaml"
 PROMETHEUS_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "deploy/compose/vllm-cpu.Dockerfile"]
+PREPARE_SCRIPT = "deploy/compose/prepare-models.sh"
 PROFILES = ("cpu", "gpu")
 CONTAINER_CONFIG = "/etc/llm-gateway/gateway.yaml"
 
@@ -139,15 +146,168 @@ def test_compose_gateway_matches_its_backends(profile: str) -> None:
     assert backend_hosts <= scraped, f"Prometheus does not scrape {sorted(backend_hosts - scraped)}"
 
 
+def _cpu_backends() -> list[str]:
+    """The vLLM-CPU services: everything the cpu profile's gateway waits for."""
+    names = list(_services()["gateway-cpu"]["depends_on"])
+    assert len(names) >= 3
+    return names
+
+
+def _interpolate(value: Any, environ: dict[str, str] | None = None) -> str:
+    """A compose value with ``${VAR:-default}`` resolved from ``environ`` (default: unset, the defaults)."""
+    environ = environ or {}
+
+    def one(m: re.Match[str]) -> str:
+        return environ.get(m.group(1)) or m.group(2)
+
+    text = re.sub(r"\$\{([A-Z0-9_]+):-([^}]*)\}", one, str(value))
+    assert "${" not in text, f"{value!r}: a variable without a default"
+    return text
+
+
+def _bytes(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)", value.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit]
+
+
 def test_compose_cpu_backends_wait_for_model_prep() -> None:
     services = _services()
     assert services["model-prep"]["profiles"] == ["cpu"]
-    for name in ("smol-plain", "smol-ngram4"):
+    prepared = re.search(r'PREPARE_MODELS="\$\{PREPARE_MODELS:-([^}]*)\}"', (ROOT / PREPARE_SCRIPT).read_text())
+    assert prepared is not None
+    assert "PREPARE_MODELS" not in services["model-prep"].get("environment", {}), "compose prepares every model"
+    for name in _cpu_backends():
         service = services[name]
         assert service["depends_on"]["model-prep"] == {"condition": "service_completed_successfully"}
         assert "--enforce-eager" in service["command"]
         assert service["environment"]["HF_HUB_OFFLINE"] == "1"
         assert "VLLM_CPU_KVCACHE_SPACE" in service["environment"]
+        model = _flags(service["command"])["--model"]
+        assert model.startswith("/models/") and model.removeprefix("/models/") in prepared.group(1).split(), (
+            f"{name} serves {model}, which model-prep does not prepare by default"
+        )
+
+
+# What one vLLM-CPU server of each model held, measured on the local stack (deploy/local/backends.yaml:
+# VLLM_CPU_KVCACHE_SPACE=1, --max-num-seqs 8, --max-model-len 2048) while it was being profiled: the sum
+# over the API server, engine core and worker processes of their anonymous memory (Pss_Anon) and mapped files
+# (what a container is charged), in GiB, the highest of the samples (docs/deploy.md, "Memory of the cpu
+# profile").
+MEASURED_GIB = {"smollm2-135m-instruct": 3.92, "qwen2.5-coder-0.5b-instruct": 5.54}
+HEADROOM = 1.2  # a limit at least 20 % above the measurement
+
+
+def test_compose_cpu_backends_are_pinned_and_memory_limited() -> None:
+    """Each vLLM-CPU server has a memory limit sized from measurement (no swap beyond it) and its compute
+    threads pinned to the core the local stack gives the server of the same name."""
+    services = _services()
+    local = {s["name"]: s for s in _yaml(LOCAL_BACKENDS)["servers"]}
+    for name in _cpu_backends():
+        service = services[name]
+        limit = service.get("mem_limit")
+        assert limit, f"{name} has no mem_limit"
+        assert service.get("memswap_limit") == limit, f"{name}: memswap_limit must equal mem_limit (no swap)"
+        model = Path(_flags(service["command"])["--model"]).name
+        assert _bytes(_interpolate(limit)) >= MEASURED_GIB[model] * HEADROOM * 2**30, f"{name}: {limit} is too tight"
+        bind = service["environment"].get("VLLM_CPU_OMP_THREADS_BIND")
+        assert bind or service.get("cpuset"), f"{name} is pinned to no CPU"
+        pinned = _interpolate(bind or service["cpuset"])
+        assert re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", pinned), f"{name}: not a CPU list: {pinned!r}"
+        assert name in local, f"{name} is not a server of the local stack ({LOCAL_BACKENDS.name})"
+        want = str(local[name]["cpu"])
+        assert pinned == want, f"{name}: pinned to {pinned}, the local stack uses {want}"
+        # the same server as the local stack's: model, serving flags, KV cache
+        local_args = _flags([*_yaml(LOCAL_BACKENDS)["common_args"], *local[name].get("args", [])])
+        flags = _flags(service["command"])
+        for key, value in local_args.items():
+            assert flags.get(key) == value, f"{name}: {key}={flags.get(key)!r}, the local stack has {value!r}"
+        assert Path(local[name]["model"]).name == model
+        assert (
+            _interpolate(service["environment"]["VLLM_CPU_KVCACHE_SPACE"])
+            == _yaml(LOCAL_BACKENDS)["env"]["VLLM_CPU_KVCACHE_SPACE"]
+        )
+
+
+def _as_arms(settings: Any) -> list[Any]:
+    from router import Arm
+
+    return [Arm(name=a.name, model=a.model, strategy=a.build_strategy()) for a in settings.arms]
+
+
+def test_compose_cpu_routes_the_local_stacks_arms_with_the_shipped_artifact() -> None:
+    """The cpu profile's gateway has exactly the local stack's arms (names, public models, strategies, served
+    models) and routes them with `learned` on the artifact shipped inside the `router` package, which the
+    gateway image installs (package data): the policy builds from the config's params and accepts the arms."""
+    from router import build_policy
+    from router.learned import SHIPPED_ARTIFACTS
+
+    compose = load_settings(ROOT / "deploy/compose/gateway-cpu.yaml", environ={})
+    local = load_settings(LOCAL_GATEWAY, environ={})
+
+    def arms(settings: Any) -> dict[str, tuple[str, Any, list[str]]]:
+        return {
+            a.name: (a.model, a.strategy, [settings.backend(b).served_model for b in a.backends]) for a in settings.arms
+        }
+
+    assert arms(compose) == arms(local)
+    assert {a.name for a in compose.arms} == {"smollm2-plain", "smollm2-spec-ngram4", "qwen-coder-0.5b-plain"}
+    assert compose.routing.policy == "learned"
+
+    policy = build_policy(compose.routing.policy, compose.routing.params)
+    assert policy.artifact == SHIPPED_ARTIFACTS / "local"  # not a path of the checkout: inside the package
+    policy.bind(_as_arms(compose))
+    assert set(policy.model.arms) == {a.name for a in compose.arms}, "the artifact predicts exactly these arms"
+    compose.routing.build(_as_arms(compose))  # what the gateway does at start-up
+
+    # the image gets it: router/ is copied into the build and its artifacts are package data
+    assert "COPY router/ router/" in (ROOT / "Dockerfile").read_text()
+    assert '"artifacts/**/*"' in (ROOT / "pyproject.toml").read_text()
+    assert "!router/" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def test_compose_gpu_stays_least_loaded_until_an_artifact_is_mounted() -> None:
+    """gateway-gpu.yaml routes least-loaded (no profiled artifact for the Qwen GPU arms); the gpu-learned
+    override switches it to `learned` on the artifact directory it mounts, and the profiling override
+    publishes exactly the gateway's backends on loopback, as docs/deploy.md's command sequence uses them."""
+    path = ROOT / "deploy/compose/gateway-gpu.yaml"
+    settings = load_settings(path, environ={})
+    assert settings.routing.policy == "least-loaded"
+
+    learned = _yaml(GPU_LEARNED_OVERRIDE)["services"]
+    assert set(learned) == {"gateway-gpu"}
+    environment = {k: str(v) for k, v in learned["gateway-gpu"]["environment"].items()}
+    switched = load_settings(path, environ=environment)
+    assert switched.routing.policy == "learned"
+    (mount,) = learned["gateway-gpu"]["volumes"]
+    source, target, mode = _interpolate(mount).rsplit(":", 2)
+    assert (target, mode) == (switched.routing.params["artifact"], "ro")
+    assert switched.arms == settings.arms and switched.backends == settings.backends
+
+    ports = _yaml(GPU_PORTS_OVERRIDE)["services"]
+    assert set(ports) == {b.name for b in settings.backends} == set(_services()["gateway-gpu"]["depends_on"])
+    published = {}
+    for name, service in ports.items():
+        (port,) = service["ports"]
+        host, host_port, container_port = _interpolate(port).split(":")
+        assert host == "127.0.0.1" and container_port == "8000"
+        published[name] = host_port
+
+    # the documented sequence profiles these arms, reads these ports, and mounts the trained artifact
+    docs = (ROOT / "docs/deploy.md").read_text()
+    assert f"ARMS={','.join(a.name for a in settings.arms)}" in docs
+    metrics = ",".join(f"{name}=http://127.0.0.1:{published[name]}" for name in ports)
+    assert f"BACKEND_METRICS={metrics}" in docs
+    artifact = source.removeprefix("./")
+    for step in (
+        "-f deploy/compose/gpu-backend-ports.yml --profile gpu up",
+        "loadtests/profile_router.sh",
+        f"llm-gateway train --profiles profiles/gpu.jsonl --out {artifact}",
+        f"llm-gateway evaluate --profiles profiles/gpu.jsonl --artifact {artifact}",
+        "--cv 5",
+        "-f deploy/compose/gpu-learned.yml --profile gpu up",
+    ):
+        assert step in docs, f"docs/deploy.md lacks {step!r}"
+    assert "GATEWAY=http://127.0.0.1:8080 OUT=profiles/gpu.jsonl" in docs
 
 
 def test_compose_gpu_backends_reserve_nvidia_gpus() -> None:
@@ -199,12 +359,17 @@ def test_dockerfiles_pass_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("profile", [None, *PROFILES], ids=lambda p: p or "no-profile")
-def test_compose_file_validates(profile: str | None) -> None:
+@pytest.mark.parametrize(
+    ("profile", "override"),
+    [(None, None), *((p, None) for p in PROFILES), ("gpu", GPU_PORTS_OVERRIDE), ("gpu", GPU_LEARNED_OVERRIDE)],
+    ids=lambda v: (v.stem if isinstance(v, Path) else v) or "-",
+)
+def test_compose_file_validates(profile: str | None, override: Path | None) -> None:
     compose = _tool("docker-compose", "apt-get install docker-compose")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     profile_args = ["--profile", profile] if profile else []
-    result = _run([compose, "-f", str(COMPOSE_FILE), *profile_args, "config", "-q"], env=env)
+    files = ["-f", str(COMPOSE_FILE), *(["-f", str(override)] if override else [])]
+    result = _run([compose, *files, *profile_args, "config", "-q"], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     # every ${VAR} has a default: no "The X variable is not set. Defaulting to a blank string."
     assert "variable is not set" not in result.stderr, result.stderr
@@ -413,6 +578,73 @@ def test_k8s_servicemonitors(overlay: str) -> None:
         s["metadata"]["name"] for s in services if s["metadata"]["labels"].get("llm-gateway/job") == "vllm"
     }
     assert vllm_services == backends, "the `backend` label of vLLM metrics equals the gateway's backend name"
+
+
+def _quantity(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", value).groups()  # type: ignore[union-attr]
+    return int(number) * {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}[unit]
+
+
+def test_k8s_cpu_overlay_serves_the_compose_cpu_arms_within_measured_memory() -> None:
+    """The CPU overlay has the cpu profile's (= the local stack's) arms; each vLLM-CPU container has
+    Guaranteed memory (requests = limits) sized from measurement, and its init container prepares only
+    the model the container serves."""
+    compose = load_settings(ROOT / "deploy/compose/gateway-cpu.yaml", environ={})
+    assert _overlay_settings("cpu").arms == compose.arms
+    assert _overlay_settings("cpu").backends == compose.backends  # Service names = compose service names
+    docs = _render("cpu")
+    for backend in compose.backends:
+        deployment = _one(docs, "Deployment", backend.name)
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        model = Path(_flags(container["args"])["--model"]).name
+        resources = container["resources"]
+        assert resources["requests"]["memory"] == resources["limits"]["memory"]
+        limit = _quantity(resources["limits"]["memory"])
+        assert limit >= MEASURED_GIB[model] * HEADROOM * 2**30, f"{backend.name}: {limit} bytes is too tight"
+        (init,) = pod["initContainers"]
+        env = {e["name"]: e["value"] for e in init["env"]}
+        assert env["PREPARE_MODELS"] == model
+
+
+def test_k8s_documented_gpu_learned_overlay_renders(tmp_path: Path) -> None:
+    """docs/deploy.md's commands that make an overlay routing the GPU arms with `learned` work: run in a copy
+    of deploy/ with the shipped artifact standing in for a trained one, the overlay renders, replaces the
+    artifact ConfigMap mounted at the artifact path of its config, and keeps the GPU overlay's arms."""
+    docs = (ROOT / "docs/deploy.md").read_text()
+    block = docs[docs.index("**Kubernetes (GPU overlay).**") :]
+    block = block[block.index("```sh\n") + len("```sh\n") : block.index("\n```\n")]
+    commands = block[block.index("mkdir -p deploy/k8s/overlays/gpu-learned") : block.index("\nkubectl kustomize")]
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    shutil.copytree(ROOT / "router/artifacts/local", tmp_path / "router/artifacts/local")
+    shutil.copytree(ROOT / "router/artifacts/local", tmp_path / "artifacts/gpu-router")  # the stand-in
+    bash = shutil.which("bash")
+    assert bash is not None
+    done = subprocess.run([bash, "-euc", commands], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    kubectl = _tool("kubectl", "install kubectl (it bundles kustomize)")
+    overlay = tmp_path / "deploy/k8s/overlays/gpu-learned"
+    result = _run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    settings = load_settings(overlay / "gateway.yaml", environ={})
+    assert settings.routing.policy == "learned"
+    assert settings.arms == _overlay_settings("gpu").arms and settings.backends == _overlay_settings("gpu").backends
+    config = _named(rendered, "ConfigMap", "gateway-config")
+    assert config["data"]["gateway.yaml"] == (overlay / "gateway.yaml").read_text()
+    artifact = _named(rendered, "ConfigMap", "router-artifact")
+    assert artifact["binaryData"]["weights.npz"]
+    assert json.loads(artifact["data"]["router.json"]) == json.loads(
+        (tmp_path / "artifacts/gpu-router/router.json").read_text()
+    )
+    deployment = _one(rendered, "Deployment", "llm-gateway")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounted = volumes[mounts[settings.routing.params["artifact"]]]["configMap"]["name"]
+    assert mounted == artifact["metadata"]["name"]
+    assert len([d for d in rendered if d["kind"] == "Deployment"]) == 1 + len(settings.backends)
 
 
 def test_k8s_router_artifact_serves_the_learned_policy(tmp_path: Path) -> None:
