@@ -3,7 +3,8 @@
 A policy is registered by name and built once at start-up; :meth:`Policy.decide` is called on
 the event loop for every request, so it must be fast (well under a millisecond for the
 rule-based policies here) and must not block. Policies are deterministic: the same request
-and states give the same decision.
+and states give the same decision — except a learned policy told to explore
+(``routing.params.explore``), whose draws a ``seed`` makes repeatable.
 """
 
 from __future__ import annotations
