@@ -153,7 +153,8 @@ class LearnedPolicy(Policy):
 
     def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
         """Every candidate's forecast, calibrated quality, with the latency and TTFT upper bounds the
-        budgets are checked against (offline conformal margin x the live residual factor)."""
+        budgets are checked against (offline conformal margin x the live residual factor) and, for a
+        strategy arm, its predicted decode speed-up over the same model's plain arm when that is a candidate."""
         x, kchars = request.features if request.features is not None else self.featurize(request.prompt)
         share, bound = self.load_share, self.live_bound
         live = []
@@ -169,12 +170,16 @@ class LearnedPolicy(Policy):
             )
         preds = self.model.predict(x, kchars, request.max_tokens, live)
         margins, q = self.model.calibration.margins, self.q_index
-        for name, p in preds.items():
+        plain = {s.arm.model: preds[s.arm.name].tokens_per_s for s in candidates if s.arm.strategy.kind == "plain"}
+        for s in candidates:
+            name, p = s.arm.name, preds[s.arm.name]
             factor = self.residuals.factor(name, q, margins.arm_overall(name, q))
+            base = plain.get(s.arm.model)
             preds[name] = replace(
                 p,
                 latency_bound_s=p.latency_s * margins.latency(name, p.output_tokens, q) * factor,
                 ttft_bound_s=p.ttft_s * margins.first_token(name, q) * factor,
+                speedup=p.tokens_per_s / base if base and s.arm.strategy.kind != "plain" else None,
             )
         return preds
 

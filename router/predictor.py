@@ -39,6 +39,7 @@ class Prediction:
     latency_s: float
     latency_bound_s: float | None = None  # the calibrated upper quantile the policy checks budgets against
     ttft_bound_s: float | None = None
+    speedup: float | None = None  # decode speed over the same model's plain arm (strategy arms only)
 
     def as_dict(self) -> dict[str, float]:
         out = {
@@ -52,6 +53,8 @@ class Prediction:
             out["latency_bound_ms"] = round(self.latency_bound_s * 1000, 1)
         if self.ttft_bound_s is not None:
             out["ttft_bound_ms"] = round(self.ttft_bound_s * 1000, 1)
+        if self.speedup is not None:
+            out["speedup"] = round(self.speedup, 3)
         return out
 
 

@@ -349,3 +349,18 @@ def test_the_explored_set_is_the_set_choose_calls_feasible() -> None:
 def test_exploration_parameters_are_validated(param: str, bad: object) -> None:
     with pytest.raises(ValueError, match=param):
         LearnedPolicy(model=MODEL, **{param: bad})  # type: ignore[arg-type]
+
+
+def test_strategy_arms_show_their_predicted_speedup_over_the_plain_arm() -> None:
+    spec = Arm(
+        name="spec",
+        model="small",
+        strategy=build_strategy({"kind": "speculative", "method": "ngram", "num_speculative_tokens": 4}),
+    )
+    small = Arm(name="small", model="small", strategy=build_strategy({"kind": "plain"}))
+    policy = LearnedPolicy(model=MODEL)
+    preds = policy.predict(RouteRequest(features=(np.zeros(2), 0.1)), [ArmState(arm=small), ArmState(arm=spec)])
+    assert preds["spec"].speedup == pytest.approx(150.0 / 100.0)
+    assert preds["small"].speedup is None and "speedup" not in preds["small"].as_dict()
+    alone = policy.predict(RouteRequest(features=(np.zeros(2), 0.1)), [ArmState(arm=spec)])
+    assert alone["spec"].speedup is None  # no plain arm of that model among the candidates
