@@ -7,6 +7,7 @@ OpenAI envelope, including framework 404/405 and unexpected exceptions (logged, 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -140,8 +141,15 @@ def create_app(
 
     @app.get("/ready", summary="Readiness: at least one backend is healthy and the gateway is not draining")
     async def ready() -> Response:
+        now = time.monotonic()
         backends = {
-            b.name: {"healthy": b.healthy, "load": b.load, "inflight": b.inflight, "error": b.last_error}
+            b.name: {
+                "healthy": b.healthy,
+                "breaker": b.breaker(now),
+                "load": b.load,
+                "inflight": b.inflight,
+                "error": b.last_error,
+            }
             for b in pool.backends.values()
         }
         draining = bool(app.state.draining)

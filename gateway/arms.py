@@ -80,12 +80,13 @@ class ArmCatalog:
         return self.by_model.get(model)
 
     def states(self, arms: Sequence[LiveArm], pool: BackendPool) -> list[ArmState]:
-        """Snapshot of each arm for the router: healthy if any backend is; load of its best backend;
+        """Snapshot of each arm for the router: healthy if any backend is usable (healthy, breaker not
+        open); load of its best usable backend;
         measured speed only where it is fresh."""
         out = []
         now = time.monotonic()
         for live in arms:
-            loads = [pool.backends[n].load for n in live.backends if pool.backends[n].healthy]
+            loads = [pool.backends[n].load for n in live.backends if pool.usable(n)]
             fresh = live.fresh(now)
             out.append(
                 ArmState(

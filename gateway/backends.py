@@ -7,6 +7,14 @@ A background task polls every backend's ``/health`` and, for vLLM servers, the l
 and 5xx take it out after ``health.unhealthy_after`` in a row. A backend that is down comes back
 when its ``/health`` passes again.
 
+Independently of ``/health``, each backend has a circuit breaker fed only by the request path: after
+``health.breaker_after`` request failures in a row (refused or timed-out connects, timeouts, broken or
+malformed answers; not 4xx/5xx, which clients can provoke) it *opens* for ``health.breaker_cooldown_s``
+and no request is sent to it, then it is *half-open*: one trial request decides (an answer closes it,
+a failure opens it for another cool-down). A backend that answers ``/health`` but hangs on requests
+therefore leaves service. While a backend's last request failed less than a cool-down ago, the
+least-loaded choice prefers every backend without such a failure, whatever the loads.
+
 All methods run on the event loop; none blocks.
 """
 
@@ -24,6 +32,9 @@ from gateway.upstream import Upstream, UpstreamIOError, UpstreamTimeout
 
 log = logging.getLogger("gateway.backends")
 
+#: Failure kinds (see :mod:`gateway.upstream`, :mod:`gateway.relay`) that count towards the breaker.
+BREAKER_KINDS = frozenset({"connect", "connect_timeout", "timeout", "stream", "protocol"})
+
 _GAUGES = {
     b"vllm:num_requests_running": "running",
     b"vllm:num_requests_waiting": "waiting",
@@ -39,12 +50,16 @@ class Backend:
         "auth_header",
         "base_url",
         "checked_at",
+        "failed_at",
         "failures",
         "healthy",
         "inflight",
         "kv_usage",
         "last_error",
         "name",
+        "open_until",
+        "probing",
+        "request_failures",
         "running",
         "served_at",
         "settings",
@@ -64,6 +79,10 @@ class Backend:
         self.checked_at = 0.0
         self.served_at = 0.0  # last request it answered in full (monotonic)
         self.last_error: str | None = None
+        self.request_failures = 0  # request-path failures in a row (never reset by /health)
+        self.failed_at = 0.0  # last request-path failure (monotonic)
+        self.open_until = 0.0  # breaker: 0 closed; else open until then, half-open after
+        self.probing = False  # half-open: the one trial request is in flight
         self._inflight_gauge = metrics.inflight(self.name)
         self.auth_header = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
 
@@ -81,6 +100,20 @@ class Backend:
     def release(self) -> None:
         self.inflight -= 1
         self._inflight_gauge.dec()
+        self.probing = False  # a trial that ended without a verdict (4xx, client gone): allow another
+
+    def breaker(self, now: float) -> str:
+        """``closed``, ``open`` (no request may go) or ``half_open`` (one trial request may go)."""
+        if not self.open_until:
+            return "closed"
+        return "open" if now < self.open_until else "half_open"
+
+    def usable(self, now: float) -> bool:
+        """Healthy, and its breaker lets a request through now."""
+        if not self.healthy:
+            return False
+        state = self.breaker(now)
+        return state == "closed" or (state == "half_open" and not self.probing)
 
 
 def parse_vllm_load(text: bytes) -> dict[str, float]:
@@ -125,23 +158,39 @@ class BackendPool:
         self._task: asyncio.Task[None] | None = None
         for name in self.backends:
             metrics.set_backend_up(name, False)
+            metrics.set_breaker_open(name, False)
 
     def any_healthy(self) -> bool:
         return any(b.healthy for b in self.backends.values())
 
     def choose(self, names: Iterable[str], exclude: set[str] = frozenset()) -> Backend | None:  # type: ignore[assignment]
-        """The healthy backend with the least load among ``names``, skipping ``exclude``.
+        """The usable backend (healthy, breaker not open) with the least load among ``names``, skipping
+        ``exclude``; one whose last request failed within a cool-down comes after all others.
 
-        Ties go to the first in configuration order. ``None`` if none is healthy.
+        Ties go to the first in the order given. ``None`` if none is usable. Choosing a half-open
+        backend makes this request its trial.
         """
+        now = time.monotonic()
         best: Backend | None = None
+        best_key = (True, 0.0)
         for name in names:
             b = self.backends[name]
-            if not b.healthy or name in exclude:
+            if name in exclude or not b.usable(now):
                 continue
-            if best is None or b.load < best.load:
-                best = b
+            key = (b.breaker(now) == "closed" and self._suspect(b, now), b.load)
+            if best is None or key < best_key:
+                best, best_key = b, key
+        if best is not None and best.breaker(now) == "half_open":
+            best.probing = True
+            log.info("backend %s: breaker half-open, sending one trial request", best.name)
         return best
+
+    def _suspect(self, backend: Backend, now: float) -> bool:
+        return backend.request_failures > 0 and now - backend.failed_at < self._health.breaker_cooldown_s
+
+    def usable(self, name: str) -> bool:
+        """Whether a request may go to backend ``name`` now (healthy, breaker not open)."""
+        return self.backends[name].usable(time.monotonic())
 
     def report_failure(self, backend: Backend, kind: str, detail: str = "") -> None:
         """Record a failure seen while serving; ``kind`` is a metric label (connect, timeout, ...)."""
@@ -150,10 +199,32 @@ class BackendPool:
         backend.failures += 1
         if kind == "connect" or backend.failures >= self._health.unhealthy_after:
             self._set_health(backend, False)
+        backend.probing = False
+        if kind in BREAKER_KINDS:
+            now = time.monotonic()
+            backend.request_failures += 1
+            backend.failed_at = now
+            if backend.open_until or backend.request_failures >= self._health.breaker_after:
+                # tripped, or a trial (or a request sent before it tripped) failed: (re)open
+                backend.open_until = now + self._health.breaker_cooldown_s
+                self._metrics.set_breaker_open(backend.name, True)
+                log.warning(
+                    "backend %s: breaker OPEN for %.1f s after %d request failures in a row (%s)",
+                    backend.name,
+                    self._health.breaker_cooldown_s,
+                    backend.request_failures,
+                    backend.last_error,
+                )
 
     def report_success(self, backend: Backend) -> None:
         backend.failures = 0
+        backend.request_failures = 0
+        backend.probing = False
         backend.served_at = time.monotonic()
+        if backend.open_until:
+            backend.open_until = 0.0
+            self._metrics.set_breaker_open(backend.name, False)
+            log.info("backend %s: breaker closed (a request succeeded)", backend.name)
 
     def _set_health(self, backend: Backend, up: bool) -> None:
         if backend.healthy != up:

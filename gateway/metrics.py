@@ -151,6 +151,12 @@ class GatewayMetrics:
         self._backend_up = Gauge(
             "gateway_backend_up", "1 if the backend passes health checks, else 0.", ["backend"], registry=r
         )
+        self._breaker_open = Gauge(
+            "gateway_backend_breaker_open",
+            "1 while the backend's circuit breaker is open or half-open (request failures in a row), else 0.",
+            ["backend"],
+            registry=r,
+        )
         self._upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures by kind (connect, timeout, http_5xx, http_4xx, stream, protocol).",
@@ -229,6 +235,9 @@ class GatewayMetrics:
 
     def set_backend_up(self, backend: str, up: bool) -> None:
         self._backend_up.labels(backend).set(1 if up else 0)
+
+    def set_breaker_open(self, backend: str, tripped: bool) -> None:
+        self._breaker_open.labels(backend).set(1 if tripped else 0)
 
     def upstream_error(self, backend: str, kind: str) -> None:
         self._upstream_errors.labels(backend, kind).inc()

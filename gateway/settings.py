@@ -118,6 +118,12 @@ class HealthSettings(_Strict):
     interval_s: float = Field(2.0, gt=0, description="Period of /health and /metrics polling per backend.")
     timeout_s: float = Field(2.0, gt=0)
     unhealthy_after: int = Field(2, ge=1, description="Consecutive failed checks before a backend is marked down.")
+    breaker_after: int = Field(
+        3, ge=1, le=100, description="Request failures in a row (timeouts, connects, broken answers) opening a breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="How long an open breaker sends nothing to its backend before one trial."
+    )
 
 
 class TimeoutSettings(_Strict):

@@ -3,6 +3,8 @@ replaced by the next one (same arm first, then the next-ranked arm), and the fai
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fake_vllm import TOKENS, Gateway, MakeGateway, Upstreams, vllm_error
 
@@ -46,22 +48,61 @@ async def test_first_backend_fails_before_first_byte_second_answers(
     assert gw.metric("gateway_requests_total", model="smol", strategy="plain", endpoint="chat", status="200") == 1
 
 
-async def test_repeated_timeouts_take_a_backend_out_after_unhealthy_after(gw: Gateway, upstreams: Upstreams) -> None:
+async def test_repeated_timeouts_take_a_backend_out_after_unhealthy_after(
+    make_gateway: MakeGateway, upstreams: Upstreams
+) -> None:
     upstreams["b1"].fail = "read_timeout"
+    # a cool-down this short keeps neither the breaker nor the "last request failed" ranking in the way
+    async with make_gateway(health={"breaker_cooldown_s": 0.000001, "breaker_after": 100}) as gw:
+        for _ in range(3):
+            r = await gw.generate()
+            assert r.status_code == 200
+            assert r.headers["x-route-backend"] == "b2"
 
-    for _ in range(3):
+        assert len(upstreams["b1"].generation_bodies) == 2, "health.unhealthy_after=2 timeouts, then b1 is skipped"
+        assert gw.metric("gateway_backend_up", backend="b1") == 0
+        assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="timeout") == 2
+
+        upstreams["b1"].fail = None
+        await gw.pool.check_all()  # a passing /health brings it back
+        assert gw.metric("gateway_backend_up", backend="b1") == 1
+        assert (await gw.generate()).headers["x-route-backend"] == "b1"
+
+
+async def test_a_backend_that_passes_health_but_hangs_on_requests_leaves_service(
+    make_gateway: MakeGateway, upstreams: Upstreams
+) -> None:
+    """Issue 18 #1: /health passes, requests time out. Least-loaded stops preferring it after one
+    failure; request failures in a row open its breaker whatever /health says; after the cool-down one
+    trial request decides."""
+    upstreams["b1"].fail = "read_timeout"  # health still passes
+    cooldown = 0.3
+    async with make_gateway(health={"breaker_after": 2, "breaker_cooldown_s": cooldown}) as gw:
+        for _ in range(4):
+            r = await gw.generate()
+            assert r.status_code == 200 and r.headers["x-route-backend"] == "b2"
+            await gw.pool.check_all()  # /health passes: b1 stays healthy
+        assert len(upstreams["b1"].generation_bodies) == 1, "b1 failed once: not preferred again within a cool-down"
+        assert gw.metric("gateway_backend_up", backend="b1") == 1
+        assert gw.metric("gateway_backend_breaker_open", backend="b1") == 0
+
+        await asyncio.sleep(cooldown + 0.05)  # b1 competes by load again, fails a second time in a row: open
+        assert (await gw.generate()).headers["x-route-backend"] == "b2"
+        assert len(upstreams["b1"].generation_bodies) == 2
+        assert gw.metric("gateway_backend_breaker_open", backend="b1") == 1
+        await gw.pool.check_all()
+        ready = (await gw.client.get("/ready")).json()["backends"]["b1"]
+        assert ready["healthy"] is True and ready["breaker"] == "open"
+        upstreams["b2"].fail = "connect"  # even with b2 gone, an open breaker sends nothing to b1
         r = await gw.generate()
-        assert r.status_code == 200
-        assert r.headers["x-route-backend"] == "b2"
+        assert r.status_code in (502, 503) and len(upstreams["b1"].generation_bodies) == 2
 
-    assert len(upstreams["b1"].generation_bodies) == 2, "health.unhealthy_after=2 timeouts, then b1 is skipped"
-    assert gw.metric("gateway_backend_up", backend="b1") == 0
-    assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="timeout") == 2
-
-    upstreams["b1"].fail = None
-    await gw.pool.check_all()  # a passing /health brings it back
-    assert gw.metric("gateway_backend_up", backend="b1") == 1
-    assert (await gw.generate()).headers["x-route-backend"] == "b1"
+        upstreams["b1"].fail = None
+        await asyncio.sleep(cooldown + 0.05)  # half-open: one trial request, which succeeds and closes it
+        r = await gw.generate()
+        assert r.status_code == 200 and r.headers["x-route-backend"] == "b1"
+        assert gw.metric("gateway_backend_breaker_open", backend="b1") == 0
+        assert (await gw.client.get("/ready")).json()["backends"]["b1"]["breaker"] == "closed"
 
 
 @pytest.mark.parametrize(

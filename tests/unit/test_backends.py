@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
-from gateway.backends import Backend, BackendPool, parse_vllm_load
+from gateway.backends import BREAKER_KINDS, Backend, BackendPool, parse_vllm_load
 from gateway.metrics import GatewayMetrics
 from gateway.settings import BackendSettings, HealthSettings, TimeoutSettings
 from gateway.upstream import HttpxUpstream
@@ -151,6 +153,72 @@ def test_failures_take_a_backend_out(pool: BackendPool, kinds: list[str], health
 
     assert b.healthy is healthy
     assert b.last_error == f"{kinds[-1]}: detail"
+
+
+@pytest.mark.parametrize(
+    ("kinds", "state"),
+    [
+        (["timeout", "timeout"], "closed"),
+        (["timeout", "timeout", "timeout"], "open"),  # breaker_after=3 in a row
+        (["connect", "connect_timeout", "protocol"], "open"),
+        (["timeout", "stream", "success", "timeout"], "closed"),  # a success resets the count
+        (["http_5xx"] * 5, "closed"),  # clients can provoke 5xx: not counted
+        (["http_4xx"] * 5, "closed"),
+    ],
+)
+def test_request_failures_in_a_row_open_the_breaker_whatever_health_says(
+    pool: BackendPool, kinds: list[str], state: str
+) -> None:
+    set_state(pool, a=0, b=0)
+    b = pool.backends["a"]
+    for kind in kinds:
+        if kind == "success":
+            pool.report_success(b)
+        else:
+            pool.report_failure(b, kind)
+        b.healthy = True  # as if /health kept passing between requests
+
+    assert b.breaker(time.monotonic()) == state
+    suspect = kinds[-1] in BREAKER_KINDS  # its last request failed: the other backend goes first
+    assert (pool.choose(["a", "b"]).name == "a") is (state == "closed" and not suspect)
+    assert f'gateway_backend_breaker_open{{backend="a"}} {1.0 if state == "open" else 0.0}' in (
+        pool._metrics.exposition().decode()
+    )
+
+
+def test_least_loaded_does_not_prefer_a_backend_whose_last_request_failed(pool: BackendPool) -> None:
+    set_state(pool, a=0, b=5, c=None)
+    pool.report_failure(pool.backends["a"], "timeout")
+
+    assert pool.choose(["a", "b"]).name == "b", "a failed within a cool-down: every other backend first"
+    assert pool.choose(["a", "b"], {"b"}).name == "a", "still used when nothing else is left"
+    pool.backends["a"].failed_at -= HealthSettings().breaker_cooldown_s + 1
+    assert pool.choose(["a", "b"]).name == "a", "after a cool-down it competes by load again"
+
+
+def test_half_open_lets_exactly_one_trial_through(pool: BackendPool) -> None:
+    set_state(pool, a=0, b=5)
+    a = pool.backends["a"]
+    for _ in range(3):
+        pool.report_failure(a, "timeout")
+    a.healthy = True  # /health passes
+    assert pool.choose(["a", "b"]).name == "b" and not pool.usable("a")
+    a.open_until = time.monotonic() - 0.001  # the cool-down is over: half-open
+
+    trial = pool.choose(["a", "b"])
+    assert trial is a and a.probing
+    assert pool.choose(["a", "b"]).name == "b", "one trial at a time"
+    trial.acquire()
+    trial.release()  # the trial ended without a verdict (client gone, 4xx): another may go
+    assert pool.choose(["a", "b"]) is a
+    pool.report_failure(a, "timeout")  # the trial failed: open again for a full cool-down
+    a.healthy = True
+    assert a.breaker(time.monotonic()) == "open"
+    a.open_until = time.monotonic() - 0.001
+    assert pool.choose(["a", "b"]) is a
+    pool.report_success(a)  # the trial answered: closed
+    assert a.breaker(time.monotonic()) == "closed" and a.request_failures == 0
+    assert pool.choose(["a", "b"]) is a
 
 
 async def test_health_check_reads_load_and_marks_up_then_down() -> None:

@@ -20,6 +20,7 @@ GOLDEN = {
     "gateway_output_tokens_total": ("counter", ("model", "strategy")),
     "gateway_inflight_requests": ("gauge", ("backend",)),
     "gateway_backend_up": ("gauge", ("backend",)),
+    "gateway_backend_breaker_open": ("gauge", ("backend",)),
     "gateway_upstream_errors_total": ("counter", ("backend", "kind")),
     "gateway_routing_decisions_total": ("counter", ("model", "reason", "strategy")),
     "gateway_router_decision_seconds": ("histogram", ()),
@@ -44,6 +45,7 @@ def exercised() -> str:
     m.request_done("smol", "speculative-ngram-k4", "chat", 200)
     m.inflight("b1").inc()
     m.set_backend_up("b1", True)
+    m.set_breaker_open("b1", False)
     m.upstream_error("b1", "connect")
     m.decision("smol", "speculative-ngram-k4", "least-loaded", 0.0002)
     m.rejected("rate_limit_tokens", "team-a")
