@@ -41,17 +41,22 @@ from gateway.settings import LimitSettings
 
 
 def check_caps(body: dict[str, Any], limits: LimitSettings) -> None:
-    """Raise :class:`InvalidRequest` (400, ``param`` named) if a validated body is over a cap."""
+    """Raise :class:`InvalidRequest` (400, ``param`` named) if a validated body is over a cap, or gives a
+    capped field as anything but an integer (``"1000000"``, ``1e6``, ``true`` would dodge the cap)."""
+    for field in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidRequest(f"{field}: must be an integer, got {type(value).__name__}", param=field)
     for field in ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
-        if limits.max_tokens is not None and isinstance(value, int) and value > limits.max_tokens:
+        if limits.max_tokens is not None and value is not None and value > limits.max_tokens:
             raise InvalidRequest(
                 f"{field}: {value} is more than this gateway allows ({limits.max_tokens})",
                 param=field,
                 reason="max_tokens",
             )
     n = body.get("n")
-    if isinstance(n, int) and n > limits.max_n:
+    if n is not None and n > limits.max_n:
         raise InvalidRequest(f"n: {n} is more than this gateway allows ({limits.max_n})", param="n", reason="n")
     messages = body.get("messages")
     if isinstance(messages, list) and len(messages) > limits.max_messages:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 # the two generation endpoints: /v1/chat/completions and /v1/completions
 Endpoint = Literal["chat", "completions"]
@@ -34,8 +34,9 @@ class _GenerationRequest(BaseModel):
     # Strict: the gateway acts on ``stream`` and ``include_usage`` itself, so ``"false"`` must not pass.
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(1, ge=1, le=128)
-    max_tokens: int | None = Field(None, ge=1)
+    # Strict: capped by the gateway (limits.*), so "1000000" and 1000000.0 must not slip past the cap
+    n: StrictInt | None = Field(1, ge=1, le=128)
+    max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
 
@@ -44,7 +45,7 @@ class ChatCompletionRequest(_GenerationRequest):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
 
 
 class CompletionRequest(_GenerationRequest):

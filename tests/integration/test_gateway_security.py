@@ -201,6 +201,35 @@ async def test_over_a_cap_is_400_naming_the_field(
         assert ok.status_code == 200, ok.text
 
 
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": "1000000"}, "max_tokens"),
+        ({"max_tokens": 1000000.0}, "max_tokens"),
+        ({"max_tokens": 8.0}, "max_tokens"),  # under the cap, still not an integer: never forwarded as such
+        ({"max_completion_tokens": "1000000"}, "max_completion_tokens"),
+        ({"n": "100"}, "n"),
+        ({"n": 100.0}, "n"),
+        ({"n": True}, "n"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["chat", "completions", "route"])
+async def test_a_capped_field_as_a_string_or_float_is_400_naming_it(
+    make_gateway: MakeGateway, fields: dict[str, Any], param: str, endpoint: str
+) -> None:
+    """Issue 18 #2: "1000000" and 1000000.0 used to pass lax validation and then skip the int-only cap."""
+    async with make_gateway(limits={"max_tokens": 64, "max_n": 2}) as gw:
+        if endpoint == "route":
+            r = await gw.client.post("/v1/route", json=request_body("chat", **fields))
+        else:
+            r = await gw.generate(endpoint, **fields)
+
+        err = error_of(r, 400)
+        assert (err["type"], err["param"]) == ("invalid_request_error", param)
+        assert err["message"].startswith(f"{param}: ")
+        assert not gw.upstreams["b1"].generation_bodies and not gw.upstreams["b2"].generation_bodies
+
+
 async def test_keys_never_reach_logs_or_metrics(secured: Gateway, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     await secured.client.post("/v1/chat/completions", json=request_body("chat"), headers=BEARER_A)

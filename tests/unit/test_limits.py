@@ -31,6 +31,16 @@ def test_over_a_cap_is_a_400_naming_the_field(body: dict[str, Any], param: str, 
     assert info.value.message.startswith(f"{param}: ")
 
 
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "n"])
+@pytest.mark.parametrize("value", ["1000000", 1000000.0, 2.0, True, [5], {"n": 1}])
+def test_a_capped_field_that_is_not_an_integer_is_a_400_naming_it(field: str, value: Any) -> None:
+    """Issue 18 #2: a string or float used to skip the cap (only ``int`` values were compared)."""
+    with pytest.raises(InvalidRequest) as info:
+        check_caps({field: value}, LIMITS)
+    assert (info.value.status, info.value.param) == (400, field)
+    assert info.value.message.startswith(f"{field}: must be an integer")
+
+
 @pytest.mark.parametrize(
     "body", [{"max_tokens": 100, "n": 2, "messages": [MSG] * 3}, {"max_tokens": None, "n": None}, {"prompt": "x"}]
 )
