@@ -26,6 +26,7 @@ from gateway.arms import ArmCatalog, LiveArm
 from gateway.auth import ApiKey
 from gateway.backends import Backend, BackendPool
 from gateway.decision_log import DecisionLog, DecisionRecord
+from gateway.disconnect import unless_disconnected
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -37,10 +38,11 @@ from gateway.errors import (
     error_response,
 )
 from gateway.feedback import FeedbackLog, RouteLog
+from gateway.feedback_endpoint import feedback_response
 from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens, settle_at_end
 from gateway.metrics import GatewayMetrics
 from gateway.pdr_forwarding import PDRForwarder
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, FeedbackRequest, prompt_text
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, prompt_text
 from gateway.relay import RelayResponse, StreamOutcome
 from gateway.request_body import read_body, validation_error
 from gateway.settings import Settings
@@ -236,7 +238,8 @@ class Proxy:
                 # the learned policy chose among several arms (not pinned)
                 features = self.policy.logged_features(asked.features)
                 trace = self.decision_log.open(request_id, endpoint, asked, decision, features)
-            answer = await self._forward(endpoint, body, decision, started, request_id, trace)
+            forward = self._forward(endpoint, body, decision, started, request_id, trace)
+            answer = await unless_disconnected(forward, request.receive)  # a client gone cancels the wait
             return settle_at_end(answer, charge)
         except GatewayError as exc:
             if charge is not None:
@@ -275,37 +278,8 @@ class Proxy:
             )
 
     async def feedback(self, request: Request) -> Response:
-        """``POST /v1/feedback``: record a rating for an answer, joined with its routing decision."""
-        try:
-            if self.feedback_log is None or self.routes is None:
-                off = InvalidRequest("feedback recording is off on this gateway (set feedback.path)")
-                off.status, off.code = 404, "feedback_disabled"
-                raise off
-            body = await read_body(request, self.settings.server.max_body_bytes)
-            try:
-                rating = FeedbackRequest.model_validate(body)
-            except ValidationError as exc:
-                raise validation_error(exc, body) from None
-            try:
-                line = await asyncio.to_thread(
-                    self.feedback_log.record,
-                    rating.id,
-                    rating.rating,
-                    self.routes.find(rating.id),
-                    comment=rating.comment,
-                    labels=rating.labels,
-                )
-            except OSError as exc:
-                log.error("cannot write feedback to %s: %s", self.feedback_log.path, exc)
-                raise GatewayError("feedback could not be recorded; see the gateway log", code="feedback_io") from None
-        except GatewayError as exc:
-            return error_response(exc)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        doc = {"object": "feedback", "id": rating.id, "recorded": True, "matched": line["matched"]}
-        if "route" in line:
-            doc["arm"] = line["route"]["arm"]
-        return Response(orjson.dumps(doc), media_type="application/json")
+        """``POST /v1/feedback``: see :func:`gateway.feedback_endpoint.feedback_response`."""
+        return await feedback_response(request, self.routes, self.feedback_log, self.settings.server.max_body_bytes)
 
     async def _forward(
         self,
@@ -350,6 +324,9 @@ class Proxy:
                     self.pool.report_failure(backend, exc.kind, exc.detail)
                     last_error = UpstreamError(f"backend '{backend.name}' failed: {exc.detail}", kind=exc.kind)
                     continue
+                except asyncio.CancelledError:  # the client left while we waited for the headers
+                    backend.release()
+                    raise
                 headers = {
                     "x-route-arm": live.arm.name,
                     "x-route-model": live.arm.model,

@@ -11,7 +11,9 @@ read whole or relayed chunk by chunk as it arrives, and a GET for health checks 
 
 Timeouts (from ``settings.timeouts``): ``connect_s`` to open a connection; until the response
 headers arrive, ``first_byte_s`` (``idle_s`` for streams, whose headers come at once); between two
-body reads, ``idle_s`` for streams and ``first_byte_s`` otherwise.
+body reads, ``idle_s`` for streams and ``first_byte_s`` otherwise. A non-streaming answer must also
+arrive *whole* within ``first_byte_s`` of the POST (headers and body together), so an upstream that
+trickles its body a byte at a time cannot hold a request past it.
 
 Exceptions — every failure to talk to a backend is an :class:`UpstreamIOError`; nothing else
 escapes (the library's own exceptions never reach the caller)::
@@ -122,6 +124,10 @@ class Upstream(abc.ABC):
         """Close every connection."""
 
 
+def _whole_answer_timeout(limit_s: float) -> UpstreamTimeout:
+    return UpstreamTimeout("TimeoutError", f"the whole answer did not arrive within {limit_s:g} s (first_byte_s)")
+
+
 # ============================================================================ aiohttp
 
 
@@ -151,18 +157,23 @@ class _CappedConnector(aiohttp.TCPConnector):
 
 
 class _AiohttpResponse(UpstreamResponse):
-    __slots__ = ("_resp", "content_type", "status")
+    __slots__ = ("_deadline", "_limit_s", "_resp", "content_type", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, deadline: float | None = None, limit_s: float = 0.0) -> None:
         self._resp = resp
+        self._deadline, self._limit_s = deadline, limit_s  # loop time by which read() must be done
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "application/json")
 
     async def read(self) -> bytes:
         try:
-            return await self._resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _aiohttp_error(exc) from None
+            async with asyncio.timeout_at(self._deadline):
+                try:
+                    return await self._resp.read()
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    raise _aiohttp_error(exc) from None
+        except TimeoutError:
+            raise _whole_answer_timeout(self._limit_s) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
@@ -194,6 +205,7 @@ class AiohttpUpstream(Upstream):
         self._once_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
         )
+        self._whole_s = timeouts.first_byte_s
         self._urls: dict[str, URL] = {}
 
     async def start(self) -> None:
@@ -223,17 +235,22 @@ class AiohttpUpstream(Upstream):
         if self._session is None:
             await self.start()
         assert self._session is not None
+        deadline = None if stream else asyncio.get_running_loop().time() + self._whole_s
         try:
-            resp = await self._session.post(
-                self._url(url),
-                data=body,
-                headers=headers,
-                timeout=self._stream_timeout if stream else self._once_timeout,
-                allow_redirects=False,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _aiohttp_error(exc) from None
-        return _AiohttpResponse(resp)
+            async with asyncio.timeout_at(deadline):
+                try:
+                    resp = await self._session.post(
+                        self._url(url),
+                        data=body,
+                        headers=headers,
+                        timeout=self._stream_timeout if stream else self._once_timeout,
+                        allow_redirects=False,
+                    )
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    raise _aiohttp_error(exc) from None
+        except TimeoutError:
+            raise _whole_answer_timeout(self._whole_s) from None
+        return _AiohttpResponse(resp, deadline, self._whole_s)
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
         if self._session is None:
@@ -265,18 +282,23 @@ def _httpx_error(exc: httpx.HTTPError) -> UpstreamIOError:
 
 
 class _HttpxResponse(UpstreamResponse):
-    __slots__ = ("_resp", "content_type", "status")
+    __slots__ = ("_deadline", "_limit_s", "_resp", "content_type", "status")
 
-    def __init__(self, resp: httpx.Response) -> None:
+    def __init__(self, resp: httpx.Response, deadline: float | None = None, limit_s: float = 0.0) -> None:
         self._resp = resp
+        self._deadline, self._limit_s = deadline, limit_s
         self.status = resp.status_code
         self.content_type = resp.headers.get("content-type", "application/json")
 
     async def read(self) -> bytes:
         try:
-            return await self._resp.aread()
-        except httpx.HTTPError as exc:
-            raise _httpx_error(exc) from None
+            async with asyncio.timeout_at(self._deadline):
+                try:
+                    return await self._resp.aread()
+                except httpx.HTTPError as exc:
+                    raise _httpx_error(exc) from None
+        except TimeoutError:
+            raise _whole_answer_timeout(self._limit_s) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -309,6 +331,7 @@ class HttpxUpstream(Upstream):
         self._once_timeout = httpx.Timeout(
             connect=t.connect_s, read=t.first_byte_s, write=t.connect_s, pool=t.connect_s
         )
+        self._whole_s = t.first_byte_s
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], stream: bool) -> UpstreamResponse:
         req = self.client.build_request(
@@ -318,11 +341,16 @@ class HttpxUpstream(Upstream):
             headers=headers,
             timeout=self._stream_timeout if stream else self._once_timeout,
         )
+        deadline = None if stream else asyncio.get_running_loop().time() + self._whole_s
         try:
-            resp = await self.client.send(req, stream=True)
-        except httpx.HTTPError as exc:
-            raise _httpx_error(exc) from None
-        return _HttpxResponse(resp)
+            async with asyncio.timeout_at(deadline):
+                try:
+                    resp = await self.client.send(req, stream=True)
+                except httpx.HTTPError as exc:
+                    raise _httpx_error(exc) from None
+        except TimeoutError:
+            raise _whole_answer_timeout(self._whole_s) from None
+        return _HttpxResponse(resp, deadline, self._whole_s)
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
         try:

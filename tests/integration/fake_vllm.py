@@ -117,7 +117,8 @@ class FakeVLLM:
 
     ``fail`` applies to generation requests only (health still passes, as for a backend that dies
     between two health checks): ``"connect"`` (refused), ``"connect_timeout"``, ``"read_timeout"``,
-    ``"broken_body"`` (200 headers, then a read error), or an HTTP status with ``fail_body`` as the body.
+    ``"broken_body"`` (200 headers, then a read error), ``"hang_body"`` (200 headers and the start of
+    the body, then nothing until closed), or an HTTP status with ``fail_body`` as the body.
     """
 
     name: str
@@ -173,6 +174,10 @@ class FakeVLLM:
             raise httpx.ReadTimeout("timed out", request=request)
         if self.fail == "broken_body":  # headers arrive, then the connection drops before the body
             stream = FakeStream([b'{"id":"x",', b'"object":"chat.completion"}'], fault="raise", after=1)
+            self.streams.append(stream)
+            return httpx.Response(200, headers={"content-type": "application/json"}, stream=stream)
+        if self.fail == "hang_body":
+            stream = FakeStream([b'{"id":"x",', b'"object":"chat.completion"}'], fault="hang", after=1)
             self.streams.append(stream)
             return httpx.Response(200, headers={"content-type": "application/json"}, stream=stream)
         if isinstance(self.fail, int):

@@ -15,6 +15,7 @@ healthy at start-up); a generation ``POST`` gets the behaviour named by :attr:`R
 ``bad_event``   stream: a ``data:`` event that is not JSON, then ``data: [DONE]``
 ``bad_status``  answers with a line that is not HTTP, then closes
 ``not_json``    non-stream: 200 ``application/json`` whose body is an HTML page
+``trickle``     non-stream: status line and headers, then the body one byte every 0.1 s
 ==============  =========================================================================
 """
 
@@ -114,6 +115,16 @@ class RawUpstream:
             return
         if mode == "bad_status":
             w.write(b"SPAM SPAM SPAM\r\n\r\n")
+        elif mode == "trickle":
+            message = {"role": "assistant", "content": "Hello"}
+            answer = {**HEAD, "object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+            whole = _plain(200, json.dumps(answer).encode())
+            head, body = whole.split(b"\r\n\r\n", 1)
+            w.write(head + b"\r\n\r\n")
+            for i in range(len(body)):
+                await w.drain()
+                await asyncio.sleep(0.1)
+                w.write(body[i : i + 1])
         elif mode == "not_json":
             w.write(_plain(200, b"<html><body>502 Bad Gateway (nginx)</body></html>"))
         elif not stream:

@@ -141,6 +141,20 @@ async def test_a_hung_only_backend_is_a_504_envelope_within_the_timeout(deployme
         await settle(d.b3)
 
 
+async def test_a_trickling_answer_is_bounded_by_first_byte_s_as_a_whole(deployment: Make) -> None:
+    """Issue 18 #3: each byte came within first_byte_s, so the read timeout never fired and a trickle held
+    the request for minutes; first_byte_s now bounds the whole non-streaming answer."""
+    async with deployment("trickle") as d:
+        t0 = time.monotonic()
+        r = await d.chat("solo", False)
+        waited = time.monotonic() - t0
+        assert r.status_code == 504, r.text
+        assert r.json()["error"]["code"] == "upstream_timeout"
+        assert 0.3 < waited < 3, f"waited {waited:.2f} s for a 0.4 s whole-answer timeout (the trickle takes ~20 s)"
+        assert d.metric("gateway_upstream_errors_total", backend="b3", kind="timeout") == 1
+        await settle(d.b3)
+
+
 async def test_a_refused_connection_fails_over_and_takes_the_backend_out_at_once(deployment: Make) -> None:
     async with deployment("ok", b1_url=f"http://127.0.0.1:{closed_port()}") as d:
         assert d.app.state.pool.backends["b1"].healthy is False, "start-up check already failed"

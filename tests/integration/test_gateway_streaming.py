@@ -81,6 +81,42 @@ def _scope(body: bytes) -> dict[str, Any]:
     }
 
 
+async def test_client_disconnect_cancels_a_non_streaming_request(gw: Gateway, upstreams: Upstreams) -> None:
+    """Issue 18 #3: a client that left a non-streaming request used to leave it running upstream."""
+    fake = upstreams["b1"]
+    fake.fail = "hang_body"  # headers and part of the body, then nothing
+    body = compact(request_body("chat"))
+    sent: list[dict[str, Any]] = []
+    request_read = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal request_read
+        if not request_read:
+            request_read = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        while not fake.streams:  # the upstream is answering: now the client goes away
+            await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    app = asyncio.ensure_future(gw.app(_scope(body), receive, send))
+    done, _ = await asyncio.wait({app}, timeout=5)
+    if not done:
+        app.cancel()
+        pytest.fail("the gateway kept waiting on the upstream after the client disconnected")
+    app.result()
+
+    [stream] = fake.streams
+    assert stream.closed, "the upstream response was closed (vLLM aborts the generation)"
+    assert not upstreams["b2"].generation_bodies, "no failover for a client that left"
+    assert gw.metric("gateway_requests_total", **SERIES, status="499") == 1
+    assert gw.metric("gateway_inflight_requests", backend="b1") == 0
+    assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="timeout") is None
+    assert gw.metric("gateway_backend_up", backend="b1") == 1
+
+
 async def test_client_disconnect_mid_stream_closes_the_upstream(gw: Gateway, upstreams: Upstreams) -> None:
     fake = upstreams["b1"]
     fake.stream_fault, fake.stream_fault_after = "hang", 3  # role, "Hello", " world", then nothing more
