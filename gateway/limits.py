@@ -163,6 +163,12 @@ class RateLimiter:
         return Charge(tokens, estimate)
 
 
+def token_count(value: Any) -> int:
+    """A token count from an upstream ``usage`` field: the value if it is a non-negative integer, else 0
+    (an upstream's ``"12"``, ``null``, ``-1`` or ``[]`` must not fail the request or a metric)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def total_tokens(usage: Any) -> int | None:
     """Tokens an answer's ``usage`` reports: ``total_tokens``, else prompt + completion; ``None`` if unknown."""
     if not isinstance(usage, dict):

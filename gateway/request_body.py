@@ -15,6 +15,9 @@ from starlette.requests import Request
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
+#: ``orjson.dumps`` refuses this many levels of nesting (its recursion limit).
+_MAX_DEPTH = 255
+
 
 async def read_body(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object: 413 past ``limit`` bytes (declared or read), 400 when empty, not JSON or
@@ -38,7 +41,20 @@ async def read_body(request: Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    _check_depth(raw, body)
     return body
+
+
+def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
+    """400 for a body nested deeper than the gateway can forward: ``orjson.loads`` takes 1,024 levels,
+    ``orjson.dumps`` (which builds the upstream request) stops at 255. Only bodies with enough brackets
+    to be that deep are re-encoded to check."""
+    if raw.count(b"[") + raw.count(b"{") < _MAX_DEPTH:
+        return
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise InvalidRequest(f"request body is nested too deeply (at most {_MAX_DEPTH - 1} levels)") from None
 
 
 def _param(loc: tuple[int | str, ...], body: Any, missing: bool) -> str | None:

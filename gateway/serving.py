@@ -39,7 +39,7 @@ from gateway.errors import (
 )
 from gateway.feedback import FeedbackLog, RouteLog
 from gateway.feedback_endpoint import feedback_response
-from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens, settle_at_end
+from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens, settle_at_end, token_count
 from gateway.metrics import GatewayMetrics
 from gateway.pdr_forwarding import PDRForwarder
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, prompt_text
@@ -408,8 +408,8 @@ class Proxy:
         usage = answer.get("usage") or {}
         completion = None
         if isinstance(usage, dict):
-            completion = int(usage.get("completion_tokens") or 0)
-            self.metrics.observe_usage(series, int(usage.get("prompt_tokens") or 0), completion)
+            completion = token_count(usage.get("completion_tokens"))
+            self.metrics.observe_usage(series, token_count(usage.get("prompt_tokens")), completion)
         elapsed = time.perf_counter() - started
         series.duration.observe(elapsed)
         if predicted_s is not None and resp.status < 400:
@@ -448,8 +448,8 @@ class Proxy:
                     series.itl.observe(gap)
             completion = 0
             if out.usage:
-                completion = int(out.usage.get("completion_tokens") or 0)
-                metrics.observe_usage(series, int(out.usage.get("prompt_tokens") or 0), completion)
+                completion = token_count(out.usage.get("completion_tokens"))
+                metrics.observe_usage(series, token_count(out.usage.get("prompt_tokens")), completion)
             tps = None
             if completion > 1 and out.first_token_at is not None and out.last_token_at is not None:
                 span = out.last_token_at - out.first_token_at

@@ -61,9 +61,16 @@ def _accuracy(value: Any, param: str, from_header: bool) -> float | str:
     return float(value)
 
 
+#: A header's milliseconds: ASCII digits only (``str.isdigit`` accepts "²", which ``int`` refuses), and
+#: few enough that ``int`` stays cheap and below Python's 4,300-digit conversion limit (~11.5 days).
+_MAX_MS_DIGITS = 9
+
+
 def _positive_int(value: Any, param: str, from_header: bool) -> int:
-    if from_header and isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if from_header and isinstance(value, str):
+        digits = value.strip()
+        if 0 < len(digits) <= _MAX_MS_DIGITS and digits.isascii() and digits.isdigit():
+            value = int(digits)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise FlagError(param, "must be a positive integer (milliseconds)")
     return value

@@ -133,6 +133,7 @@ class FakeVLLM:
     stream_fault_after: int = 0
     split_every: int | None = None  # re-chunk the SSE body into pieces of this many bytes
     upstream_error_event: bool = False  # vLLM's own in-stream error event, then [DONE]
+    usage: Any = None  # the answer's "usage" (body and usage chunk); None: USAGE
     requests: list[httpx.Request] = field(default_factory=list)
     streams: list[FakeStream] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -214,7 +215,7 @@ class FakeVLLM:
             "created": 1795542588,
             "model": self.served_model,
             "choices": [choice],
-            "usage": USAGE,
+            "usage": USAGE if self.usage is None else self.usage,
         }
 
     def _sse_chunks(self, chat: bool, include_usage: bool, rid: str | None = None) -> list[bytes]:
@@ -237,7 +238,7 @@ class FakeVLLM:
         if self.upstream_error_event:
             events.append(sse({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}))
         elif include_usage:
-            events.append(sse({**head, "choices": [], "usage": USAGE}))
+            events.append(sse({**head, "choices": [], "usage": USAGE if self.usage is None else self.usage}))
         events.append(b"data: [DONE]\n\n")
         if self.split_every:
             raw = b"".join(events)

@@ -223,3 +223,66 @@ async def test_unexpected_exception_is_a_500_envelope_without_details(
     err = envelope(r)
     assert err["code"] == "internal_error"
     assert "TypeError" not in err["message"]
+
+
+# ----------------------------------------------------------------------------- issue 18 #4: input that got a 500
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-route-max-latency-ms", b"\xb2"),  # latin-1 "²": str.isdigit() accepts it, int() does not
+        ("x-route-max-latency-ms", b"1\xb9"),
+        ("x-route-max-ttft-ms", b"9" * 4301),  # past Python's int() digit limit
+        ("x-route-max-ttft-ms", b"1" * 10),  # longer than any sensible bound
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route"])
+async def test_a_bad_millisecond_header_is_400_naming_the_flag(
+    gw: Gateway, header: str, value: bytes, path: str
+) -> None:
+    r = await gw.client.post(path, json=request_body("chat"), headers={header: value})
+
+    assert r.status_code == 400, r.text
+    err = envelope(r)
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == header
+    assert not gw.upstreams["b1"].generation_bodies
+
+
+@pytest.mark.parametrize("depth", [254, 255, 600, 1024, 1025])
+async def test_a_deeply_nested_body_is_400_not_500(gw: Gateway, depth: int) -> None:
+    """orjson.loads takes 1,024 levels, orjson.dumps (the upstream request) only 254."""
+    nested = b"[" * (depth - 1) + b"]" * (depth - 1)  # inside the body object: depth levels in all
+    content = b'{"model":"smol","messages":[{"role":"user","content":"hi"}],"x_extra":' + nested + b"}"
+    r = await gw.client.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+
+    if depth <= 254:
+        assert r.status_code == 200, r.text
+        return
+    assert r.status_code == 400, r.text
+    assert envelope(r)["type"] == "invalid_request_error"
+    assert not gw.upstreams["b1"].generation_bodies
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "7", "completion_tokens": "3", "total_tokens": "10"},
+        {"prompt_tokens": [7], "completion_tokens": {"n": 3}, "total_tokens": None},
+        {"prompt_tokens": -7, "completion_tokens": 1.5, "total_tokens": True},
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_non_numeric_upstream_usage_is_still_a_200_and_counted(
+    gw: Gateway, upstreams: Upstreams, usage: dict[str, Any], stream: bool
+) -> None:
+    upstreams["b1"].usage = upstreams["b2"].usage = usage
+
+    r = await gw.generate(stream=stream, stream_options={"include_usage": True} if stream else None)
+
+    assert r.status_code == 200, r.text
+    if stream:
+        assert r.text.rstrip().endswith("data: [DONE]")
+    series = {"model": "smol", "strategy": "plain", "endpoint": "chat"}
+    assert gw.metric("gateway_requests_total", **series, status="200") == 1
