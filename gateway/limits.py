@@ -135,13 +135,14 @@ class RateLimiter:
         bucket.refill(now)
         return bucket
 
-    def admit(self, key: ApiKey | None, estimate: int) -> Charge:
-        """Take one request and ``estimate`` tokens from ``key``'s budgets, or raise :class:`RateLimited`."""
+    def admit(self, key: ApiKey | None, estimate: int, count_tokens: bool = True) -> Charge:
+        """Take one request and ``estimate`` tokens from ``key``'s budgets, or raise :class:`RateLimited`.
+        ``count_tokens=False`` (a ``/v1/route`` dry run): the request budget only."""
         if key is None or (key.rpm is None and key.tpm is None):
             return Charge(None, 0)
         now = self.clock()
         requests = self._bucket(self._requests, key.name, key.rpm, now)
-        tokens = self._bucket(self._tokens, key.name, key.tpm, now)
+        tokens = self._bucket(self._tokens, key.name, key.tpm, now) if count_tokens else None
         if requests is not None and (wait := requests.wait_s(1)) > 0:
             raise RateLimited(
                 f"Rate limit reached for key '{key.name}' on requests per minute: limit {key.rpm}. "

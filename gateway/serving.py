@@ -171,7 +171,8 @@ class Proxy:
         record: bool = True,
     ) -> tuple[dict[str, Any], Decision, Charge | None, RouteRequest]:
         """Validate, check caps and the key's models and budget, decide. ``record=False`` (dry run):
-        no decision metrics and nothing taken from the key's budget (the returned charge is ``None``).
+        no decision metrics, one request taken from the key's ``rpm`` budget and no tokens (the returned
+        charge is ``None``).
         Also returns what the policy was asked (prompt, flags, features)."""
         if body is None:
             body = await read_body(request, self.settings.server.max_body_bytes)
@@ -183,6 +184,8 @@ class Proxy:
         arms = self._arms(body["model"], key)
         flags = self._flags(body, request, arms)
         charge = None
+        if not record and key is not None and key.rpm:  # a dry run takes a request, no tokens
+            self.limiter.admit(key, 0, count_tokens=False)
         if record and key is not None and (key.rpm or key.tpm):  # the estimate walks the prompt: only if needed
             charge = self.limiter.admit(key, estimate_tokens(body, self.settings.limits) if key.tpm else 0)
         try:

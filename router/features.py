@@ -312,10 +312,26 @@ def _quoted_chars(text: str) -> int:
     return total
 
 
-def prompt_features(text: str, turns: int | None = None) -> NDArray[np.float32]:
+#: Longest text featurized: a longer prompt is represented by its first and last halves of this many
+#: characters (:func:`feature_sample`), so routing a 4 MB prompt costs what a 16k one does.
+FEATURE_SAMPLE_CHARS = 16384
+
+
+def feature_sample(text: str, limit: int = FEATURE_SAMPLE_CHARS) -> str:
+    """``text`` itself up to ``limit`` characters (features unchanged); else its first and last
+    ``limit // 2`` characters joined by a newline."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n" + text[-half:]
+
+
+def prompt_features(text: str, turns: int | None = None, length: int | None = None) -> NDArray[np.float32]:
     """The features of ``text`` in :data:`FEATURE_NAMES` order: float32, shape ``(len(FEATURE_NAMES),)``.
 
     ``turns``: how many messages the prompt was built from, when the caller knows it (else 1).
+    ``length``: the whole prompt's length when ``text`` is a :func:`feature_sample` of it (the length
+    feature keeps the real size; every other feature describes the sample).
     Deterministic and finite for any input, the empty string included.
     """
     n = max(len(text), 1)
@@ -339,7 +355,7 @@ def prompt_features(text: str, turns: int | None = None) -> NDArray[np.float32]:
     repeated = 1.0 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
     quoted = min(_quoted_chars(text) / n, 1.0)
     values = (
-        math.log1p(len(text)),
+        math.log1p(len(text) if length is None else length),
         math.log1p(n_words),
         math.log1p(len(lines)),
         math.log1p(max(turns if turns is not None else 1, 0)),

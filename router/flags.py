@@ -62,8 +62,8 @@ def _accuracy(value: Any, param: str, from_header: bool) -> float | str:
 
 
 #: A header's milliseconds: ASCII digits only (``str.isdigit`` accepts "²", which ``int`` refuses), and
-#: few enough that ``int`` stays cheap and below Python's 4,300-digit conversion limit (~11.5 days).
-_MAX_MS_DIGITS = 9
+#: few enough that ``int`` stays cheap and below Python's 4,300-digit conversion limit (~115 days).
+_MAX_MS_DIGITS = 10
 
 
 def _positive_int(value: Any, param: str, from_header: bool) -> int:

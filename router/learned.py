@@ -20,7 +20,7 @@ from router.calibration import ResidualTracker, quantile_index
 from router.choice import _fits, choose
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteFlags, RouteRequest
 from router.encoder import Encoder, encoder_kind, load_encoder
-from router.features import FEATURE_NAMES, prompt_features
+from router.features import FEATURE_NAMES, feature_sample, prompt_features
 from router.policy import Policy, pinned_decision, register_policy
 from router.predictor import Prediction, RouterModel
 
@@ -39,11 +39,15 @@ def artifact_path(value: str | None) -> Path:
 
 
 def prompt_vector(encoder: Encoder, text: str) -> np.ndarray:
-    """Raw (unstandardised) vector: embedding (if the encoder has one) followed by the cheap features."""
-    features = prompt_features(text).astype(np.float64)
+    """Raw (unstandardised) vector: embedding (if the encoder has one) followed by the cheap features.
+
+    Both describe :func:`feature_sample` of ``text`` (the text itself up to its bound, so the same as
+    before for every prompt under it), so the cost is bounded however long the prompt."""
+    sample = feature_sample(text)
+    features = prompt_features(sample, length=len(text)).astype(np.float64)
     if encoder.dim == 0:
         return features
-    return np.concatenate([encoder.encode([text])[0].astype(np.float64), features])
+    return np.concatenate([encoder.encode([sample])[0].astype(np.float64), features])
 
 
 def feature_names(encoder: Encoder) -> tuple[str, ...]:

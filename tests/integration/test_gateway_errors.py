@@ -234,7 +234,7 @@ async def test_unexpected_exception_is_a_500_envelope_without_details(
         ("x-route-max-latency-ms", b"\xb2"),  # latin-1 "²": str.isdigit() accepts it, int() does not
         ("x-route-max-latency-ms", b"1\xb9"),
         ("x-route-max-ttft-ms", b"9" * 4301),  # past Python's int() digit limit
-        ("x-route-max-ttft-ms", b"1" * 10),  # longer than any sensible bound
+        ("x-route-max-ttft-ms", b"1" * 11),  # longer than any sensible bound
     ],
 )
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route"])

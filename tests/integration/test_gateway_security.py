@@ -124,8 +124,7 @@ async def test_auto_routes_only_among_the_keys_models(secured: Gateway) -> None:
 async def test_requests_per_minute_give_429_with_retry_after(make_gateway: MakeGateway) -> None:
     keys = {"keys": [{"name": "team-a", "sha256": hash_key(KEY_A), "rpm": 2}]}
     async with make_gateway(auth=keys) as gw:
-        assert (await gw.client.post("/v1/route", json=request_body("chat"), headers=BEARER_A)).status_code == 200
-        for _ in range(2):  # dry runs take nothing from the budget
+        for _ in range(2):
             assert (await gw.generate(stream=False)).status_code == 401
             r = await gw.client.post("/v1/chat/completions", json=request_body("chat"), headers=BEARER_A)
             assert r.status_code == 200, r.text
@@ -139,6 +138,23 @@ async def test_requests_per_minute_give_429_with_retry_after(make_gateway: MakeG
         assert gw.metric(
             "gateway_requests_total", model="unknown", strategy="none", endpoint="completions", status="429"
         )
+
+
+async def test_dry_runs_are_charged_to_the_request_budget_not_the_tokens(make_gateway: MakeGateway) -> None:
+    """Issue 18 #6: /v1/route dry runs were charged to no budget (free routing of 4 MB prompts)."""
+    keys = {"keys": [{"name": "team-a", "sha256": hash_key(KEY_A), "rpm": 2, "tpm": 60}]}
+    async with make_gateway(auth=keys) as gw:
+        big = request_body("chat", max_tokens=50)  # estimated at 53 tokens: a chat would take most of tpm
+        for _ in range(2):
+            assert (await gw.client.post("/v1/route", json=big, headers=BEARER_A)).status_code == 200
+        dry = await gw.client.post("/v1/route", json=big, headers=BEARER_A)
+        r = await gw.client.post("/v1/chat/completions", json=request_body("chat"), headers=BEARER_A)
+
+        for resp in (dry, r):
+            err = error_of(resp, 429)
+            assert (err["type"], err["code"]) == ("requests", "rate_limit_exceeded"), "requests, never tokens"
+        assert not gw.upstreams["b1"].generation_bodies and not gw.upstreams["b2"].generation_bodies
+        assert gw.metric("gateway_rejected_requests_total", reason="rate_limit_requests", key="team-a") == 2
 
 
 @pytest.mark.parametrize("stream", [False, True])

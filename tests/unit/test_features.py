@@ -118,3 +118,19 @@ def test_fast_enough() -> None:
         prompt_features(text)
         runs.append(time.perf_counter() - t0)
     assert float(np.median(runs)) < 0.002  # ~0.1 ms when idle; a loose bound against regressions
+
+
+def test_a_long_prompt_is_featurized_from_a_bounded_sample() -> None:
+    """Issue 18 #6: a 3.9 MB prompt took 1.28 s to route. Up to the bound nothing changes (the shipped
+    artifacts stay valid); past it, a prefix + suffix sample of fixed size, with the real length kept."""
+    from router.features import FEATURE_SAMPLE_CHARS, feature_sample
+
+    short = "Explain why the sky is blue. " * (FEATURE_SAMPLE_CHARS // 29)
+    assert len(short) <= FEATURE_SAMPLE_CHARS and feature_sample(short) is short
+    huge = "def f(x):\n    return x * 2  # why?\n" * 120_000  # ~4 MB
+    sample = feature_sample(huge)
+    assert len(sample) == FEATURE_SAMPLE_CHARS + 1
+    assert sample.startswith(huge[:100]) and sample.endswith(huge[-100:])
+    whole = prompt_features(sample, length=len(huge))
+    assert whole[0] == pytest.approx(np.log1p(len(huge)))
+    assert np.array_equal(whole[1:], prompt_features(sample)[1:])
