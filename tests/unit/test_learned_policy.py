@@ -364,3 +364,18 @@ def test_strategy_arms_show_their_predicted_speedup_over_the_plain_arm() -> None
     assert preds["small"].speedup is None and "speedup" not in preds["small"].as_dict()
     alone = policy.predict(RouteRequest(features=(np.zeros(2), 0.1)), [ArmState(arm=spec)])
     assert alone["spec"].speedup is None  # no plain arm of that model among the candidates
+
+
+def test_quality_differences_under_one_point_are_ties_broken_by_latency() -> None:
+    from router.choice import QUALITY_RESOLUTION, choose
+    from router.predictor import Prediction
+
+    def pred(q: float, lat: float) -> Prediction:
+        return Prediction(quality=q, output_tokens=100, ttft_s=0.1, tokens_per_s=100 / lat, latency_s=lat)
+
+    preds = {"small": pred(0.001, 6.0), "spec": pred(0.0, 3.0), "big": pred(0.001 + QUALITY_RESOLUTION / 2, 20.0)}
+    d = choose(RouteFlags(prefer="quality"), states(), preds, None, 0.0)
+    assert d.arm.name == "spec", "no arm is meaningfully better: the fastest wins"
+    preds["big"] = pred(0.05, 20.0)
+    d = choose(RouteFlags(prefer="quality"), states(), preds, None, 0.0)
+    assert [a.name for a in d.ranked] == ["big", "spec", "small"]
