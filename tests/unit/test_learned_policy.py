@@ -378,4 +378,4 @@ def test_quality_differences_under_one_point_are_ties_broken_by_latency() -> Non
     assert d.arm.name == "spec", "no arm is meaningfully better: the fastest wins"
     preds["big"] = pred(0.05, 20.0)
     d = choose(RouteFlags(prefer="quality"), states(), preds, None, 0.0)
-    assert [a.name for a in d.ranked] == ["big", "spec", "small"]
+    assert [a.name for a in d.ranked] == ["big", "small", "spec"]  # outside the tie: by quality
