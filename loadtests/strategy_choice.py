@@ -213,6 +213,34 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def chart(report: dict[str, Any], path: Path) -> bool:
+    """Measured vs predicted median speed-up over plain, per task family, one panel per strategy arm."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    speedups = report["speedup_vs_" + report["arms"][0]]
+    fig, axes = plt.subplots(1, len(speedups), figsize=(7 * len(speedups), 4.2), squeeze=False)
+    for ax, (arm, s) in zip(axes[0], speedups.items(), strict=True):
+        tasks = list(s["by_task"])
+        x = np.arange(len(tasks))
+        ax.bar(x - 0.2, [s["by_task"][t]["measured"] for t in tasks], 0.4, label="measured (median)")
+        ax.bar(x + 0.2, [s["by_task"][t]["predicted"] for t in tasks], 0.4, label="predicted out of fold")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(x, tasks, rotation=20)
+        ax.set_ylabel(f"decode speed-up over {report['arms'][0]}")
+        ax.set_title(arm)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", nargs="+", required=True)
@@ -234,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(report)
     (out / "strategy-choice.md").write_text(text)
     print(text)
+    if chart(report, out / "strategy-choice.png"):
+        print(f"chart: {out / 'strategy-choice.png'}")
     return 0
 
 
