@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from gateway.jsonl import append_line
 from router import Decision, RouteRequest
 
 log = logging.getLogger("gateway.decision_log")
@@ -74,16 +75,7 @@ class DecisionLog:
     def write(self, line: dict[str, Any]) -> bool:
         """Append ``line`` as one JSON line; ``False`` (logged, counted, never raised) if that fails."""
         try:
-            data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-            except FileNotFoundError:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            append_line(self.path, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         except Exception as exc:  # never fail the request over its log line
             self.errors += 1
             if self.errors == 1 or self.errors % 1000 == 0:

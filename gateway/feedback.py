@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.jsonl import append_line
+
 # Response ids vLLM derives from X-Request-Id, by endpoint.
 ID_PREFIXES = ("chatcmpl-", "cmpl-")
 
@@ -134,10 +136,5 @@ class FeedbackLog:
             line["route"] = {k: v for k, v in asdict(route).items() if v is not None}
         data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            append_line(self.path, data)
         return line
