@@ -460,7 +460,7 @@ def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int, 
     (with :func:`router.training.train`, as ``llm-gateway train`` does, with encoder ``kind``) on the
     others; the task rule and kNN baselines are fitted on the same training folds. The folds'
     per-prompt outcomes are pooled before the bootstrap (:func:`router.evaluation.pool`)."""
-    from router.evaluation import evaluate, pool
+    from router.evaluation import REPLICATES, evaluate, pool
     from router.learned import LearnedPolicy
     from router.training import prompt_folds, train
 
@@ -499,7 +499,7 @@ def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int, 
             )
         )
         print(f"  fold {fold + 1}/{k}: {results[-1]['prompts']} prompts", flush=True)
-    return pool(results)
+    return pool(results, replicates=REPLICATES)
 
 
 def _write_evaluation(result: dict[str, Any], out: Path, stem: str, title: str) -> None:

@@ -543,13 +543,14 @@ def summarise(
     }
 
 
-def pool(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def pool(results: Sequence[Mapping[str, Any]], replicates: int | None = None) -> dict[str, Any]:
     """Combine :func:`evaluate` results on disjoint prompt sets (cross-validation folds).
 
     The folds' per-prompt outcomes, picks and forecasts are concatenated and :func:`summarise`
     recomputes every number over all prompts: means are exactly what one evaluation over all the
     prompts would report, random mixing uses the pooled arm shares, and the bootstrap resamples all
-    prompts. Decision latency percentiles are the folds' medians.
+    prompts. Decision latency percentiles are the folds' medians. ``replicates``: bootstrap draws
+    over the pooled prompts (default: what the folds used; folds evaluated with 0 save the work).
     """
     if not results:
         raise ValueError("nothing to pool")
@@ -575,7 +576,8 @@ def pool(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         per_prompt[key] = {name: [v for got in source for v in got[name]] for name in common}
     per_prompt["reason_labels"], per_prompt["reasons"] = _encode_reasons(per_prompt["reasons"])
     boot = first["bootstrap"]
-    report = summarise(per_prompt, arms, settings, replicates=boot["replicates"], seed=boot["seed"])
+    draws = boot["replicates"] if replicates is None else replicates
+    report = summarise(per_prompt, arms, settings, replicates=draws, seed=boot["seed"])
     report["folds"] = len(results)
     report["training_prompts"] = [r["training_prompts"] for r in results]
     report["knn_k"] = first.get("knn_k")

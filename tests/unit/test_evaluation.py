@@ -419,3 +419,19 @@ def test_the_learned_policy_is_scored_through_its_own_decide() -> None:
         direct = [arms.index(policy.decide(RouteRequest(flags=flags, features=xs[p]), states).arm.name) for p in ids]
         assert result["per_prompt"]["picks"][name] == direct
     assert result["reliability"] is not None and result["latency_ratio"]["big"]["prompts"] == 20
+
+
+def test_folds_scored_without_draws_get_their_intervals_when_pooled() -> None:
+    """evaluate --cv scores each fold with replicates=0 and draws once over the pooled prompts:
+    the same intervals as pooling folds that each drew (the pooled bootstrap ignores the folds')."""
+    test, train = budget_fixture()
+    policy = Stub(lambda p, f: ("fast" if int(p[1:]) % 3 else "big", "prefer-balanced"))
+    settings = QUALITY + BUDGET
+    first = {f"p{i:02d}" for i in range(12)}
+    halves = [[r for r in test if (r.prompt_id in first) == keep] for keep in (True, False)]
+    drawn = pool([run(policy, half, train, settings, replicates=300) for half in halves])
+    cheap = [run(policy, half, train, settings, replicates=0) for half in halves]
+    assert all(
+        pt["accuracy_ci"] is None or pt["accuracy_ci"][0] != pt["accuracy_ci"][0] for pt in pool(cheap)["points"]
+    )
+    assert pool(cheap, replicates=300)["points"] == drawn["points"]
