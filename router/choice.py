@@ -102,10 +102,12 @@ def choose(
         budget_param = "route.max_latency_ms" if max_lat is not None else "route.max_ttft_ms"
         if flags.strict:
             _refuse(floor, fitting, accurate, budget_param, max_lat, max_ttft)
-        if (flags.priority == "accuracy" and accurate) or not fitting:
-            pool, key, reason = (accurate or healthy), by_fit, "budget-unmeetable"
-            why = "no arm is predicted to fit the budget" + (" at the accuracy floor" if accurate else "")
-            why += "; chose the arm most likely to fit"
+        if flags.priority == "accuracy" and accurate:
+            pool, key, reason = accurate, by_fit, "budget-unmeetable"
+            why = "no arm that reaches the accuracy floor is predicted to fit the budget; chose the likeliest to fit"
+        elif not fitting:
+            pool, key, reason = healthy, by_fit, "budget-unmeetable"
+            why = "no arm is predicted to fit the budget; chose the arm most likely to fit"
         else:
             pool, key, reason = fitting, by_quality_in(fitting), "accuracy-unmet"
             why = f"no arm that fits the flags reaches the accuracy floor {floor:.2f}; chose the highest quality"

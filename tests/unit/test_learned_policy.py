@@ -379,3 +379,12 @@ def test_quality_differences_under_one_point_are_ties_broken_by_latency() -> Non
     preds["big"] = pred(0.05, 20.0)
     d = choose(RouteFlags(prefer="quality"), states(), preds, None, 0.0)
     assert [a.name for a in d.ranked] == ["big", "small", "spec"]  # outside the tie: by quality
+
+
+def test_a_floor_never_switches_a_budget_off_that_no_arm_fits() -> None:
+    """Nothing fits 500 ms and only big reaches 'high': by default the budget still decides (the arm
+    likeliest to fit), not the floor; with priority accuracy, the accurate arm."""
+    d = decide(RouteFlags(accuracy="high", max_latency_ms=500))
+    assert (d.arm.name, d.reason) == ("spec", "budget-unmeetable")
+    d = decide(RouteFlags(accuracy="high", max_latency_ms=500, priority="accuracy"))
+    assert (d.arm.name, d.reason) == ("big", "budget-unmeetable")
