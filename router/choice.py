@@ -38,6 +38,13 @@ estimates are not accurate to a finer grain, and without it ``prefer: quality`` 
 no arm answers (predicted 0.1 % vs 0 %) to the slowest arm, 20 s instead of 6 s (``docs/router.md``)."""
 
 
+def level_floor(best: float, shortfall: float) -> float:
+    """The quality a named accuracy level asks for when the prompt's best arm reaches ``best``: at most
+    ``shortfall`` below it, and never finer than :data:`QUALITY_RESOLUTION` (``high`` with a shortfall
+    of 0 is ``prefer: quality``'s choice set)."""
+    return best - max(shortfall, QUALITY_RESOLUTION) - 1e-12
+
+
 def _fits(p: Prediction, max_lat: float | None, max_ttft: float | None) -> bool:
     lat = p.latency_s if p.latency_bound_s is None else p.latency_bound_s
     ttft = p.ttft_s if p.ttft_bound_s is None else p.ttft_bound_s
@@ -106,7 +113,7 @@ def choose(
             pool, key, reason = accurate, by_fit, "budget-unmeetable"
             why = "no arm that reaches the accuracy floor is predicted to fit the budget; chose the likeliest to fit"
         elif not fitting:
-            pool, key, reason = healthy, by_fit, "budget-unmeetable"
+            pool, key, reason = list(healthy), by_fit, "budget-unmeetable"
             why = "no arm is predicted to fit the budget; chose the arm most likely to fit"
         else:
             pool, key, reason = fitting, by_quality_in(fitting), "accuracy-unmet"

@@ -17,7 +17,7 @@ import numpy as np
 
 from router.artifact import ArtifactError, load_artifact
 from router.calibration import ResidualTracker, quantile_index
-from router.choice import _fits, choose
+from router.choice import _fits, choose, level_floor
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteFlags, RouteRequest
 from router.encoder import Encoder, encoder_kind, load_encoder
 from router.features import FEATURE_NAMES, feature_sample, prompt_features
@@ -194,8 +194,7 @@ class LearnedPolicy(Policy):
     def accuracy_floor(self, value: float | str | None, preds: dict[str, Prediction]) -> float | None:
         """A number is an absolute calibrated floor; a level is relative to this prompt's best arm."""
         if isinstance(value, str):
-            best = max(p.quality for p in preds.values())
-            return best - self.model.calibration.accuracy_levels[value] - 1e-12
+            return level_floor(max(p.quality for p in preds.values()), self.model.calibration.accuracy_levels[value])
         return value
 
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:

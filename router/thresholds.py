@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from router.calibration import Isotonic, LatencyMargins
+from router.choice import level_floor
 from router.predictor import Calibration
 
 LEVEL_RETENTION = {"high": 1.0, "medium": 0.9, "low": 0.75}
@@ -134,8 +135,8 @@ def _balanced_weight(
 
 
 def level_picks(q: np.ndarray, lat: np.ndarray, delta: float) -> np.ndarray:
-    """Per prompt, the fastest arm whose calibrated quality is within ``delta`` of the best."""
-    ok = q >= q.max(axis=1, keepdims=True) - delta - 1e-12
+    """Per prompt, the fastest arm whose calibrated quality meets the level (:func:`router.choice.level_floor`)."""
+    ok = q >= level_floor(q.max(axis=1, keepdims=True), delta)
     return np.asarray(np.argmin(np.where(ok, lat, np.inf), axis=1))
 
 
