@@ -158,7 +158,8 @@ class LearnedPolicy(Policy):
     def predict(self, request: RouteRequest, candidates: Sequence[ArmState]) -> dict[str, Prediction]:
         """Every candidate's forecast, calibrated quality, with the latency and TTFT upper bounds the
         budgets are checked against (offline conformal margin x the live residual factor) and, for a
-        strategy arm, its predicted decode speed-up over the same model's plain arm when that is a candidate."""
+        strategy arm, its predicted decode speed-up over the same model's plain arm when that is a candidate.
+        A speculative arm takes its plain sibling's quality: speculation does not change the answer."""
         x, kchars = request.features if request.features is not None else self.featurize(request.prompt)
         share, bound = self.load_share, self.live_bound
         live = []
@@ -174,16 +175,20 @@ class LearnedPolicy(Policy):
             )
         preds = self.model.predict(x, kchars, request.max_tokens, live)
         margins, q = self.model.calibration.margins, self.q_index
-        plain = {s.arm.model: preds[s.arm.name].tokens_per_s for s in candidates if s.arm.strategy.kind == "plain"}
+        plain = {s.arm.model: preds[s.arm.name] for s in candidates if s.arm.strategy.kind == "plain"}
         for s in candidates:
             name, p = s.arm.name, preds[s.arm.name]
             factor = self.residuals.factor(name, q, margins.arm_overall(name, q))
-            base = plain.get(s.arm.model)
+            base = plain.get(s.arm.model) if s.arm.strategy.kind != "plain" else None
+            lossless = base is not None and s.arm.strategy.kind == "speculative"
             preds[name] = replace(
                 p,
+                # speculation is verified token by token by the same model: the plain arm's answer,
+                # so its quality (learned on more rows) stands for both
+                quality=base.quality if lossless and base is not None else p.quality,
                 latency_bound_s=p.latency_s * margins.latency(name, p.output_tokens, q) * factor,
                 ttft_bound_s=p.ttft_s * margins.first_token(name, q) * factor,
-                speedup=p.tokens_per_s / base if base and s.arm.strategy.kind != "plain" else None,
+                speedup=p.tokens_per_s / base.tokens_per_s if base is not None else None,
             )
         return preds
 

@@ -388,3 +388,27 @@ def test_a_floor_never_switches_a_budget_off_that_no_arm_fits() -> None:
     assert (d.arm.name, d.reason) == ("spec", "budget-unmeetable")
     d = decide(RouteFlags(accuracy="high", max_latency_ms=500, priority="accuracy"))
     assert (d.arm.name, d.reason) == ("big", "budget-unmeetable")
+
+
+def test_a_speculative_arm_has_its_plain_siblings_quality() -> None:
+    """Speculative decoding is lossless: the same answer, so the same quality, whatever its own head says."""
+    spec = Arm(
+        name="spec",
+        model="small",
+        strategy=build_strategy({"kind": "speculative", "method": "ngram", "num_speculative_tokens": 4}),
+    )
+    small = Arm(name="small", model="small", strategy=build_strategy({"kind": "plain"}))
+    odd = RouterModel(
+        encoder="test",
+        feature_names=("f0", "f1"),
+        mean=np.zeros(DIM),
+        std=np.ones(DIM),
+        arms={"small": MODEL.arms["small"], "spec": arm_model(0.9, 100, 150.0), "big": MODEL.arms["big"]},
+        calibration=MODEL.calibration,
+    )
+    policy = LearnedPolicy(model=odd)
+    req = RouteRequest(features=(np.zeros(2), 0.1))
+    preds = policy.predict(req, [ArmState(arm=small), ArmState(arm=spec)])
+    assert preds["spec"].quality == preds["small"].quality == pytest.approx(0.2)
+    alone = policy.predict(req, [ArmState(arm=spec)])
+    assert alone["spec"].quality == pytest.approx(0.9)  # no sibling among the candidates: its own head
