@@ -455,7 +455,31 @@ def _reliability_chart(result: dict[str, Any], path: Path, title: str) -> bool:
     return True
 
 
-def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int, kind: str) -> dict[str, Any]:
+def _arm_specs(paths: list[str]) -> dict[str, Any]:
+    """Each profiled arm's public model and strategy, from the rows' ``model`` and ``strategy`` fields
+    (the last row of an arm wins; an arm whose label no strategy writes is left out)."""
+    from router.decision import Arm
+    from router.strategy import StrategyError, strategy_from_label
+
+    seen: dict[str, tuple[str, str]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("model") and r.get("strategy"):
+                    seen[r["arm"]] = (r["model"], r["strategy"])
+    out = {}
+    for arm, (model, label) in seen.items():
+        try:
+            out[arm] = Arm(name=arm, model=model, strategy=strategy_from_label(label))
+        except StrategyError:
+            continue
+    return out
+
+
+def _cross_validated(
+    rows: list[Any], texts: dict[str, str], k: int, seed: int, kind: str, specs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Evaluate on every profiled prompt: K folds grouped by prompt, each scored by a router trained
     (with :func:`router.training.train`, as ``llm-gateway train`` does, with encoder ``kind``) on the
     others; the task rule and kNN baselines are fitted on the same training folds. The folds'
@@ -496,6 +520,7 @@ def _cross_validated(rows: list[Any], texts: dict[str, str], k: int, seed: int, 
                 train_features=features(set(train_ids)),
                 seed=seed,
                 replicates=0,  # the intervals are drawn once, over the pooled prompts
+                arm_specs=specs,
             )
         )
         print(f"  fold {fold + 1}/{k}: {results[-1]['prompts']} prompts", flush=True)
@@ -544,8 +569,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
     for n, pid in enumerate(train_ids, 1):
         train_features[pid] = policy.featurize(texts[pid])
         _progress(n, len(train_ids), "embedding (train split, for the baselines)", started)
+    specs = _arm_specs(args.profiles)
     result = evaluate(
-        policy, test_rows, features, arms, train_rows=train_rows, train_features=train_features, seed=args.seed
+        policy,
+        test_rows,
+        features,
+        arms,
+        train_rows=train_rows,
+        train_features=train_features,
+        seed=args.seed,
+        arm_specs=specs,
     )
     result["featurize_ms"] = {
         "p50": float(np.percentile(timings, 50) * 1000),
@@ -562,6 +595,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.cv:
         print(f"==> {args.cv}-fold cross-validation over every profiled prompt (train and test splits)")
         kind = encoder_kind(policy.model.encoder)
-        cv = _cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed, kind)
+        cv = _cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed, kind, specs)
         _write_evaluation(cv, out, "evaluation-cv", f"{args.cv}-fold cross-validation (n={cv['prompts']})")
     return 0

@@ -274,8 +274,12 @@ def evaluate(
     replicates: int = REPLICATES,
     seed: int = 0,
     k: int = KNN_K,
+    arm_specs: Mapping[str, Arm] | None = None,
 ) -> dict[str, Any]:
     """Score the router under ``settings`` and the baselines on the held-out prompts of ``rows``.
+
+    ``arm_specs``: each arm's public model and strategy as it was profiled (the policy treats a
+    speculative arm and its plain sibling alike in quality); without them every arm is its own plain model.
 
     ``features`` / ``train_features``: what ``policy.featurize`` returned per prompt id, for the
     held-out and the training prompts (computed once by the caller; kNN uses their standardised
@@ -290,7 +294,10 @@ def evaluate(
     train = outcomes(train_rows, arms, keep=train_features)
     if not train.ids:
         raise ValueError("no training prompt has an outcome for every arm (the baselines are fitted on them)")
-    states = [ArmState(arm=Arm(name=a, model=a, strategy=build_strategy({"kind": "plain"}))) for a in arms]
+    specs = arm_specs or {}
+    states = [
+        ArmState(arm=specs.get(a) or Arm(name=a, model=a, strategy=build_strategy({"kind": "plain"}))) for a in arms
+    ]
     picks, reasons, decide_s = _route(policy, settings, test, features, states)
 
     train_x = np.stack([_vector(train_features[p]) for p in train.ids])

@@ -15,6 +15,7 @@ Add a kind with :func:`register_strategy`::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -250,3 +251,26 @@ class PDRStrategy(Strategy):
     @property
     def label(self) -> str:
         return f"pdr-n{self.params['drafts']}-r{self.params['rounds']}"
+
+
+_LABELS = (
+    (re.compile(r"plain"), lambda m: {"kind": "plain"}),
+    (
+        re.compile(r"speculative-(ngram|draft)-k(\d+)"),
+        lambda m: {"kind": "speculative", "method": m[1], "num_speculative_tokens": int(m[2])},
+    ),
+    (re.compile(r"layer-skip-d(\d+)"), lambda m: {"kind": "layer-skip", "dropped": int(m[1])}),
+    (re.compile(r"layer-skip-k(\d+)"), lambda m: {"kind": "layer-skip", "keep_ratio": int(m[1]) / 100}),
+    (re.compile(r"pdr-n(\d+)-r(\d+)"), lambda m: {"kind": "pdr", "drafts": int(m[1]), "rounds": int(m[2])}),
+)
+
+
+def strategy_from_label(label: str) -> Strategy:
+    """The strategy a :attr:`Strategy.label` names (as profile rows record it), with the parameters the
+    label carries; ``StrategyError`` for a label no registered kind writes. For offline tools: the
+    gateway builds strategies from its configuration."""
+    for pattern, params in _LABELS:
+        m = pattern.fullmatch(label)
+        if m:
+            return build_strategy(params(m))
+    raise StrategyError(f"no strategy writes the label {label!r}")

@@ -9,6 +9,8 @@
 # layer-skipped variant; about 16 GB): it builds the variant first (WITH_VARIANTS=1).
 # STACK=healed runs the default three arms plus SmolLM2 minus 4 layers healed by distillation, routed
 # by router/artifacts/local-healed (about 15 GB); it builds the healed variant first (WITH_HEALED=1).
+# STACK=full runs the default three arms plus Qwen2.5-Coder-0.5B with n-gram speculation (k=4), so the
+# router picks the decoding strategy for both models, routed by router/artifacts/local-full (about 19 GB).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
@@ -28,5 +30,8 @@ case "${STACK:-default}" in
   healed)     WITH_HEALED=1 deploy/local/backend-env.sh
               exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-healed.yaml \
                 --backends deploy/local/backends-healed.yaml "$@" ;;
-  *) echo "local-stack: unknown STACK='$STACK' (default | strategies | healed)" >&2; exit 2 ;;
+  full)       deploy/local/backend-env.sh
+              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-full.yaml \
+                --backends deploy/local/backends-full.yaml "$@" ;;
+  *) echo "local-stack: unknown STACK='$STACK' (default | strategies | healed | full)" >&2; exit 2 ;;
 esac

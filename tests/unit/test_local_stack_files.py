@@ -17,6 +17,7 @@ STACKS = [
     ("backends.yaml", "gateway.yaml"),
     ("backends-strategies.yaml", "gateway-strategies.yaml"),
     ("backends-healed.yaml", "gateway-healed.yaml"),
+    ("backends-full.yaml", "gateway-full.yaml"),
 ]
 
 

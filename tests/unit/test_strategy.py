@@ -185,3 +185,29 @@ def test_pdr_exposes_typed_parameters() -> None:
     assert (s.drafts, s.rounds, s.workspace_tokens, s.draft_max_tokens) == (3, 2, 512, 1024)
     assert s.draft_temperature == 1.0 and isinstance(s.draft_temperature, float)
     assert (s.draft_arm, s.refine_arm) == (None, "big")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"kind": "plain"},
+        {"kind": "speculative", "method": "ngram", "num_speculative_tokens": 4},
+        {"kind": "speculative", "method": "draft", "num_speculative_tokens": 2},
+        {"kind": "layer-skip", "dropped": 6},
+        {"kind": "layer-skip", "keep_ratio": 0.75},
+        {"kind": "pdr", "drafts": 4, "rounds": 2},
+    ],
+)
+def test_a_label_names_its_strategy_back(params: dict[str, object]) -> None:
+    from router.strategy import strategy_from_label
+
+    s = build_strategy(params)
+    back = strategy_from_label(s.label)
+    assert (back.kind, back.label) == (s.kind, s.label)
+
+
+def test_an_unknown_label_is_refused() -> None:
+    from router.strategy import strategy_from_label
+
+    with pytest.raises(StrategyError, match="no strategy writes"):
+        strategy_from_label("beam-search-4")
