@@ -86,7 +86,8 @@ async def server() -> AsyncIterator[Server]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[AiohttpUpstream]:
-    up = AiohttpUpstream(TimeoutSettings(connect_s=1.0, first_byte_s=1.0, idle_s=1.0))  # gap 0.05 s: room for a loaded CI box
+    # idle_s well above the test server's 0.05 s chunk gap: room for a loaded CI box
+    up = AiohttpUpstream(TimeoutSettings(connect_s=1.0, first_byte_s=1.0, idle_s=1.0))
     await up.start()
     yield up
     await up.aclose()
