@@ -13,7 +13,8 @@ malformed answers; not 4xx/5xx, which clients can provoke) it *opens* for ``heal
 and no request is sent to it, then it is *half-open*: one trial request decides (an answer closes it,
 a failure opens it for another cool-down). A backend that answers ``/health`` but hangs on requests
 therefore leaves service. While a backend's last request failed less than a cool-down ago, the
-least-loaded choice prefers every backend without such a failure, whatever the loads.
+least-loaded choice prefers every backend without such a failure, whatever the loads, unless it was
+marked down and has come back since (a restart).
 
 All methods run on the event loop; none blocks.
 """
@@ -230,6 +231,10 @@ class BackendPool:
         if backend.healthy != up:
             if up:
                 log.info("backend %s is up", backend.name)
+                # Down, then /health passes again: restarted. Its failures while down are explained,
+                # so it competes by load at once; they still count towards its breaker (and an open
+                # breaker keeps its cool-down), so a backend that fails every request stays out.
+                backend.failed_at = 0.0
             else:
                 log.warning("backend %s is DOWN (%s)", backend.name, backend.last_error)
         backend.healthy = up

@@ -59,7 +59,11 @@ def save_artifact(model: RouterModel, directory: str | Path, metadata: dict[str,
             "latency_margins": model.calibration.margins.as_dict(),
         },
         "arms": {
-            name: {**{s: getattr(arm, s) for s in _SCALARS}, "quality_knn_k": arm.quality_knn_k}
+            name: {
+                **{s: getattr(arm, s) for s in _SCALARS},
+                "quality_knn_k": arm.quality_knn_k,
+                "ttft_floor_s": arm.ttft_floor_s,
+            }
             for name, arm in model.arms.items()
         },
         "metadata": metadata,
@@ -123,6 +127,7 @@ def load_artifact(directory: str | Path, encoder: str | None = None, arms: Itera
                 speed_w=pieces["speed_w"],
                 **{s: float(scalars[s]) for s in _SCALARS},  # type: ignore[arg-type]
                 quality_knn_k=k,
+                ttft_floor_s=float(scalars.get("ttft_floor_s", 0.0)),  # absent before it existed: no floor
             )
         cal = doc["calibration"]
         calibration = Calibration(

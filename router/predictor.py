@@ -70,6 +70,7 @@ class ArmModel:
     median_tokens_per_s: float
     median_ttft_s: float
     quality_knn_k: int = 0  # > 0: quality is the rate of the k nearest training prompts, not quality_w
+    ttft_floor_s: float = 0.0  # TTFT never predicted below this (what the shortest prompts take)
 
     def predict(
         self,
@@ -110,7 +111,7 @@ class ArmModel:
         factor = math.exp(min(2.0, max(-2.0, speed_z)))
         base_tps = live_tokens_per_s or self.median_tokens_per_s
         tps = max(1e-3, base_tps * factor) / slow
-        ttft = max(0.0, self.ttft_intercept_s + self.ttft_per_kchar_s * kchars)
+        ttft = max(self.ttft_floor_s, self.ttft_intercept_s + self.ttft_per_kchar_s * kchars)
         if live_ttft_s is not None and self.median_ttft_s > 0:
             ttft *= live_ttft_s / self.median_ttft_s
         ttft *= slow

@@ -161,20 +161,24 @@ def _mse(p: Array, y: Array, weight: Array | None = None) -> float:
     return float(np.mean((p - y) ** 2) if weight is None else np.average((p - y) ** 2, weights=weight))
 
 
-def _ttft_line(rows: Sequence[Row], kchars: Mapping[str, float]) -> tuple[float, float, float]:
-    """TTFT linear in prompt length over the rows that measured it: ``(intercept, per kchar, median)``
-    (all 0 when none did: the forecast then has no TTFT part)."""
+def _ttft_line(rows: Sequence[Row], kchars: Mapping[str, float]) -> tuple[float, float, float, float]:
+    """TTFT linear in prompt length over the rows that measured it, never below what short prompts
+    take: ``(intercept, per kchar, floor, median)`` (all 0 when none did: the forecast then has no
+    TTFT part). Prefill cost on CPU is not linear (flat for short prompts, steep past a few hundred
+    tokens), so the least-squares line can cross zero; the floor is the median TTFT of the shortest
+    quarter of prompts."""
     kc = np.array([kchars[r.prompt_id] for r in rows])
     ttft = np.array([r.ttft_s for r in rows])
     known = ~np.isnan(ttft)
     if not known.any():
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     if not known.all():
         kc, ttft = kc[known], ttft[known]
     design = np.stack([np.ones_like(kc), kc], axis=1)
     (_, b), *_ = np.linalg.lstsq(design, ttft, rcond=None)
     b = max(0.0, float(b))
-    return float(np.median(ttft - b * kc)), b, float(np.median(ttft))
+    floor = float(np.median(ttft[kc <= np.percentile(kc, 25)]))
+    return float(np.median(ttft - b * kc)), b, floor, float(np.median(ttft))
 
 
 @dataclass
@@ -292,13 +296,14 @@ def train(
         else:
             w_sp = np.zeros(x.shape[1] + 1)
             speed_all = np.zeros(len(arm_rows))
-        a, b, median_ttft = _ttft_line(arm_rows, kchars)
+        a, b, ttft_floor, median_ttft = _ttft_line(arm_rows, kchars)
         arms[arm] = ArmModel(
             quality_w=w_q,
             length_w=w_len,
             speed_w=w_sp,
             ttft_intercept_s=a,
             ttft_per_kchar_s=b,
+            ttft_floor_s=ttft_floor,
             median_tokens_per_s=median_tps,
             median_ttft_s=median_ttft,
             quality_knn_k=knn_k.get(arm, 0),

@@ -196,6 +196,22 @@ def test_least_loaded_does_not_prefer_a_backend_whose_last_request_failed(pool: 
     assert pool.choose(["a", "b"]).name == "a", "after a cool-down it competes by load again"
 
 
+def test_a_backend_back_up_after_being_down_competes_by_load_at_once(pool: BackendPool) -> None:
+    set_state(pool, a=0, b=0)
+    a = pool.backends["a"]
+    pool.report_failure(a, "stream")  # died mid-stream
+    pool.report_failure(a, "connect")  # then refused: marked down
+    assert not a.healthy and pool.choose(["a", "b"]).name == "b"
+
+    pool._set_health(a, True)  # /health passes again: restarted
+
+    assert pool.choose(["a", "b"]).name == "a", "ties go to the first listed again"
+    assert a.request_failures == 2, "the failures still count towards its breaker"
+    pool.report_failure(a, "timeout")
+    a.healthy = True
+    assert a.breaker(time.monotonic()) == "open", "a third failure in a row opens it"
+
+
 def test_half_open_lets_exactly_one_trial_through(pool: BackendPool) -> None:
     set_state(pool, a=0, b=5)
     a = pool.backends["a"]

@@ -192,3 +192,21 @@ def test_rows_without_a_ttft_count_for_all_but_the_ttft_line() -> None:
     only_nan = [replace(r, ttft_s=float("nan")) if r.arm == "chat" else r for r in rows]
     model, _ = train(only_nan, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
     assert model.arms["chat"].median_ttft_s == 0.0 and model.arms["chat"].ttft_intercept_s == 0.0
+
+
+def test_ttft_is_never_predicted_below_what_short_prompts_take() -> None:
+    """CPU prefill is flat for short prompts and steep for long ones: the least-squares line crosses
+    zero, the floor (median TTFT of the shortest quarter) keeps short prompts' forecasts positive."""
+    rows, vectors, _ = synthetic(80)
+    kchars = {pid: 0.1 + 0.05 * i for i, pid in enumerate(vectors)}  # 0.1 .. 4 kchars
+
+    def ttft(k: float) -> float:
+        return 0.3 + 4.0 * max(0.0, k - 2.0)
+
+    hinge = [replace(r, ttft_s=ttft(kchars[r.prompt_id])) for r in rows]
+    model, _ = train(hinge, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
+    arm = model.arms["maths"]
+    assert arm.ttft_floor_s == pytest.approx(0.3)
+    shortest = min(kchars.values())
+    p = arm.forecast(0.0, 0.0, 0.0, shortest, None, None, None)
+    assert p.ttft_s >= 0.3 and arm.ttft_intercept_s + arm.ttft_per_kchar_s * shortest < p.ttft_s
