@@ -24,7 +24,16 @@ from router import Arm, ArmState
 class LiveArm:
     """One arm at run time. ``ewma_*`` are ``None`` until the first measurement."""
 
-    __slots__ = ("arm", "backends", "ewma_tokens_per_s", "ewma_ttft_s", "measured_at", "strategy_label", "ttl_s")
+    __slots__ = (
+        "arm",
+        "backends",
+        "ewma_load",
+        "ewma_tokens_per_s",
+        "ewma_ttft_s",
+        "measured_at",
+        "strategy_label",
+        "ttl_s",
+    )
 
     ALPHA = 0.2
 
@@ -35,21 +44,28 @@ class LiveArm:
         self.ttl_s = ttl_s
         self.ewma_ttft_s: float | None = None
         self.ewma_tokens_per_s: float | None = None
+        self.ewma_load = 0.0
         self.measured_at = -math.inf
 
     def fresh(self, now: float) -> bool:
         """Whether the last measurement (at ``time.monotonic()`` = ``measured_at``) is recent enough to use."""
         return now - self.measured_at <= self.ttl_s
 
-    def record(self, ttft_s: float | None, tokens_per_s: float | None, now: float | None = None) -> None:
-        """Fold one finished request's TTFT and decode speed into the means (restarted when stale)."""
+    def record(
+        self, ttft_s: float | None, tokens_per_s: float | None, load: float = 0.0, now: float | None = None
+    ) -> None:
+        """Fold one finished request's TTFT and decode speed, and the load it ran under (other requests
+        in flight on its backend when it started), into the means (restarted when stale)."""
         if ttft_s is None and tokens_per_s is None:
             return
         now = time.monotonic() if now is None else now
+        a = self.ALPHA
         if not self.fresh(now):
             self.ewma_ttft_s = self.ewma_tokens_per_s = None
+            self.ewma_load = max(0.0, load)
+        else:
+            self.ewma_load = (1 - a) * self.ewma_load + a * max(0.0, load)
         self.measured_at = now
-        a = self.ALPHA
         if ttft_s is not None:
             self.ewma_ttft_s = ttft_s if self.ewma_ttft_s is None else (1 - a) * self.ewma_ttft_s + a * ttft_s
         if tokens_per_s is not None:
@@ -95,6 +111,7 @@ class ArmCatalog:
                     load=min(loads) if loads else 0.0,
                     ttft_s=live.ewma_ttft_s if fresh else None,
                     tokens_per_s=live.ewma_tokens_per_s if fresh else None,
+                    measured_load=live.ewma_load if fresh else 0.0,
                 )
             )
         return out

@@ -38,6 +38,8 @@ class ArmState:
     ``healthy``: at least one backend of the arm can take a request. ``load``: outstanding
     requests per healthy backend (>= 0; running + queued, as the caller measures it).
     ``ttft_s`` / ``tokens_per_s``: recent measurements, ``None`` until there are some.
+    ``measured_load``: the mean load (other requests in flight on the backend) those measurements
+    were taken under, so a policy can tell an arm that is slow from one that was busy.
     """
 
     arm: Arm
@@ -45,6 +47,7 @@ class ArmState:
     load: float = 0.0
     ttft_s: float | None = None
     tokens_per_s: float | None = None
+    measured_load: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,10 @@ class LearnedPolicy(Policy):
     arms and routes around a queue. ``latency_quantile`` — which calibrated quantile of an arm's
     latency must fit ``max_latency_ms`` / ``max_ttft_ms`` (0.5, 0.75, 0.8, 0.9, 0.95 or 0.99;
     default 0.9). ``live_bound`` — how far live speed and TTFT measurements may move an arm's
-    forecast from its profile (a factor; default 1.5): a burst of slow traffic shifts the
-    decision a bounded amount and can never erase what the profile measured. ``explore`` — the
+    forecast from its profile (a factor; default 1.5), after the load they were measured under
+    (``ArmState.measured_load``) is taken out with the same ``load_share`` model: a burst's own
+    crowding is not mistaken for a slow arm once the burst is over, a burst of genuinely slow traffic
+    shifts the decision a bounded amount, and nothing erases what the profile measured. ``explore`` — the
     probability (in [0, 0.5]; default 0, off) of answering with an arm drawn uniformly from those
     that meet the request's flags instead of the best one, so a decision log (``routing.decision_log``)
     also sees the arms the policy would not choose; ``seed`` seeds that draw (default: unseeded).
@@ -165,11 +167,14 @@ class LearnedPolicy(Policy):
         live = []
         for s in candidates:
             arm = self.model.arms[s.arm.name]
+            # measurements taken beside other streams: undo the load model so they estimate the idle
+            # arm the profile describes (and today's load is applied once, below), then bound them
+            busy = 1.0 + share * max(0.0, s.measured_load)
             live.append(
                 (
                     s.arm.name,
-                    _bounded(s.ttft_s, arm.median_ttft_s, bound),
-                    _bounded(s.tokens_per_s, arm.median_tokens_per_s, bound),
+                    _bounded(None if s.ttft_s is None else s.ttft_s / busy, arm.median_ttft_s, bound),
+                    _bounded(None if s.tokens_per_s is None else s.tokens_per_s * busy, arm.median_tokens_per_s, bound),
                     1.0 + share * max(0.0, s.load),
                 )
             )

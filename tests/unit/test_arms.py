@@ -43,6 +43,16 @@ def test_measurements_expire_and_the_next_one_starts_a_new_mean() -> None:
     assert (arm.ewma_ttft_s, arm.ewma_tokens_per_s) == (0.2, 50.0)
 
 
+def test_the_load_measurements_were_taken_under_is_averaged_with_them() -> None:
+    arm = live(ttl_s=10.0)
+    arm.record(0.5, 40.0, load=15.0, now=100.0)  # inside a burst
+    assert arm.ewma_load == 15.0
+    arm.record(0.5, 40.0, load=0.0, now=101.0)
+    assert arm.ewma_load == pytest.approx(0.8 * 15.0)
+    arm.record(0.2, 50.0, load=1.0, now=200.0)  # stale: a new mean, load included
+    assert arm.ewma_load == 1.0
+
+
 def settings(ttl_s: float) -> Settings:
     return Settings.model_validate(
         {
@@ -66,11 +76,11 @@ def test_router_sees_live_speed_only_while_it_is_fresh(monkeypatch: pytest.Monke
     arm = catalog.arms["plain"]
     clock = [1000.0]
     monkeypatch.setattr("gateway.arms.time.monotonic", lambda: clock[0])
-    arm.record(0.4, 25.0)
+    arm.record(0.4, 25.0, load=3.0)
     [state, other] = catalog.states([arm, catalog.arms["spec"]], pool)
-    assert (state.ttft_s, state.tokens_per_s) == (0.4, 25.0)
+    assert (state.ttft_s, state.tokens_per_s, state.measured_load) == (0.4, 25.0, 3.0)
     assert (other.ttft_s, other.tokens_per_s) == (None, None), "never measured: the profiled speed applies"
     clock[0] += 31.0
     [state] = catalog.states([arm], pool)
-    assert (state.ttft_s, state.tokens_per_s) == (None, None)
+    assert (state.ttft_s, state.tokens_per_s, state.measured_load) == (None, None, 0.0)
     assert state.healthy

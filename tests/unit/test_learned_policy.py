@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple
+from dataclasses import astuple, replace
 
 import numpy as np
 import pytest
@@ -245,6 +245,21 @@ def test_live_measurements_move_a_forecast_a_bounded_amount() -> None:
     assert p.tokens_per_s == pytest.approx(20.0 / 1.5)
     with pytest.raises(ValueError, match="live_bound"):
         LearnedPolicy(model=MODEL, live_bound=0.5)
+
+
+def test_measurements_taken_under_load_are_de_loaded_before_they_count() -> None:
+    """An arm measured 1.5x slower while 10 other streams ran beside it (load_share 0.05: exactly
+    what the load model expects) is as fast as its profile once the burst is over."""
+    policy = LearnedPolicy(model=MODEL, load_share=0.05)
+    request = RouteRequest(features=(np.zeros(2), 0.1))
+    idle = policy.predict(request, [ArmState(arm=ARMS["big"])])["big"]
+    busy = ArmState(arm=ARMS["big"], ttft_s=idle.ttft_s * 1.5, tokens_per_s=idle.tokens_per_s / 1.5, measured_load=10.0)
+    after = policy.predict(request, [busy])["big"]
+    assert after.tokens_per_s == pytest.approx(idle.tokens_per_s)
+    assert after.ttft_s == pytest.approx(idle.ttft_s)
+    # the same measurements taken on an idle arm mean a slow arm
+    slow = policy.predict(request, [replace(busy, measured_load=0.0)])["big"]
+    assert slow.tokens_per_s == pytest.approx(idle.tokens_per_s / 1.5)
 
 
 def test_observed_residuals_widen_the_bound_online() -> None:
