@@ -440,6 +440,7 @@ class Proxy:
         series = metrics.series(live.arm.model, live.strategy_label)
 
         def done(out: StreamOutcome) -> None:
+            beside = max(0.0, backend.load - 1.0)  # the load this stream's measurements were taken under
             backend.release()
             end = time.perf_counter()
             series.duration.observe(end - started)
@@ -467,7 +468,7 @@ class Proxy:
             else:
                 status = 200
                 self.pool.report_success(backend)
-                live.record(ttft, tps)
+                live.record(ttft, tps, beside)
                 if predicted_s is not None:
                     self.policy.observe(live.arm.name, predicted_s, end - started)
             if trace is not None:
