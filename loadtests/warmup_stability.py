@@ -83,6 +83,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"same arm for {agree:.1%} of prompts")
     return {
         "gateway": args.gateway,
+        "setting": args.setting,
         "prompts": len(prompts),
         "warmup_requests": args.requests,
         "warmup_concurrency": args.concurrency,
@@ -102,6 +103,7 @@ def main() -> int:
     ap.add_argument("--per-task", type=int, default=40, help="test-split prompts per task in the workload")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between runs")
+    ap.add_argument("--setting", default="", help="the gateway's routing setting, recorded with the result")
     ap.add_argument("--out", help="JSON result file")
     args = ap.parse_args()
     result = asyncio.run(run(args))
