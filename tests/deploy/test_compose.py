@@ -287,6 +287,70 @@ def test_compose_gpu_backends_reserve_nvidia_gpus() -> None:
         assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
 
 
+def _seconds(duration: str) -> float:
+    """A compose duration (``45s``, ``1m30s``, ``1h``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a compose duration: {duration!r}"
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+DRAIN_MARGIN_S = 5.0  # uvicorn's own shutdown after the drain: closing the listener, the lifespan's exit
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_compose_gives_the_gateway_time_to_drain(profile: str) -> None:
+    """``docker compose stop``/``down`` sends SIGTERM, then SIGKILL after ``stop_grace_period`` (10 s by
+    default): it must outlast the drain (``server.drain_timeout_s``, the default and the profile's config,
+    overrides included) so that in-flight streams finish."""
+    from gateway.settings import ServerSettings
+
+    gateway = _services()[f"gateway-{profile}"]
+    environments: list[dict[str, str]] = [{}]
+    if profile == "gpu":
+        learned = _yaml(GPU_LEARNED_OVERRIDE)["services"]["gateway-gpu"]["environment"]
+        environments.append({k: str(v) for k, v in learned.items()})
+    config = ROOT / f"deploy/compose/gateway-{profile}.yaml"
+    drains = [ServerSettings.model_fields["drain_timeout_s"].default]
+    drains += [load_settings(config, environ=env).server.drain_timeout_s for env in environments]
+    grace = gateway.get("stop_grace_period")
+    assert grace, f"gateway-{profile} has no stop_grace_period: Docker kills it 10 s after SIGTERM"
+    assert _seconds(grace) >= max(drains) + DRAIN_MARGIN_S, (
+        f"gateway-{profile}: stop_grace_period {grace} is shorter than the drain ({max(drains)} s) + {DRAIN_MARGIN_S} s"
+    )
+    assert _seconds("1m30s") == 90 and _seconds("45s") == 45  # the parser is not vacuous
+
+
+def _published(path: Path) -> list[tuple[str, str]]:
+    """(service, ``ports`` entry) of every port a compose file publishes."""
+    services = _yaml(path)["services"]
+    return [(name, str(port)) for name, service in services.items() for port in service.get("ports", [])]
+
+
+@pytest.mark.parametrize("path", [COMPOSE_FILE, GPU_PORTS_OVERRIDE], ids=lambda p: p.name)
+def test_compose_publishes_ports_on_loopback_by_default(path: Path) -> None:
+    """Every published port names its host address, 127.0.0.1 unless BIND_ADDRESS says otherwise (the main
+    file; the profiling override's backends stay on loopback)."""
+    published = _published(path)
+    assert published
+    for name, port in published:
+        host, host_port, container_port = _interpolate(port).split(":")
+        assert host == "127.0.0.1", f"{name} publishes {port} beyond this host by default"
+        assert host_port.isdigit() and container_port.isdigit(), port
+        if path == COMPOSE_FILE:
+            assert _interpolate(port, {"BIND_ADDRESS": "0.0.0.0"}).startswith("0.0.0.0:"), port
+
+
+def test_compose_grafana_needs_a_password_and_a_login() -> None:
+    environment = _services()["grafana"]["environment"]
+    password = environment["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), f"{password!r}: required, no default"
+    assert _interpolate(environment["GF_AUTH_ANONYMOUS_ENABLED"]) == "false"
+    docs = (ROOT / "docs/deploy.md").read_text()
+    for documented in ("GRAFANA_ADMIN_PASSWORD", "GRAFANA_ANONYMOUS", "BIND_ADDRESS"):
+        assert documented in docs, f"docs/deploy.md does not mention {documented}"
+
+
 def test_gateway_dockerfile_runtime_stage() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "\nARG BASE_IMAGE=python:3.11-slim\n" in text  # the default base; smoke.sh swaps in its own
@@ -315,13 +379,23 @@ def test_dockerfiles_pass_hadolint() -> None:
 )
 def test_compose_file_validates(profile: str | None, override: Path | None) -> None:
     compose = require_tool("docker-compose", "apt-get install docker-compose")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "GRAFANA_", "BIND_ADDRESS"))}
+    env["GRAFANA_ADMIN_PASSWORD"] = "a-test-password"  # the one variable without a default (required)
     profile_args = ["--profile", profile] if profile else []
     files = ["-f", str(COMPOSE_FILE), *(["-f", str(override)] if override else [])]
     result = run([compose, *files, *profile_args, "config", "-q"], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    # every ${VAR} has a default: no "The X variable is not set. Defaulting to a blank string."
+    # every other ${VAR} has a default: no "The X variable is not set. Defaulting to a blank string."
     assert "variable is not set" not in result.stderr, result.stderr
+
+
+def test_compose_refuses_to_start_grafana_without_a_password() -> None:
+    """No admin/admin: without GRAFANA_ADMIN_PASSWORD compose stops with a message naming it."""
+    compose = require_tool("docker-compose", "apt-get install docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "GRAFANA_"))}
+    result = run([compose, "-f", str(COMPOSE_FILE), "--profile", "cpu", "config", "-q"], env=env)
+    assert result.returncode != 0
+    assert "set GRAFANA_ADMIN_PASSWORD" in result.stderr, result.stderr
 
 
 def test_prometheus_config_passes_promtool() -> None:
