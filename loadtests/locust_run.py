@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import stack
-
-overhead = stack.overhead
+from loadtests import stack
+from loadtests.kit.cpu import proc_cpu_s
+from loadtests.kit.procs import PROCS
+from loadtests.kit.report import machine
 
 
 class Watch(threading.Thread):
@@ -52,7 +53,7 @@ class Watch(threading.Thread):
             s = {"t": time.monotonic() - t0, "inflight": stack.inflight(self.url, timeout_s=2)}
             if self.pid:
                 s["rss_mb"] = stack.rss_kb(self.pid) / 1024
-                s["cpu_s"] = overhead.proc_cpu_s(self.pid)
+                s["cpu_s"] = proc_cpu_s(self.pid)
             self.samples.append(s)
 
 
@@ -92,7 +93,7 @@ def run_locust(a: argparse.Namespace, host: str, users: int, env: dict[str, str]
 
 def measure(a: argparse.Namespace, url: str, pid: int | None, users: int, env: dict[str, str], tmp: Path) -> dict:
     idle_rss = stack.rss_kb(pid) / 1024 if pid else None
-    cpu0 = overhead.proc_cpu_s(pid) if pid else None
+    cpu0 = proc_cpu_s(pid) if pid else None
     w = Watch(url, pid)
     w.start()
     doc = run_locust(a, url, users, env, tmp)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--locust", default=str(stack.REPO / ".cache" / "venv-load" / "bin" / "locust"))
     ap.add_argument("--out", default=str(stack.HERE / "results" / "locust-fake.json"))
     a = ap.parse_args(argv)
-    command = "python loadtests/locust_run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m loadtests.locust_run " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="locust-") as d:
         tmp = Path(d)
@@ -180,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(r)
                     print(table(rows[-1:]), flush=True)
         finally:
-            overhead.PROCS.stop_all()
+            PROCS.stop_all()
     res = {
         "command": command,
         "fake": None if a.gateway else {"ttft_ms": a.ttft_ms, "itl_ms": a.itl_ms, "tokens": a.tokens},
-        "machine": overhead.machine(),
+        "machine": machine(),
         "rows": rows,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ samples, over those after ``--warmup-s`` and over the second half (the figures t
 
 Run::
 
-    nohup .venv/bin/python loadtests/soak.py --minutes 35 --conc 50 \\
+    nohup .venv/bin/python -m loadtests.soak --minutes 35 --conc 50 \\
         --out loadtests/results/soak-fake.json > /tmp/soak.log 2>&1 &
 """
 
@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import stack  # loadtests/stack.py (puts loadtests/ and the repo on sys.path)
 
-overhead = stack.overhead
+from loadtests import stack
+from loadtests.kit.client import HttpConn
+from loadtests.kit.cpu import proc_cpu_s
+from loadtests.kit.procs import PROCS
 
 
 def encode(host: str, model: str, prompt: str, flags: dict[str, Any] | None, max_tokens: int) -> bytes:
@@ -61,13 +63,13 @@ class Tally:
 
 
 async def worker(host: str, port: int, reqs: itertools.cycle[bytes], tally: Tally, stop: asyncio.Event) -> None:
-    conn: overhead.HttpConn | None = None
+    conn: HttpConn | None = None
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         raw = next(reqs)
         try:
             if conn is None or conn.lost:
-                _, conn = await loop.create_connection(overhead.HttpConn, host, port)
+                _, conn = await loop.create_connection(HttpConn, host, port)
             status, body, ttft, _ = await conn.request(raw)
         except (OSError, ConnectionError) as exc:
             tally.errors += 1
@@ -165,7 +167,7 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "rss_kb": stack.rss_kb(gw.pid),
                 "rss_anon_kb": stack.rss_kb(gw.pid, "RssAnon"),
                 "fds": stack.open_fds(gw.pid),
-                "cpu_s": round(overhead.proc_cpu_s(gw.pid), 2),
+                "cpu_s": round(proc_cpu_s(gw.pid), 2),
                 "inflight": stack.inflight(url),
                 "ok": tally.ok,
                 "errors": tally.errors,
@@ -203,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import sys
 
-    a.command = " ".join(["python", "loadtests/soak.py", *(sys.argv[1:] if argv is None else argv)])
+    a.command = " ".join(["python", "-m", "loadtests.soak", *(sys.argv[1:] if argv is None else argv)])
     try:
         with tempfile.TemporaryDirectory(prefix="soak-") as d:
             res = asyncio.run(run(a, Path(d)))
     finally:
-        overhead.PROCS.stop_all()
+        PROCS.stop_all()
     keys = ("elapsed_s", "ok", "errors", "rss_mb_first", "rss_mb_last", "rss_mb_max")
     print({k: res[k] for k in (*keys, "slope_mb_per_h_all", "slope_mb_per_h_after_warmup")})
     return 0 if res["errors"] == 0 else 1

