@@ -28,16 +28,60 @@ CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 _RENDERED: dict[str, list[dict[str, Any]]] = {}
 
 
+def _kustomize(path: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize PATH`` with kustomize's default load restrictor, what ``kubectl apply -k`` uses:
+    no file from outside the kustomization's folder. The documents it renders."""
+    kubectl = require_tool("kubectl", "install kubectl (it bundles kustomize)")
+    result = run([kubectl, "kustomize", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
 def _render(overlay: str) -> list[dict[str, Any]]:
-    """``kubectl kustomize`` output of an overlay, as documents (cached per test session)."""
+    """An overlay rendered as ``kubectl apply -k`` would (cached per test session)."""
     if overlay not in _RENDERED:
-        kubectl = require_tool("kubectl", "install kubectl (it bundles kustomize)")
-        result = run(
-            [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(K8S / "overlays" / overlay)]
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        _RENDERED[overlay] = [d for d in yaml.safe_load_all(result.stdout) if d]
+        _RENDERED[overlay] = _kustomize(K8S / "overlays" / overlay)
     return _RENDERED[overlay]
+
+
+# deploy/k8s/base/monitoring/<copy> = <source>, made by deploy/k8s/sync-base.sh
+BASE_COPIES = {
+    "llm-gateway-overview.json": "deploy/grafana/dashboards/overview.json",
+    "llm-gateway-strategies.json": "deploy/grafana/dashboards/strategies.json",
+    "recording.yml": "deploy/prometheus/rules/recording.yml",
+    "alerts.yml": "deploy/prometheus/rules/alerts.yml",
+}
+
+
+def test_k8s_base_copies_equal_their_sources() -> None:
+    """The base renders under the default load restrictor because it reads copies of the dashboards and
+    rules; each copy is its source, byte for byte, and the sync script makes exactly these copies."""
+    copies = K8S / "base/monitoring"
+    assert {p.name for p in copies.iterdir()} == set(BASE_COPIES)
+    stale = [
+        name for name, source in BASE_COPIES.items() if (copies / name).read_bytes() != (ROOT / source).read_bytes()
+    ]
+    assert not stale, f"run deploy/k8s/sync-base.sh: {stale} differ from their sources"
+    script = (K8S / "sync-base.sh").read_text()
+    for name, source in BASE_COPIES.items():
+        assert f'cp {source} "$out/{name}"' in script
+
+
+def test_k8s_kustomizations_read_only_their_own_folder() -> None:
+    """No kustomization names a file above its folder (directories of other kustomizations are fine):
+    what the default load restrictor refuses, checked without kubectl so the message names the file."""
+    for path in sorted(K8S.rglob("kustomization.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        files = [
+            entry.split("=", 1)[-1]
+            for generator in (*spec.get("configMapGenerator", []), *spec.get("secretGenerator", []))
+            for entry in generator.get("files", [])
+        ]
+        files += [r for r in spec.get("resources", []) if not (path.parent / r).is_dir()]
+        files += [patch["path"] for patch in spec.get("patches", []) if "path" in patch]
+        for name in files:
+            target = (path.parent / name).resolve()
+            assert target.is_relative_to(path.parent.resolve()), f"{path.relative_to(ROOT)} reads {name}"
 
 
 def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -251,7 +295,7 @@ def test_k8s_documented_gpu_learned_overlay_renders(tmp_path: Path) -> None:
     docs = (ROOT / "docs/deploy.md").read_text()
     block = docs[docs.index("**Kubernetes (GPU overlay).**") :]
     block = block[block.index("```sh\n") + len("```sh\n") : block.index("\n```\n")]
-    commands = block[block.index("mkdir -p deploy/k8s/overlays/gpu-learned") : block.index("\nkubectl kustomize")]
+    commands = block[block.index("mkdir -p deploy/k8s/overlays/gpu-learned") : block.index("\nkubectl apply -k")]
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copytree(ROOT / "router/artifacts/local", tmp_path / "router/artifacts/local")
     shutil.copytree(ROOT / "router/artifacts/local", tmp_path / "artifacts/gpu-router")  # the stand-in
@@ -260,11 +304,9 @@ def test_k8s_documented_gpu_learned_overlay_renders(tmp_path: Path) -> None:
     done = subprocess.run([bash, "-euc", commands], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
-    kubectl = require_tool("kubectl", "install kubectl (it bundles kustomize)")
     overlay = tmp_path / "deploy/k8s/overlays/gpu-learned"
-    result = run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)])
-    assert result.returncode == 0, result.stdout + result.stderr
-    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert "kubectl apply -k deploy/k8s/overlays/gpu-learned" in block
+    rendered = _kustomize(overlay)
     settings = load_settings(overlay / "gateway.yaml", environ={})
     assert settings.routing.policy == "learned"
     assert settings.arms == _overlay_settings("gpu").arms and settings.backends == _overlay_settings("gpu").backends
@@ -284,25 +326,20 @@ def test_k8s_documented_gpu_learned_overlay_renders(tmp_path: Path) -> None:
     assert len([d for d in rendered if d["kind"] == "Deployment"]) == 1 + len(settings.backends)
 
 
-def test_k8s_router_artifact_serves_the_learned_policy(tmp_path: Path) -> None:
-    """The CPU overlay routes with `learned`: the artifact ConfigMap holds the repository's artifact, and a
-    policy loaded from the ConfigMap's files accepts the overlay's arms."""
-    import base64
-
-    from router import Arm
-    from router.learned import LearnedPolicy
-
-    docs = _render("cpu")
-    artifact = _named(docs, "ConfigMap", "router-artifact")
-    files = {k: v.encode() for k, v in artifact.get("data", {}).items()}
-    files |= {k: base64.b64decode(v) for k, v in artifact.get("binaryData", {}).items()}
-    source = ROOT / "router/artifacts/local"
-    assert files == {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+def test_k8s_cpu_overlay_routes_with_the_artifact_in_the_image() -> None:
+    """The CPU overlay routes with `learned` on the artifact shipped inside the `router` package (the image
+    installs it as package data), as the cpu compose profile does; the policy accepts the overlay's arms.
+    The base's router-artifact ConfigMap is only a placeholder for an overlay's own artifact."""
+    from router import Arm, build_policy
+    from router.learned import SHIPPED_ARTIFACTS
 
     settings = _overlay_settings("cpu")
     assert settings.routing.policy == "learned"
-    assert settings.routing.params["artifact"] == "/etc/llm-gateway/router"  # the Deployment's mount path
-    for name, content in files.items():
-        (tmp_path / name).write_bytes(content)
-    policy = LearnedPolicy(artifact=str(tmp_path))
+    assert settings.routing.params["artifact"] == "local"
+    policy = build_policy(settings.routing.policy, settings.routing.params)
+    assert policy.artifact == SHIPPED_ARTIFACTS / "local"
     policy.bind([Arm(name=a.name, model=a.model, strategy=a.build_strategy()) for a in settings.arms])
+    assert "COPY router/ router/" in (ROOT / "Dockerfile").read_text()
+    assert '"artifacts/**/*"' in (ROOT / "pyproject.toml").read_text()
+    placeholder = _named(_render("cpu"), "ConfigMap", "router-artifact")
+    assert set(placeholder["data"]) == {"README"} and "binaryData" not in placeholder
