@@ -438,9 +438,11 @@ class Proxy:
     ) -> RelayResponse:
         metrics = self.metrics
         series = metrics.series(live.arm.model, live.strategy_label)
+        # the load this stream's measurements are taken under: the others in flight as it starts
+        # (a queued request's TTFT is set by what was ahead of it, not by what is left at its end)
+        beside = max(0.0, backend.load - 1.0)
 
         def done(out: StreamOutcome) -> None:
-            beside = max(0.0, backend.load - 1.0)  # the load this stream's measurements were taken under
             backend.release()
             end = time.perf_counter()
             series.duration.observe(end - started)
