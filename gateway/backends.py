@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from gateway.affinity import Affinity
 from gateway.metrics import GatewayMetrics
 from gateway.settings import BackendSettings, HealthSettings
 from gateway.upstream import Upstream, UpstreamIOError, UpstreamTimeout
@@ -164,14 +165,34 @@ class BackendPool:
     def any_healthy(self) -> bool:
         return any(b.healthy for b in self.backends.values())
 
-    def choose(self, names: Iterable[str], exclude: set[str] = frozenset()) -> Backend | None:  # type: ignore[assignment]
+    def choose(
+        self,
+        names: Iterable[str],
+        exclude: set[str] = frozenset(),  # type: ignore[assignment]
+        affinity: Affinity | None = None,
+    ) -> Backend | None:
         """The usable backend (healthy, breaker not open) with the least load among ``names``, skipping
         ``exclude``; one whose last request failed within a cool-down comes after all others.
 
         Ties go to the first in the order given. ``None`` if none is usable. Choosing a half-open
-        backend makes this request its trial.
+        backend makes this request its trial. With ``affinity``, the key's replica on the arm's ring
+        comes first while it is usable, closed, not suspect and within the load bound
+        (:mod:`gateway.affinity`); ``affinity.kept`` says whether it was.
         """
         now = time.monotonic()
+        if affinity is not None:
+            loads = {
+                n: b.load
+                for n in names
+                if n not in exclude
+                and (b := self.backends[n]).usable(now)
+                and b.breaker(now) == "closed"
+                and not self._suspect(b, now)
+            }
+            home = affinity.ring.pick(affinity.key, loads, affinity.load_factor)
+            affinity.kept = home is not None
+            if home is not None:
+                return self.backends[home]
         best: Backend | None = None
         best_key = (True, 0.0)
         for name in names:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
@@ -53,11 +53,31 @@ class BackendSettings(_Strict):
         return str(self.url).rstrip("/")
 
 
+class AffinitySettings(_Strict):
+    """Which replica of an arm a request goes to when it has several (gateway/affinity.py)."""
+
+    mode: Literal["none", "session", "prefix"] = Field(
+        "none",
+        description="none: least-loaded; session: same x-session-id header or `user` field, same replica; "
+        "prefix: those, else the same conversation opening (system prompt + first user message).",
+    )
+    prefix_chars: int = Field(512, ge=16, le=100_000, description="Characters of the opening hashed in prefix mode.")
+    load_factor: float = Field(
+        1.25, ge=1.0, le=10.0, description="A replica keeps its keys while its load <= this x the arm's mean load."
+    )
+
+
 class ArmSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     model: str = Field(min_length=1, description="The public model name clients use.")
     backends: list[str] = Field(min_length=1)
     strategy: dict[str, Any] = Field(default_factory=lambda: {"kind": "plain"})
+    affinity: AffinitySettings = AffinitySettings()
+
+    @field_validator("affinity", mode="before")
+    @classmethod
+    def _affinity_shorthand(cls, v: Any) -> Any:
+        return {"mode": v} if isinstance(v, str) else v  # `affinity: session`
 
     @field_validator("model")
     @classmethod
