@@ -21,7 +21,7 @@ from deploy_tooling import CONTAINER_CONFIG, HEADROOM, MEASURED_GIB, ROOT, in_ci
 from gateway.settings import load_settings
 
 K8S = ROOT / "deploy/k8s"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "gpu-replicas")
 K8S_VERSION = "1.31.0"  # kubernetes-validate checks against this API version's schemas
 # Custom resources that kubernetes-validate has no schema for; test_k8s_servicemonitors checks them.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
@@ -187,24 +187,62 @@ def test_k8s_gateway_deployment(overlay: str) -> None:
     assert container["resources"]["requests"]["cpu"], "CPU utilisation targets need a CPU request"
 
 
+def _vllm_workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The vLLM servers of an overlay: every Deployment and StatefulSet but the gateway."""
+    kinds = ("Deployment", "StatefulSet")
+    return [d for d in docs if d["kind"] in kinds and d["metadata"]["name"] != "llm-gateway"]
+
+
+def _pods(workload: dict[str, Any]) -> int:
+    """Backends a vLLM workload stands for: one per Deployment (behind its Service), one per StatefulSet pod."""
+    return int(workload["spec"]["replicas"]) if workload["kind"] == "StatefulSet" else 1
+
+
+def _backend_labels(docs: list[dict[str, Any]]) -> set[str]:
+    """The `backend` label values the vllm ServiceMonitor gives: the Service name, or the pod name for the
+    pods of a StatefulSet (its relabeling on the pod-name label the StatefulSet controller sets)."""
+    labels = set()
+    for service in docs:
+        if service["kind"] != "Service" or service["metadata"]["labels"].get("llm-gateway/job") != "vllm":
+            continue
+        selected = service["spec"]["selector"]
+        for workload in _vllm_workloads(docs):
+            if _matches(selected, workload["spec"]["template"]["metadata"]["labels"]):
+                name = workload["metadata"]["name"]
+                if workload["kind"] == "StatefulSet":
+                    labels |= {f"{name}-{i}" for i in range(_pods(workload))}
+                else:
+                    labels.add(service["metadata"]["name"])
+    return labels
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_k8s_backends_match_gateway_config(overlay: str) -> None:
     """Each backend URL is a Service of the overlay, in front of a vLLM Deployment serving that model and strategy."""
     docs = _render(overlay)
     settings = _overlay_settings(overlay)
-    deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "llm-gateway"]
+    workloads = _vllm_workloads(docs)
     containers: dict[str, dict[str, Any]] = {}
     for backend in settings.backends:
         url = urlsplit(backend.base_url)
         assert url.hostname is not None
-        service = _one(docs, "Service", url.hostname)
+        pod, _, service_name = url.hostname.rpartition(".")  # <pod>.<headless Service> or <Service>
+        service = _one(docs, "Service", service_name)
         assert service["metadata"]["labels"]["llm-gateway/job"] == "vllm"
         (port,) = service["spec"]["ports"]
         assert port["port"] == url.port
-        (deployment,) = [
-            d for d in deployments if _matches(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+        (workload,) = [
+            d for d in workloads if _matches(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
         ]
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        if pod:  # one replica of a StatefulSet, by its stable DNS name
+            assert workload["kind"] == "StatefulSet" and workload["spec"]["serviceName"] == service_name
+            assert service["spec"].get("clusterIP") == "None", f"{service_name}: pod DNS names need a headless Service"
+            name, ordinal = pod.rsplit("-", 1)
+            assert name == workload["metadata"]["name"] and int(ordinal) < workload["spec"]["replicas"], pod
+            assert backend.name == pod, "the backend is named after its pod, as the `backend` label of its metrics"
+        else:
+            assert workload["kind"] == "Deployment", f"{backend.name}: a StatefulSet's replicas are listed by pod"
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
         container_port = {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]]
         flags = server_flags(container["args"])
         assert flags["--port"] == str(container_port)
@@ -217,7 +255,7 @@ def test_k8s_backends_match_gateway_config(overlay: str) -> None:
                 == container["resources"]["limits"]["nvidia.com/gpu"]
             )
         containers[backend.name] = container
-    assert len(deployments) == len(settings.backends), "every vLLM Deployment is a backend of the gateway"
+    assert sum(map(_pods, workloads)) == len(settings.backends), "every vLLM pod is a backend of the gateway"
     for arm in settings.arms:
         strategy = arm.build_strategy()
         for name in arm.backends:
@@ -253,12 +291,36 @@ def test_k8s_servicemonitors(overlay: str) -> None:
     assert jobs == {"llm-gateway": {"gateway"}, "vllm": {"vllm"}}
     vllm = _one(docs, "ServiceMonitor", "vllm")
     relabel = vllm["spec"]["endpoints"][0]["relabelings"]
-    assert {"sourceLabels": ["__meta_kubernetes_service_name"], "targetLabel": "backend"} in relabel
-    backends = {b.name for b in _overlay_settings(overlay).backends}
-    vllm_services = {
-        s["metadata"]["name"] for s in services if s["metadata"]["labels"].get("llm-gateway/job") == "vllm"
+    assert relabel[0] == {"sourceLabels": ["__meta_kubernetes_service_name"], "targetLabel": "backend"}
+    assert relabel[1] == {
+        "sourceLabels": ["__meta_kubernetes_pod_label_statefulset_kubernetes_io_pod_name"],
+        "regex": "(.+)",
+        "targetLabel": "backend",
     }
-    assert vllm_services == backends, "the `backend` label of vLLM metrics equals the gateway's backend name"
+    backends = {b.name for b in _overlay_settings(overlay).backends}
+    assert _backend_labels(docs) == backends, "the `backend` label of vLLM metrics equals the gateway's backend name"
+
+
+def test_k8s_gpu_replicas_overlay_lists_every_replica() -> None:
+    """gpu-replicas serves the qwen2.5-7b-plain arm from every pod of a StatefulSet behind a headless Service
+    (each pod a backend); apart from that it is the gpu overlay: the same arms, and the StatefulSet's pod
+    template is the gpu overlay's Deployment's, less the per-pod emptyDir replaced by a volume claim."""
+    docs = _render("gpu-replicas")
+    statefulset = _one(docs, "StatefulSet", "qwen-7b")
+    assert statefulset["spec"]["replicas"] >= 2
+    assert _one(docs, "Service", "qwen-7b")["spec"]["publishNotReadyAddresses"] is True
+    assert not [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "qwen-7b"]
+    settings, gpu = _overlay_settings("gpu-replicas"), _overlay_settings("gpu")
+    arm = next(a for a in settings.arms if a.name == "qwen2.5-7b-plain")
+    assert arm.backends == [f"qwen-7b-{i}" for i in range(statefulset["spec"]["replicas"])]
+    assert [(a.name, a.model, a.strategy) for a in settings.arms] == [(a.name, a.model, a.strategy) for a in gpu.arms]
+    deployment = _one(_render("gpu"), "Deployment", "qwen-7b")["spec"]["template"]
+    template = statefulset["spec"]["template"]
+    assert template["spec"]["containers"] == deployment["spec"]["containers"]
+    volumes = [v for v in deployment["spec"]["volumes"] if v["name"] != "models"]
+    assert template["spec"]["volumes"] == volumes
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "models"
 
 
 def _quantity(value: str) -> int:
