@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--ns-rounds", type=int, help="non-streaming rounds (default: --rounds)")
     f = ap.add_argument_group("fake upstream (default mode)")
-    f.add_argument("--ttft-ms", type=float, default=20.0)
-    f.add_argument("--itl-ms", type=float, default=2.0)
-    f.add_argument("--tokens", type=int, default=16)
+    f.add_argument("--ttft-ms", type=float, default=20.0, help="fake: time to the first token (default 20)")
+    f.add_argument("--itl-ms", type=float, default=2.0, help="fake: time between tokens (default 2)")
+    f.add_argument("--tokens", type=int, default=16, help="fake: tokens per answer (default 16)")
     f.add_argument("--ns-delay-ms", type=float, default=0.0, help="delay of the fake's non-streaming answers")
     r = ap.add_argument_group("real upstream")
     r.add_argument(
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway/ and router/ of this git revision (git archive into the scratch folder, "
         "python -m gateway) instead of the working tree's: before/after in the same conditions",
     )
-    p.add_argument("--gateway-log-level", default="info")
+    p.add_argument("--gateway-log-level", default="info", help="the gateway's server.log_level (default info)")
     p.add_argument("--uvloop", action="store_true", help="run this client and the fake on uvloop (if installed)")
     o = ap.add_argument_group("output and profiling")
     o.add_argument("--out", help="write the JSON results here")
@@ -202,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="after the comparison, py-spy the gateway under via-only load this long",
     )
-    o.add_argument("--profile-conc", type=int, default=16)
+    o.add_argument(
+        "--profile-conc", type=int, default=16, help="concurrency of the profiled and strace'd load (default 16)"
+    )
     o.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     o.add_argument("--profile-only", action="store_true", help="skip the comparison, only profile")
     o.add_argument("--profile-native", action="store_true", help="py-spy --native: C frames (uvloop, httptools) too")
