@@ -41,6 +41,7 @@ _GAUGES = {
     b"vllm:num_requests_running": "running",
     b"vllm:num_requests_waiting": "waiting",
     b"vllm:kv_cache_usage_perc": "kv_usage",
+    b"vllm:gpu_cache_usage_perc": "kv_usage_legacy",  # the name before vLLM 0.10; used only without the new one
 }
 
 
@@ -121,7 +122,7 @@ class Backend:
 def parse_vllm_load(text: bytes) -> dict[str, float]:
     """Sum vLLM's load gauges over all label sets in a Prometheus text exposition.
 
-    Only the three gauges' lines are looked at (a vLLM exposition is ~50 KB, mostly other
+    Only the load gauges' lines are looked at (a vLLM exposition is ~50 KB, mostly other
     series): each name is searched for at line starts rather than every line split and compared.
     """
     out: dict[str, float] = {}
@@ -140,6 +141,9 @@ def parse_vllm_load(text: bytes) -> dict[str, float]:
                 out[field] = out.get(field, 0.0) + float(line.rsplit(b" ", 1)[1])
             except (IndexError, ValueError):
                 continue
+    legacy = out.pop("kv_usage_legacy", None)
+    if legacy is not None and "kv_usage" not in out:
+        out["kv_usage"] = legacy
     return out
 
 

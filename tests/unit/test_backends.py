@@ -53,6 +53,9 @@ vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="smollm2"} 99.0
         (b"vllm:num_requests_running", {}),
         (b"", {}),
         (b"<html>not metrics</html>", {}),
+        # vLLM before 0.10 named the KV-cache gauge gpu_cache_usage_perc; read it when it is the only one
+        (b'vllm:gpu_cache_usage_perc{engine="0"} 0.5\nvllm:num_requests_running 1\n', {"kv_usage": 0.5, "running": 1}),
+        (b"vllm:gpu_cache_usage_perc 0.5\nvllm:kv_cache_usage_perc 0.25\n", {"kv_usage": 0.25}),
     ],
 )
 def test_parse_vllm_load(text: bytes, expected: dict[str, float]) -> None:
