@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.kit.client import Target
+from loadtests.kit.cpu import machine_busy_s
 from loadtests.kit.procs import PROCS, NotReady, start_fake
 from loadtests.kit.report import machine, versions, write
 
@@ -107,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--retries", type=int, default=2, help="at most this many extra measurements per peer (default 2)")
     q.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each measurement, wait up to this long for the machine's busy CPU (3 s samples) to fall "
+        "under --max-foreign (default 0: do not wait)",
+    )
+    q.add_argument(
         "--settle-s",
         type=float,
         default=3.0,
@@ -150,12 +159,28 @@ def install(names: list[str]) -> None:
         os.system(shlex.join(["bash", str(script), *wanted]))
 
 
+async def wait_quiet(limit_s: float, max_cores: float) -> float:
+    """Wait until the machine's busy CPU over 3 s is at most ``max_cores`` (or ``limit_s`` passed); the
+    seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        b0, w0 = machine_busy_s(), time.monotonic()
+        await asyncio.sleep(3.0)
+        if (machine_busy_s() - b0) / (time.monotonic() - w0) <= max_cores:
+            break
+    return round(time.monotonic() - t0, 1)
+
+
 async def run_peer(ctx: Ctx, name: str, start: Any, direct: Target, fake_pid: int, a: argparse.Namespace) -> dict:
     """Start, measure (again while the machine was busy, keeping the quietest), stop one peer."""
     row: dict[str, Any] = {"name": name}
     history: list[float] = []
     best: dict[str, Any] | None = None
     for attempt in range(1 + a.retries):
+        if a.wait_quiet > 0:
+            waited = await wait_quiet(a.wait_quiet, a.max_foreign)
+            row["waited_quiet_s"] = row.get("waited_quiet_s", 0.0) + waited
+            print(f"   waited {waited:.0f} s for a quiet machine", flush=True)
         peer = start(ctx)
         row.update(version=peer.version, note=peer.note)
         try:
