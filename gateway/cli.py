@@ -1,4 +1,12 @@
-"""``llm-gateway`` command line. Arguments are parsed in :func:`main`, never at import time."""
+"""``llm-gateway`` command line. Arguments are parsed in :func:`main`, never at import time.
+
+The gateway's own commands are ``serve``, ``check-config`` and ``hash-key``. Other packages add
+commands through entry points in the group :data:`COMMANDS_GROUP` (the entry point's name is the
+command, its object a :class:`Command`): the lab's ``profile``, ``train``, ``evaluate``,
+``local-stack``, ``make-variant`` and ``heal-variant`` come that way (``pyproject.toml``). They are
+looked up only when the command line names something other than the gateway's own commands, and a
+command whose package is not installed answers with the extra to install.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,29 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from importlib.metadata import EntryPoint, entry_points
+from typing import Protocol
 
 from gateway.settings import Settings, SettingsError, load_settings
 
+COMMANDS_GROUP = "llm_gateway.commands"
+BUILTIN = ("serve", "check-config", "hash-key")
 
-def _load(path: str) -> Settings | None:
+
+class Command(Protocol):
+    """A command registered under :data:`COMMANDS_GROUP`. ``help``: one line for ``--help``;
+    ``add_arguments``: adds its options to its subparser; ``run``: does the work, returns the exit status.
+    Loading the object must stay cheap (argparse only): heavy imports belong in ``run``."""
+
+    help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def load_config(path: str) -> Settings | None:
+    """The settings in ``path`` (``GATEWAY_*`` variables applied); ``None`` after printing why not."""
     try:
         return load_settings(path)
     except SettingsError as exc:
@@ -22,18 +47,21 @@ def _load(path: str) -> Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
+    settings = load_config(args.config)
     if settings is None:
         return 2
-    return _run_server(settings, args)
+    return run_server(settings, host=args.host, port=args.port, access_log=args.access_log)
 
 
-def _run_server(settings: Settings, args: argparse.Namespace) -> int:
+def run_server(
+    settings: Settings, *, host: str | None = None, port: int | None = None, access_log: bool = False
+) -> int:
+    """Serve the gateway until it is stopped (SIGTERM drains); ``host``/``port`` override ``settings.server``."""
     from gateway.app import create_app
     from gateway.server import serve
 
-    host = args.host or settings.server.host
-    port = args.port or settings.server.port
+    host = host or settings.server.host
+    port = port or settings.server.port
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -53,7 +81,7 @@ def _run_server(settings: Settings, args: argparse.Namespace) -> int:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         log_level=settings.server.log_level,
-        access_log=args.access_log,
+        access_log=access_log,
         proxy_headers=False,
         server_header=False,
     )
@@ -72,163 +100,78 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
+    settings = load_config(args.config)
     if settings is None:
         return 2
     print(f"{args.config}: OK ({len(settings.backends)} backends, {len(settings.arms)} arms)")
     return 0
 
 
-def _local_stack(args: argparse.Namespace) -> int:
-    from gateway.launcher import BackendSpec, Launcher, Stopped, home_dir, raise_on_stop_signals
-
-    settings = _load(args.config)
-    if settings is None:
-        return 2
-    spec = BackendSpec.load(args.backends)
-    if args.servers:
-        try:
-            spec = spec.only(args.servers.split(","))
-        except ValueError as exc:
-            print(f"llm-gateway: {exc}", file=sys.stderr)
-            return 2
-    log_dir = Path(args.log_dir) if args.log_dir else home_dir() / "logs"
-    print(
-        f"==> starting {len(spec.servers)} vLLM-CPU backends (logs in {log_dir}); "
-        "Ctrl-C, SIGTERM or SIGHUP stops everything",
-        flush=True,
-    )
-    try:
-        with raise_on_stop_signals(), Launcher(spec, log_dir) as launcher:
-            launcher.start()
-            launcher.wait_ready(timeout_s=args.ready_timeout)
-            host, port = args.host or settings.server.host, args.port or settings.server.port
-            model = settings.arms[0].model
-            print(
-                f"""==> gateway on http://{host}:{port}  (OpenAI base URL http://{host}:{port}/v1)
-    try:  curl -s http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' \\
-            -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
-          curl -s http://{host}:{port}/v1/models;  curl -s http://{host}:{port}/metrics | grep gateway_""",
-                flush=True,
-            )
-            return _run_server(settings, args)
-    except KeyboardInterrupt:
-        print("\n==> stopped", file=sys.stderr)
-        return 130
-    except Stopped as exc:
-        print(f"\n==> stopped ({exc})", file=sys.stderr)
-        return 128 + exc.signum
-    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
-        print(f"llm-gateway: {exc}", file=sys.stderr)
-        return 1
-
-
-def _lab(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from threadpoolctl import threadpool_limits
-
-        from gateway import lab
-
-        # The router's matrices are tiny, and a BLAS spinning threads on every core fights the vLLM
-        # servers beside it: `train` on 690 prompts took 5 min 8 s with OpenBLAS's default threads next
-        # to the busy local stack, 23 s with one.
-        with threadpool_limits(limits=1):
-            return int(getattr(lab, name)(args))
-
-    return run
-
-
-def _profile(args: argparse.Namespace) -> int:
-    from gateway.profiling import profile_command
-
-    return profile_command(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llm-gateway", description="OpenAI-compatible LLM gateway with a learned router."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True, help="YAML configuration file (GATEWAY_* variables override it)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
     serve.set_defaults(func=_serve)
-    stack = sub.add_parser(
-        "local-stack", help="start local vLLM-CPU backends, then the gateway (Ctrl-C, SIGTERM or SIGHUP stops all)"
-    )
-    stack.add_argument("--config", default="deploy/local/gateway.yaml")
-    stack.add_argument("--backends", default="deploy/local/backends.yaml")
-    stack.add_argument(
-        "--servers", help="comma-separated backend names to start (default: all in --backends); bring arms up in turns"
-    )
-    stack.add_argument("--log-dir", help="backend logs (default $LLM_GATEWAY_HOME/logs)")
-    stack.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the backends")
-    stack.add_argument("--host")
-    stack.add_argument("--port", type=int)
-    stack.add_argument("--access-log", action="store_true")
-    stack.set_defaults(func=_local_stack)
-    train = sub.add_parser(
-        "train", help="fit the learned router's predictors from profiles and/or logged traffic; write an artifact"
-    )
-    train.add_argument("--profiles", nargs="+", help="profile JSONL file(s) from `llm-gateway profile`")
-    train.add_argument(
-        "--from-log", metavar="LOG", help="decision log (routing.decision_log): learn from served requests too"
-    )
-    train.add_argument(
-        "--feedback", metavar="FEEDBACK", help="ratings (feedback.path) joined to --from-log by request id"
-    )
-    train.add_argument("--out", required=True, help="artifact directory to write")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by prompt)")
-    train.add_argument(
-        "--encoder",
-        choices=["minilm", "none"],
-        default="minilm",
-        help="prompt embedding: minilm (about 8 ms CPU per routed request) or none (cheap features only, ~0.1 ms)",
-    )
-    train.set_defaults(func=_lab("train_command"))
-    evaluate = sub.add_parser("evaluate", help="score a router artifact on held-out profiled prompts")
-    evaluate.add_argument("--profiles", nargs="+", required=True)
-    evaluate.add_argument("--artifact", required=True)
-    evaluate.add_argument("--out", required=True, help="directory for evaluation{,-cv}.{json,md,png}")
-    evaluate.add_argument(
-        "--cv", type=int, default=0, metavar="K", help="also K-fold cross-validate over every profiled prompt"
-    )
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.set_defaults(func=_lab("evaluate_command"))
-    profile = sub.add_parser("profile", help="measure every arm on offline prompt sets through the gateway (resumable)")
-    profile.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
-    profile.add_argument("--arms", required=True, help="comma-separated arm names")
-    profile.add_argument("--tasks", default="gsm8k,mmlu,humaneval,mtbench", help="comma-separated prompt sets")
-    profile.add_argument("--per-task", type=int, default=50, help="prompts per task (a fixed sample per seed)")
-    profile.add_argument("--split", choices=["all", "train", "test"], default="all")
-    profile.add_argument("--seed", type=int, default=0)
-    profile.add_argument("--concurrency", type=int, default=4, help="concurrent requests per arm")
-    profile.add_argument("--max-tokens", type=int, default=256)
-    profile.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
-    profile.add_argument("--out", required=True, help="JSONL file (appended; finished pairs are skipped)")
-    profile.add_argument(
-        "--backend-metrics", help="NAME=URL,... of vLLM backends to read spec-decode counters from (optional)"
-    )
-    profile.set_defaults(func=_profile)
-    from gateway.launcher import home_dir
-    from gateway.variant import add_parser as add_make_variant
-
-    add_make_variant(sub, home_dir() / "vllm-venv" / "bin" / "python")
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=_check)
     hash_cmd = sub.add_parser(
         "hash-key", help="print the SHA-256 of an API key read from stdin, for auth.keys[].sha256"
     )
     hash_cmd.set_defaults(func=_hash_key)
-    check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("--config", required=True)
-    check.set_defaults(func=_check)
+
+
+def _missing(name: str, extra: str, reason: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(
+            f"llm-gateway {name}: needs the '{extra}' extra ({reason}): pip install 'llm-gateway[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+
+    return run
+
+
+def _add_plugin(sub: argparse._SubParsersAction[argparse.ArgumentParser], ep: EntryPoint) -> None:
+    """Register the command of entry point ``ep``; a stand-in naming the extra when its package is missing.
+    The extra is named after the command's top-level package (``lab.commands:train`` -> ``lab``)."""
+    try:
+        command: Command = ep.load()
+    except ModuleNotFoundError as exc:
+        extra = ep.module.partition(".")[0]
+        parser = sub.add_parser(ep.name, help=f"(not installed: pip install 'llm-gateway[{extra}]')", add_help=False)
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        parser.set_defaults(func=_missing(ep.name, extra, str(exc)))
+        return
+    parser = sub.add_parser(ep.name, help=command.help)
+    command.add_arguments(parser)
+    parser.set_defaults(func=command.run)
+
+
+def plugin_commands() -> list[EntryPoint]:
+    """The entry points of :data:`COMMANDS_GROUP`, by name (a name of the gateway's own commands is ignored)."""
+    return sorted((ep for ep in entry_points(group=COMMANDS_GROUP) if ep.name not in BUILTIN), key=lambda e: e.name)
+
+
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The command line: the gateway's commands, and with ``plugins`` those of :func:`plugin_commands`."""
+    parser = argparse.ArgumentParser(
+        prog="llm-gateway", description="OpenAI-compatible LLM gateway with a learned router."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_builtin(sub)
+    if plugins:
+        for ep in plugin_commands():
+            _add_plugin(sub, ep)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(plugins=command not in BUILTIN).parse_args(argv)
     return int(args.func(args))
 
 

@@ -30,18 +30,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.variant_builder import _encode
-from gateway.variant_healer import autocast, torch_device
+from lab.profiles import read_rows
+from variants.builder import encode
+from variants.distill import autocast, torch_device
 
 
 def reference_sequences(profile: Path, arm: str, tokenizer: Any, seq_len: int) -> list[dict[str, Any]]:
     """(prompt id, task, token ids, first answer position) for every answered ``arm`` row of ``profile``."""
     out = []
-    for line in profile.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_rows(profile):
         if row.get("arm") != arm or row.get("error") or not row.get("text"):
             continue
-        prompt = _encode(tokenizer, [{"role": "user", "content": row["prompt"]}])[0].tolist()
+        prompt = encode(tokenizer, [{"role": "user", "content": row["prompt"]}])[0].tolist()
         answer = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
         prompt = prompt[-(seq_len // 2) :] if len(prompt) + len(answer) > seq_len else prompt
         ids = (prompt + answer)[:seq_len]

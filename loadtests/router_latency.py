@@ -4,7 +4,7 @@ Prompts (about 500, one per line of work):
 
 * ``--profiles FILE``: the texts recorded in a profile JSONL (``llm-gateway profile``);
 * otherwise the offline benchmark sets (GSM8K, MMLU, HumanEval, MT-Bench; see
-  ``router/datasets.py``), when their data packages are installed;
+  ``lab/datasets.py``), when their data packages are installed;
 * otherwise generated prompts of 50-2000 characters (maths, multiple choice, code, chat).
 
 Measurements, p50/p90/p99 per prompt:
@@ -79,7 +79,7 @@ def profile_prompts(path: str) -> list[str]:
 
 
 def dataset_prompts(limit: int) -> list[str]:
-    from router.datasets import TASKS, load_prompts
+    from lab.datasets import TASKS, load_prompts
 
     prompts = [p.text for p in load_prompts(TASKS, per_task=limit // 3, seed=0)]
     random.Random(0).shuffle(prompts)

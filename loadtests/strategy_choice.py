@@ -32,31 +32,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lab import profiles
 from router.bootstrap import resample_counts
-from router.datasets import group_of
 from router.encoder import load_encoder
 from router.learned import feature_names, prompt_vector
-from router.training import Row, latest_rows, prompt_folds, read_rows, train
+from router.prompt_ids import group_of
+from router.training import Row, prompt_folds, train
 
 COPY_TASKS = ("rename", "extract")
 
 
 def load(paths: list[str], arms: list[str]) -> tuple[dict[str, dict[str, Row]], dict[str, str]]:
-    lines = [line for p in paths for line in Path(p).read_text().splitlines()]
-    texts = {}
-    for line in lines:
-        if line.strip():
-            r = json.loads(line)
-            texts.setdefault(r["prompt_id"], r.get("prompt", ""))
+    data = profiles.load(paths)
     by_prompt: dict[str, dict[str, Row]] = defaultdict(dict)
-    for r in latest_rows(read_rows(lines)):
+    for r in data.rows:
         by_prompt[r.prompt_id][r.arm] = r
     usable = {
         p: rows
         for p, rows in by_prompt.items()
         if all(a in rows and (rows[a].decode_tps or 0) > 0 and rows[a].output_tokens > 1 for a in arms)
     }
-    return usable, texts
+    return usable, data.texts
 
 
 def predicted_speeds(
@@ -84,7 +80,7 @@ def predicted_speeds(
             if fold_of[pid] != fold:
                 continue
             x = model.standardise(vectors[pid])
-            preds = model.predict(x, len(texts[pid]) / 1000, None, [(a, None, None, 1.0) for a in arms])
+            preds = model.predict(x, len(texts[pid]) / 1000, None, [(a, 1.0, 1.0, 1.0) for a in arms])
             out[pid] = {a: preds[a].tokens_per_s for a in arms}
     return out
 

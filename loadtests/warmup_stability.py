@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from router.datasets import ROUTER_TASKS, load_prompts
+from lab.datasets import ROUTER_TASKS, load_prompts
 
 WARMUP_PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm, in at least 400 words."
 

@@ -39,11 +39,11 @@ from router.baselines import (
     task_forecasts,
 )
 from router.bootstrap import PairedMeans, weighted_quantile
-from router.datasets import group_of
 from router.decision import Arm, ArmState, RouteFlags, RouteRequest
 from router.linear import Array
 from router.policy import Policy
 from router.predictor import Prediction
+from router.prompt_ids import group_of
 from router.reliability import forecast_report
 from router.strategy import build_strategy
 from router.training import Row
@@ -536,7 +536,7 @@ def summarise(
             "seed": seed,
             "level": LEVEL,
             "paired": True,
-            "unit": "source item (router.datasets.group_of): its prompts are drawn together",
+            "unit": "source item (router.prompt_ids.group_of): its prompts are drawn together",
             "clusters": len(cluster_of),
         },
         "settings": [dict(s) for s in settings],

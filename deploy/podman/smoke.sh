@@ -94,7 +94,7 @@ if [[ -z "$BACKEND_URL" ]]; then
     setsid "$PY" - "$ROOT/deploy/local/backends.yaml" "$BACKEND_PORT" "$WORK/vllm-logs" >"$WORK/backend.log" 2>&1 <<'EOF' &
 import dataclasses, signal, sys, threading
 from pathlib import Path
-from gateway.launcher import BackendSpec, Launcher
+from lab.launcher import BackendSpec, Launcher
 spec = BackendSpec.load(sys.argv[1]).only(["smol-plain"])
 spec = dataclasses.replace(spec, servers=tuple(dataclasses.replace(s, port=int(sys.argv[2])) for s in spec.servers))
 stop = threading.Event()

@@ -9,12 +9,6 @@ torch, the tier is not collected.
 from __future__ import annotations
 
 import importlib.util
-import sys
-from pathlib import Path
 
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
     collect_ignore_glob = ["test_*.py"]
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))

@@ -1,4 +1,4 @@
-"""LoRA healing (gateway/lora.py): adapters start as a no-op, merge exactly, and heal like full tuning."""
+"""LoRA healing (variants/lora.py): adapters start as a no-op, merge exactly, and heal like full tuning."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from test_variant_builder import make_model, tensors
 from test_variant_healer import heal, pruned
 from transformers import AutoModelForCausalLM
 
-from gateway import heal_checkpoint as hc
-from gateway import lora
-from gateway import variant_healer as vh
+from variants import checkpoint as hc
+from variants import healer as vh
+from variants import lora
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

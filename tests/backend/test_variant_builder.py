@@ -22,7 +22,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from gateway import variant_builder as vb
+from variants import builder as vb
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = [
@@ -226,7 +226,7 @@ def test_a_variant_failing_its_smoke_test_is_refused(tiny: Path, tmp_path: Path)
 def test_script_entry_point(tiny: Path, tmp_path: Path) -> None:
     calibration = tmp_path / "cal.json"
     calibration.write_text(json.dumps({"source": "unit", "prompts": PROMPTS}))
-    cmd = [sys.executable, str(ROOT / "gateway" / "variant_builder.py"), "--model", str(tiny)]
+    cmd = [sys.executable, "-m", "variants", "build", "--model", str(tiny)]
     cmd += ["--out", str(tmp_path / "out"), "--drop", "2", "--calibration-json", str(calibration)]
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # a random model fails the smoke test
     assert refused.returncode == 3, refused.stderr

@@ -13,9 +13,10 @@ import torch
 from test_variant_builder import WORDS, make_model, tensors
 from transformers import AutoModelForCausalLM
 
-from gateway import heal_checkpoint as hc
-from gateway import variant_builder as vb
-from gateway import variant_healer as vh
+from variants import builder as vb
+from variants import checkpoint as hc
+from variants import healer as vh
+from variants.heal_config import HealConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
@@ -27,9 +28,10 @@ FAST["train_layers"] = "all"
 
 
 def heal(teacher: Path, variant: Path, out: Path, **kw: Any) -> dict[str, Any]:
-    opts: dict[str, Any] = {**FAST, "smoke": False, "progress": False, "log": lambda *_: None, "force": True}
-    opts.update(kw)
-    return vh.heal(teacher, variant, out, PROMPTS, seed=0, data_source="test", **opts)
+    """``heal`` with the fast settings; ``kw``: :class:`HealConfig` fields, ``log`` and ``stop_after``."""
+    run = {"log": kw.pop("log", lambda *_: None), "stop_after": kw.pop("stop_after", None)}
+    config = HealConfig(**{**FAST, "smoke": False, "force": True, "seed": 0, "data_source": "test", **kw})
+    return vh.heal(teacher, variant, out, PROMPTS, config, progress=False, **run)
 
 
 def strong_model(path: Path, tie: bool) -> Path:
@@ -175,7 +177,7 @@ def test_script_entry_point_exit_codes(tmp_path: Path) -> None:
     src, variant = pruned(tmp_path)
     data = tmp_path / "heal.json"
     data.write_text(json.dumps({"source": "unit", "prompts": PROMPTS}))
-    cmd = [sys.executable, str(ROOT / "gateway" / "variant_healer.py"), "--teacher", str(src)]
+    cmd = [sys.executable, "-m", "variants", "heal", "--teacher", str(src)]
     cmd += ["--variant", str(variant), "--out", str(tmp_path / "out"), "--healing-json", str(data)]
     cmd += ["--steps", "2", "--seq-len", "32", "--answer-tokens", "4", "--no-progress"]
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.launcher import BackendSpec, Launcher
+from lab.launcher import BackendSpec, Launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "deploy" / "local"

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from conftest import LOCAL, ROOT, free_port, stop, wait_http
 
-from gateway.launcher import BackendSpec, Launcher
+from lab.launcher import BackendSpec, Launcher
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ import openai
 import pytest
 from conftest import LOCAL, ROOT, free_port, running_gateway
 
-from gateway.launcher import BackendSpec, Launcher, home_dir
+from lab.launcher import BackendSpec, Launcher, home_dir
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.launcher import BackendSpec, Launcher
+from lab.launcher import BackendSpec, Launcher
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pytest
 
-from router.datasets import DATA_PACKAGES, LOADERS, TASKS, Prompt, data_versions, load_prompts, split_of
+from lab.datasets import DATA_PACKAGES, LOADERS, TASKS, Prompt, data_versions, load_prompts, split_of
 
 
 def _need(task: str) -> None:
@@ -109,7 +109,7 @@ def test_seed0_sample_is_pinned(task: str, first: list[str]) -> None:
 
 def test_mmlu_circular_asks_each_item_under_two_orders_with_the_answer_moved() -> None:
     _need("mmlu")
-    from router.datasets import group_of
+    from router.prompt_ids import group_of
 
     prompts = load_prompts(["mmlu-circular"], 40, seed=3)
     assert len(prompts) == 40 and all(p.task == "mmlu-circular" for p in prompts)
@@ -125,7 +125,7 @@ def test_mmlu_circular_asks_each_item_under_two_orders_with_the_answer_moved() -
 
 def test_copy_families_are_deterministic_and_keep_a_problem_in_one_split() -> None:
     _need("humaneval")
-    from router.datasets import group_of
+    from router.prompt_ids import group_of
 
     renames = LOADERS["rename"]()
     assert renames == LOADERS["rename"]() and len(renames) > 250

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.lab import _write_evaluation
+from lab.evaluate import _write_evaluation
 from router.baselines import Rule, choose, knn_forecasts, oracle_picks, outcomes, task_forecasts
 from router.bootstrap import bootstrap_means, weighted_quantile
 from router.decision import Arm, ArmState, Decision, RouteFlags, RouteRequest

@@ -1,4 +1,4 @@
-"""``make-variant --heal`` / ``heal-variant``, gateway side: option validation and the hand-off to the
+"""``make-variant --heal`` / ``heal-variant``, lab side: option validation and the hand-off to the
 builder and the healer (a fake backend Python records its argv; no torch). The healer's pure
 helpers (data order, learning-rate schedule, held-out split) are tested here too: they need no torch.
 """
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from gateway import heal_data as hd
-from gateway import variant_healer as vh
 from gateway.cli import build_parser
-from gateway.variant import BUILDER, HEALER
+from lab.variant import BUILD, HEAL
+from variants import distill
+from variants import heal_data as hd
 
 FAKE_PYTHON = """#!{python}
 import json, sys
@@ -78,12 +78,12 @@ def test_make_variant_heal_builds_into_the_work_folder_then_heals(tmp_path: Path
     )
     assert rc == 0
     build, heal = _calls(record)
-    assert build["argv"][0] == str(BUILDER)
+    assert tuple(build["argv"][:3]) == BUILD
     pruned = tmp_path / "out.heal-work" / "pruned"
     assert _opt(build["argv"], "--out") == str(pruned)
     assert "--allow-failing-smoke" in build["argv"]  # the smoke test applies after healing
     h = heal["argv"]
-    assert h[0] == str(HEALER)
+    assert tuple(h[:3]) == HEAL
     assert _opt(h, "--teacher") == str(model) and _opt(h, "--variant") == str(pruned) and _opt(h, "--out") == str(out)
     assert _opt(h, "--steps") == "7" and _opt(h, "--lr") == "0.0002" and _opt(h, "--seed") == "3"
     assert _opt(h, "--batch-size") == "4" and _opt(h, "--seq-len") == "320"  # defaults filled in
@@ -99,7 +99,7 @@ def test_a_rerun_reuses_the_pruned_model(tmp_path: Path, capsys: pytest.CaptureF
     argv = ["make-variant", "--model", str(_model(tmp_path)), "--out", str(tmp_path / "out"), "--drop", "2"]
     argv += ["--python", str(python), "--calibration-file", str(cal), "--heal", "--heal-file", str(cal)]
     assert _run(argv) == 0 and _run(argv) == 0
-    assert [c["argv"][0] for c in _calls(record)] == [str(BUILDER), str(HEALER), str(HEALER)]
+    assert [tuple(c["argv"][:3]) for c in _calls(record)] == [BUILD, HEAL, HEAL]
     assert "reusing the pruned model" in capsys.readouterr().out
 
 
@@ -144,7 +144,7 @@ def test_heal_variant_command(tmp_path: Path) -> None:
     assert rc == 0
     (call,) = _calls(record)
     h = call["argv"]
-    assert h[0] == str(HEALER) and _opt(h, "--teacher") == str(teacher) and _opt(h, "--variant") == str(variant)
+    assert tuple(h[:3]) == HEAL and _opt(h, "--teacher") == str(teacher) and _opt(h, "--variant") == str(variant)
     assert _opt(h, "--batch-size") == "2" and _opt(h, "--ce-weight") == "0.0"
     assert _opt(h, "--cache-dir") == str(tmp_path / "cache")
     assert "--allow-failing-smoke" in h and "--restart" in h
@@ -218,7 +218,7 @@ def test_batch_indices_are_seeded_epochs() -> None:
     [(0, 0.25), (1, 0.5), (3, 1.0), (100, 1.0)],
 )
 def test_lr_warmup_then_constant(step: int, expected: float) -> None:
-    assert vh.lr_at(step, 1.0, warmup=4) == pytest.approx(expected)
+    assert distill.lr_at(step, 1.0, warmup=4) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("n", "held"), [(2, [1]), (9, [8]), (20, [9, 19]), (25, [9, 19])])

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway import launcher
-from gateway.launcher import Stopped, raise_on_stop_signals
+from lab import launcher, processes
+from lab.processes import Stopped, raise_on_stop_signals
 
 
 @pytest.fixture(autouse=True)
 def restore_handlers() -> Iterator[None]:
-    saved = {sig: signal.getsignal(sig) for sig in launcher.STOP_SIGNALS}
+    saved = {sig: signal.getsignal(sig) for sig in processes.STOP_SIGNALS}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
@@ -23,11 +23,11 @@ def restore_handlers() -> Iterator[None]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_raise_stopped_inside_the_block(signum: signal.Signals) -> None:
-    before = {sig: signal.getsignal(sig) for sig in launcher.STOP_SIGNALS}
+    before = {sig: signal.getsignal(sig) for sig in processes.STOP_SIGNALS}
     with pytest.raises(Stopped) as info, raise_on_stop_signals():
         signal.raise_signal(signum)
     assert (info.value.signum, str(info.value)) == (signum, signum.name)
-    assert {sig: signal.getsignal(sig) for sig in launcher.STOP_SIGNALS} == before
+    assert {sig: signal.getsignal(sig) for sig in processes.STOP_SIGNALS} == before
 
 
 def test_sighup_passes_through_a_sigterm_handler_set_inside_the_block() -> None:
@@ -51,7 +51,7 @@ def test_an_ignored_sighup_stays_ignored() -> None:
 
 def test_held_signals_act_once_the_block_ends() -> None:
     with pytest.raises(Stopped), raise_on_stop_signals():
-        with launcher._held_signals() as caught:
+        with processes.held_signals() as caught:
             signal.raise_signal(signal.SIGTERM)
             signal.raise_signal(signal.SIGTERM)
             assert caught == [signal.SIGTERM, signal.SIGTERM]
@@ -60,7 +60,7 @@ def test_held_signals_act_once_the_block_ends() -> None:
 
 def test_held_sigint_becomes_keyboard_interrupt_after_the_block() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    with pytest.raises(KeyboardInterrupt), launcher._held_signals():
+    with pytest.raises(KeyboardInterrupt), processes.held_signals():
         signal.raise_signal(signal.SIGINT)
 
 
@@ -70,9 +70,9 @@ def test_proc_stat_is_read_past_a_command_name_with_spaces_and_parentheses(
     (tmp_path / "42").mkdir()
     fields_7_to_21 = " ".join(["0"] * 15)  # state, ppid, pgrp, session, ..., starttime is field 22
     (tmp_path / "42" / "stat").write_text(f"42 (VLLM::Engine (core) x) S 1 40 40 {fields_7_to_21} 777 0 0\n")
-    monkeypatch.setattr(launcher, "PROC", tmp_path)
-    assert launcher._read_proc(42) == launcher._Proc(42, "S", 40, 40, 777)
-    assert launcher._read_proc(43) is None
+    monkeypatch.setattr(processes, "PROC", tmp_path)
+    assert processes.read_proc(42) == processes.Proc(42, "S", 40, 40, 777)
+    assert processes.read_proc(43) is None
 
 
 @pytest.mark.parametrize(
@@ -88,9 +88,9 @@ def test_the_watchdog_ends_the_groups_listed_when_its_input_closes(
     lines: str, ended: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[int]] = []
-    monkeypatch.setattr(launcher, "_live_groups", lambda pgids: list(pgids))
-    monkeypatch.setattr(launcher, "_end_groups", lambda pgids, grace_s: calls.append(list(pgids)))
-    launcher.watch(io.StringIO(lines))
+    monkeypatch.setattr(processes, "live_groups", lambda pgids: list(pgids))
+    monkeypatch.setattr(processes, "end_groups", lambda pgids, grace_s: calls.append(list(pgids)))
+    processes.watch(io.StringIO(lines))
     assert calls == ([ended] if ended else [])
 
 

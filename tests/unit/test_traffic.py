@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gateway.traffic import MAX_WEIGHT, join, training_traffic
-from router.datasets import group_of
+from lab.traffic import MAX_WEIGHT, join, training_traffic
 from router.features import FEATURE_NAMES
+from router.prompt_ids import group_of
 
 FEATURES = [0.5] * len(FEATURE_NAMES)
 

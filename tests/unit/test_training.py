@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab.profiles import parse_lines, training_rows
 from router.artifact import ArtifactError, load_artifact, save_artifact
 from router.linear import fit_logistic, fit_ridge, log_loss, predict_logistic
-from router.training import Row, auc, latest_rows, read_rows, train
+from router.training import Row, auc, latest_rows, train
 
 
 def synthetic(n: int = 120, seed: int = 1) -> tuple[list[Row], dict[str, np.ndarray], dict[str, float]]:
@@ -87,7 +88,7 @@ def test_read_rows_skips_errors() -> None:
         json.dumps({"prompt_id": "b", "arm": "x", "error": "boom", "ttft_s": None, "e2e_s": None}),
         "",
     ]
-    rows = read_rows(lines)
+    rows = training_rows(parse_lines(lines))
     assert [r.prompt_id for r in rows] == ["a"]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.cli import build_parser
-from gateway.variant import BUILDER, calibration_from_file, calibration_from_tasks
+from lab.variant import BUILD, calibration_from_file, calibration_from_tasks
 
 FAKE_PYTHON = """#!{python}
 import json, sys
@@ -92,7 +92,7 @@ def test_calibration_from_tasks_uses_train_items_only_round_robin() -> None:
 
     assert len(prompts) == 10
     assert [p["id"].split("/")[0] for p in prompts[:4]] == ["gsm8k", "mmlu", "humaneval", "mtbench"]
-    from router.datasets import split_of
+    from lab.datasets import split_of
 
     assert all(split_of(p["id"]) == "train" for p in prompts)
     assert prompts == calibration_from_tasks(["gsm8k", "mmlu", "humaneval", "mtbench"], samples=10, seed=0)
@@ -115,7 +115,7 @@ def test_command_hands_the_calibration_to_the_builder(tmp_path: Path) -> None:
     assert rc == 0
     got: dict[str, Any] = json.loads(record.read_text())
     argv = got["argv"]
-    assert argv[0] == str(BUILDER)
+    assert tuple(argv[:3]) == BUILD
     assert argv[argv.index("--drop") + 1] == "4" and argv[argv.index("--seed") + 1] == "7"
     assert argv[argv.index("--model") + 1] == str(model) and "--force" in argv and "--keep-ratio" not in argv
     assert [p["messages"][0]["content"] for p in got["calibration"]["prompts"]] == ["one", "two"]

@@ -9,7 +9,7 @@ Hugging Face model of the original shape that vLLM serves unmodified, with no ad
 The adapters are parameters registered on the linear modules themselves (``lora_A``, ``lora_B``)
 and applied by a forward hook, so they live in the model's ``state_dict`` (healing checkpoints save
 and resume them) and no module class is replaced. torch is imported lazily: this module runs in
-the backend environment (``gateway/variant_healer.py``), never in the gateway's.
+the backend environment (:mod:`variants.healer`), never in the gateway's.
 """
 
 from __future__ import annotations

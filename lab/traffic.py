@@ -5,7 +5,7 @@
 (status 200) of the log becomes one :class:`~router.training.Row` for the arm that answered it:
 
 * prompt id ``log/<first 16 hex of the prompt's sha256>#<request id>``: one row per request, and
-  requests with the same prompt share a cross-validation fold (:func:`router.datasets.group_of`);
+  requests with the same prompt share a cross-validation fold (:func:`router.prompt_ids.group_of`);
 * quality label: the request's rating ``>= 0.5`` (its last rating, if rated more than once), ``None``
   when unrated — unrated requests still teach length and latency;
 * timings from the log: ``latency_s`` (end to end), ``ttft_s`` (streams only; NaN otherwise, see

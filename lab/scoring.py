@@ -19,8 +19,8 @@ import sys
 import tempfile
 from typing import Any
 
-from router.copy_tasks import same_code, score_extract
-from router.datasets import Prompt
+from lab.copy_tasks import same_code, score_extract
+from lab.datasets import Prompt
 
 _NUM = r"-?\d[\d,]*(?:\.\d+)?"
 _NUMBER = re.compile(_NUM)

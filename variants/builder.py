@@ -1,13 +1,13 @@
 """Layer-pruned model variants by Block Influence (ShortGPT): the torch side of ``make-variant``.
 
 Runs in the backend environment (torch + transformers), never in the gateway process: the
-``llm-gateway make-variant`` command runs this file as a script with the backend venv's Python::
+``llm-gateway make-variant`` command (:mod:`lab.variant`) runs it with the backend venv's Python::
 
-    vllm-venv/bin/python gateway/variant_builder.py --model SRC --out DST --drop 4 \\
+    vllm-venv/bin/python -m variants build --model SRC --out DST --drop 4 \\
         --calibration-json prompts.json --seed 0
 
-At the top level it imports only the standard library, so the gateway package can ship it
-without torch. Steps:
+At the top level it imports only the standard library (torch is imported when the work starts).
+Steps:
 
 1. **Score** every decoder layer by its Block Influence, ``BI_i = 1 - cos(x_in, x_out)`` per
    token, averaged over the tokens of a prompt and then over the calibration prompts (float32,
@@ -27,7 +27,7 @@ Output is deterministic for a given source, calibration set, seed and machine (`
 holds no timestamps). A variant that fails its smoke test is **not written** (exit status 3, a
 message naming the failed test), unless ``--allow-failing-smoke`` is given: then it is written
 with a warning and the failure is recorded. ``make-variant --heal`` builds the pruned model that
-way and lets ``variant_healer.py`` apply the smoke test after healing.
+way and lets :mod:`variants.healer` apply the smoke test after healing.
 """
 
 from __future__ import annotations
@@ -130,7 +130,9 @@ def failed_tests(result: dict[str, Any]) -> str:
 # -- torch side ---------------------------------------------------------------------------------
 
 
-def _encode(tokenizer: Any, messages: list[dict[str, str]], max_tokens: int | None = None) -> Any:
+def encode(tokenizer: Any, messages: list[dict[str, str]], max_tokens: int | None = None) -> Any:
+    """Token ids (a ``1 x n`` tensor) of ``messages`` as the model is prompted: the chat template with the
+    generation prompt when the tokenizer has one, else the contents joined by newlines; cut to ``max_tokens``."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
@@ -178,7 +180,7 @@ def block_influence(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], m
     try:
         with torch.inference_mode():
             for p in prompts:
-                model(input_ids=_encode(tokenizer, p["messages"], max_tokens), use_cache=False)
+                model(input_ids=encode(tokenizer, p["messages"], max_tokens), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -216,7 +218,7 @@ def smoke_test(model: Any, tokenizer: Any, max_new_tokens: int = 16) -> dict[str
     results = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for test in SMOKE_TESTS:
-        ids = _encode(tokenizer, [{"role": "user", "content": test["prompt"]}])
+        ids = encode(tokenizer, [{"role": "user", "content": test["prompt"]}])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids,
@@ -347,7 +349,9 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build a layer-pruned variant of a Hugging Face causal LM.")
+    parser = argparse.ArgumentParser(
+        prog="python -m variants build", description="Build a layer-pruned variant of a Hugging Face causal LM."
+    )
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     group = parser.add_mutually_exclusive_group(required=True)

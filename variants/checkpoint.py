@@ -1,4 +1,4 @@
-"""Resumable healing state for :mod:`gateway.variant_healer`: the hashes that fingerprint a run (and
+"""Resumable healing state for :mod:`variants.healer`: the hashes that fingerprint a run (and
 key the teacher-answer cache), checkpoints with a sha256 sidecar, and the Ctrl-C / SIGTERM flag that
 lets a step finish before the checkpoint is saved.
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.variant_builder import VariantError
+from variants.builder import VariantError
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_META = "checkpoint.json"
