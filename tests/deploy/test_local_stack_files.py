@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from gateway.arms import ArmCatalog
-from gateway.launcher import BackendSpec
 from gateway.settings import load_settings
+from lab.launcher import BackendSpec
 
 LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "local"
 STACKS = [
