@@ -43,6 +43,7 @@ def create_app(
     """Build the gateway app. ``transport`` replaces the network for tests (e.g. ``httpx.MockTransport``);
     without it the upstream client is the lean aiohttp one (:mod:`gateway.upstream`)."""
     metrics = metrics or GatewayMetrics()
+    metrics.known_labels([b.name for b in settings.backends], [k.name for k in settings.auth.keys])
     catalog = ArmCatalog(settings)
     for live in catalog.arms.values():
         # Export every arm's series at zero from the start: a histogram or counter whose first sample

@@ -8,6 +8,7 @@ apps in one process and compare exposition output.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -82,6 +83,21 @@ TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300,
 DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: ``reason`` values of ``gateway_rejected_requests_total`` (the ``reason`` of :mod:`gateway.errors`' and
+#: :mod:`gateway.limits`' refusals). Exported at zero from the start, with the ``kind`` values below.
+REJECT_REASONS = (
+    "unauthorized",
+    "model_not_allowed",
+    "rate_limit_requests",
+    "rate_limit_tokens",
+    "payload_too_large",
+    "max_tokens",
+    "n",
+    "messages",
+)
+#: ``kind`` values of ``gateway_upstream_errors_total`` (:mod:`gateway.upstream`, :mod:`gateway.relay`).
+UPSTREAM_ERROR_KINDS = ("connect", "connect_timeout", "timeout", "http_5xx", "http_4xx", "stream", "protocol")
 
 # `*_created` series double the exposition size and no dashboard of ours uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -204,6 +220,19 @@ class GatewayMetrics:
             registry=r,
         )
         self._series: dict[tuple[str, str], RequestSeries] = {}
+
+    def known_labels(self, backends: Iterable[str], keys: Iterable[str] = ()) -> None:
+        """Export the rejection and upstream-error counters at zero for every known label set: every
+        reason for no key (``none``) and each configured key name, every kind for each backend. A counter
+        that first appears with its first event shows no increase to ``rate()`` and leaves dashboard panels
+        at "No data" on a healthy system. Call once at start-up; unknown labels still work later."""
+        for key in ("none", *keys):
+            for reason in REJECT_REASONS:
+                if reason != "unauthorized" or key == "none":  # a refused caller has no key
+                    self._rejected.labels(reason, key)
+        for backend in backends:
+            for kind in UPSTREAM_ERROR_KINDS:
+                self._upstream_errors.labels(backend, kind)
 
     def series(self, model: str, strategy: str) -> RequestSeries:
         """Per-(model, strategy) children; cache-friendly for the streaming hot path."""

@@ -117,3 +117,59 @@ def test_each_instance_has_its_own_registry() -> None:
     assert b'kind="timeout"' in a.exposition()
     assert b'kind="timeout"' not in b.exposition()
     assert a.series("m", "plain") is a.series("m", "plain"), "series children are cached"
+
+
+def _counter_samples(text: str, family: str) -> dict[frozenset[tuple[str, str]], float]:
+    samples = {}
+    for line in text.splitlines():
+        m = SAMPLE.match(line)
+        if m and m["name"] == family:
+            labels = frozenset(tuple(kv.split("=", 1)) for kv in (m["labels"] or "").split(",") if kv)
+            samples[frozenset((k, v.strip('"')) for k, v in labels)] = float(m["value"])
+    return samples
+
+
+def test_a_fresh_app_exports_rejections_and_upstream_errors_at_zero() -> None:
+    """Before any request, every known rejection reason (per configured key and for none) and every upstream
+    error kind of every configured backend is a series at 0: rate() sees the first event, panels show 0."""
+    import httpx
+
+    from gateway.app import create_app
+    from gateway.metrics import REJECT_REASONS, UPSTREAM_ERROR_KINDS
+    from gateway.settings import Settings
+
+    settings = Settings.model_validate(
+        {
+            "backends": [
+                {"name": "b1", "url": "http://b1.test", "served_model": "m"},
+                {"name": "b2", "url": "http://b2.test", "served_model": "m"},
+            ],
+            "arms": [{"name": "a", "model": "m", "backends": ["b1", "b2"], "strategy": {"kind": "plain"}}],
+            "auth": {"keys": [{"name": "team-a", "sha256": "0" * 64}]},
+        }
+    )
+    app = create_app(settings, transport=httpx.MockTransport(lambda request: httpx.Response(500)))
+    text = app.state.metrics.exposition().decode()
+
+    rejected = _counter_samples(text, "gateway_rejected_requests_total")
+    expected = {frozenset({("reason", r), ("key", "none")}) for r in REJECT_REASONS}
+    expected |= {frozenset({("reason", r), ("key", "team-a")}) for r in REJECT_REASONS if r != "unauthorized"}
+    assert rejected == dict.fromkeys(expected, 0.0)
+    errors = _counter_samples(text, "gateway_upstream_errors_total")
+    assert errors == {frozenset({("backend", b), ("kind", k)}): 0.0 for b in ("b1", "b2") for k in UPSTREAM_ERROR_KINDS}
+
+
+def test_known_reasons_and_kinds_are_those_the_gateway_raises() -> None:
+    """Every literal rejection reason and upstream failure kind in gateway/ is initialised at start-up."""
+    from pathlib import Path
+
+    from gateway.metrics import REJECT_REASONS, UPSTREAM_ERROR_KINDS
+
+    source = "\n".join(p.read_text() for p in sorted((Path(__file__).parents[2] / "gateway").rglob("*.py")))
+    reasons = set(re.findall(r"\breason\s*=\s*\"([a-z_]+)\"", source))
+    reasons |= {f"rate_limit_{limit}" for limit in re.findall(r"\blimit=\"([a-z_]+)\"", source)}
+    assert reasons and reasons <= set(REJECT_REASONS), sorted(reasons - set(REJECT_REASONS))
+    kinds = set(re.findall(r"\bkind\s*=\s*\"([a-z_0-9]+)\"", source))
+    kinds |= set(re.findall(r"report_failure\([^,]+, \"([a-z_0-9]+)\"", source))
+    kinds |= set(re.findall(r"upstream_error\([^,]+, \"([a-z_0-9]+)\"", source))
+    assert kinds and kinds <= set(UPSTREAM_ERROR_KINDS), sorted(kinds - set(UPSTREAM_ERROR_KINDS))
