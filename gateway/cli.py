@@ -142,8 +142,7 @@ def _add_plugin(sub: argparse._SubParsersAction[argparse.ArgumentParser], ep: En
     except ModuleNotFoundError as exc:
         extra = ep.module.partition(".")[0]
         parser = sub.add_parser(ep.name, help=f"(not installed: pip install 'llm-gateway[{extra}]')", add_help=False)
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
-        parser.set_defaults(func=_missing(ep.name, extra, str(exc)))
+        parser.set_defaults(func=_missing(ep.name, extra, str(exc)), any_arguments=True)
         return
     parser = sub.add_parser(ep.name, help=command.help)
     command.add_arguments(parser)
@@ -171,7 +170,10 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(plugins=command not in BUILTIN).parse_args(argv)
+    parser = build_parser(plugins=command not in BUILTIN)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):  # a missing command's stand-in takes any
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return int(args.func(args))
 
 

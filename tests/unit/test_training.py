@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.profiles import parse_lines, training_rows
 from router.artifact import ArtifactError, load_artifact, save_artifact
 from router.linear import fit_logistic, fit_ridge, log_loss, predict_logistic
 from router.training import Row, auc, latest_rows, train
@@ -82,16 +81,6 @@ def test_weights_file_is_not_pickle(tmp_path: Path) -> None:
         assert all(npz[k].dtype == np.float64 for k in npz.files)
 
 
-def test_read_rows_skips_errors() -> None:
-    lines = [
-        json.dumps({"prompt_id": "a", "arm": "x", "correct": True, "output_tokens": 3, "ttft_s": 0.1, "e2e_s": 1.0}),
-        json.dumps({"prompt_id": "b", "arm": "x", "error": "boom", "ttft_s": None, "e2e_s": None}),
-        "",
-    ]
-    rows = training_rows(parse_lines(lines))
-    assert [r.prompt_id for r in rows] == ["a"]
-
-
 def test_logistic_separable_and_single_class() -> None:
     x = np.array([[-2.0], [-1.0], [1.0], [2.0]])
     w = fit_logistic(x, np.array([0, 0, 1, 1.0]), l2=0.1)
@@ -142,7 +131,7 @@ def test_a_knn_quality_head_is_chosen_where_the_linear_one_cannot_see_the_signal
     assert report["arms"]["xor"]["quality_auc"] > 0.8
     x = model.standardise(np.array([1.5, 1.5, 0.0]))
     y = model.standardise(np.array([1.5, -1.5, 0.0]))
-    live = [("xor", None, None, 1.0)]
+    live = [("xor", 1.0, 1.0, 1.0)]
     assert (
         model.predict(x, 0.2, None, live)["xor"].quality > 0.7 > 0.3 > model.predict(y, 0.2, None, live)["xor"].quality
     )
@@ -209,5 +198,5 @@ def test_ttft_is_never_predicted_below_what_short_prompts_take() -> None:
     arm = model.arms["maths"]
     assert arm.ttft_floor_s == pytest.approx(0.3)
     shortest = min(kchars.values())
-    p = arm.forecast(0.0, 0.0, 0.0, shortest, None, None, None)
+    p = arm.forecast(0.0, 0.0, 0.0, shortest, None)
     assert p.ttft_s >= 0.3 and arm.ttft_intercept_s + arm.ttft_per_kchar_s * shortest < p.ttft_s
