@@ -10,6 +10,15 @@
 # Offline builds (deploy/podman/smoke.sh): BASE_IMAGE names another base with Python 3.11 on PATH as
 # `python` (e.g. a Debian bookworm image made with debootstrap), and PIP_FIND_LINKS + PIP_NO_INDEX=1 make
 # pip install from a wheelhouse mounted into the build (`podman build -v "$PWD/wheelhouse:/wheelhouse:ro"`).
+#
+# Dependencies: deploy/requirements.lock pins every package with its hashes (pip --require-hashes); the
+# project's wheel goes in with --no-deps and `pip check` fails the build if the lock no longer satisfies it.
+#
+# Base image: the tag below is NOT pinned by digest yet (the machines this project is built on reach no
+# container registry, so no digest could be read). To pin it, or to bump it later (security updates):
+#   docker buildx imagetools inspect python:3.11-slim      # prints "Digest: sha256:<64 hex>" (the index)
+#   # set  ARG BASE_IMAGE=python:3.11-slim@sha256:<that digest>  below, rebuild, run scripts/test.sh
+# (docs/deploy.md, "The gateway image"). A digest fixes the bytes: Docker Hub's tag moves with each rebuild.
 
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -27,13 +36,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
+# The pinned dependencies first (their layer is reused while the lock is unchanged), each checked by hash.
+COPY deploy/requirements.lock /src/requirements.lock
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /src/requirements.lock
+
 # Only what the wheel needs (see .dockerignore): metadata first, then the two packages.
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 COPY router/ router/
 
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/llm-gateway --help > /dev/null \
     && LLM_GATEWAY_HOME=/opt/llm-gateway /opt/venv/bin/python -c \
        "from router.encoder import PromptEncoder; print(PromptEncoder.load().name)"

@@ -8,8 +8,8 @@
 # No registry is reachable here (only package mirrors), so:
 #   1. the base image is Debian bookworm made with debootstrap from the Debian mirror (Python 3.11, as
 #      python:3.11-slim) and `podman import`ed as $BASE_IMAGE; kept between runs;
-#   2. Python wheels come from a wheelhouse built on the host (`pip wheel` of the project and its
-#      dependencies), bind-mounted into the build; the Dockerfile's pip reads PIP_FIND_LINKS/PIP_NO_INDEX;
+#   2. Python wheels come from a wheelhouse built on the host (`pip wheel` of deploy/requirements.lock
+#      and the build backend), bind-mounted into the build; the Dockerfile's pip reads PIP_FIND_LINKS/PIP_NO_INDEX;
 #   3. the gateway image is built from the repository's Dockerfile with --build-arg BASE_IMAGE;
 #   4. unless SMOKE_BACKEND_URL is given, one vLLM-CPU server (smol-plain of deploy/local/backends.yaml)
 #      starts on the host on $BACKEND_PORT (needs the backend environment: deploy/local/backend-env.sh);
@@ -73,8 +73,10 @@ fi
 # ------------------------------------------------------------------ 2. wheelhouse
 log "wheelhouse in $WORK/wheelhouse"
 mkdir -p "$WORK/wheelhouse"
-# the project's dependencies (read from pyproject.toml) and its build backend; the image builds the project
-"$PY" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb")); print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"]))' \
+# the image's pinned dependencies (deploy/requirements.lock: the same files, checked by hash in the build)
+# and the project's build backend (read from pyproject.toml); the image builds the project
+"$PY" -m pip wheel --quiet --wheel-dir "$WORK/wheelhouse" --require-hashes -r "$ROOT/deploy/requirements.lock"
+"$PY" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb")); print("\n".join(p["build-system"]["requires"]))' \
     "$ROOT/pyproject.toml" >"$WORK/requirements.txt"
 "$PY" -m pip wheel --quiet --wheel-dir "$WORK/wheelhouse" -r "$WORK/requirements.txt" wheel
 

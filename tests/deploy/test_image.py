@@ -1,0 +1,78 @@
+"""The gateway image's supply chain: a hashed lock of its Python dependencies, and the base image reference.
+
+No tool needed: the lock and the Dockerfile are read as text (hadolint runs in test_compose.py).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from deploy_tooling import ROOT
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+LOCK = ROOT / "deploy/requirements.lock"
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+) \\$")
+
+
+def _pins() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of every ``name==version`` entry of the lock."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    name = ""
+    for line in LOCK.read_text().splitlines():
+        if m := PIN.match(line):
+            name = canonicalize_name(m["name"])
+            assert name not in pins, f"{name} pinned twice"
+            pins[name] = (m["version"], [])
+        elif line.strip().startswith("--hash=sha256:"):
+            digest = line.strip().removeprefix("--hash=sha256:").rstrip(" \\")
+            assert re.fullmatch(r"[0-9a-f]{64}", digest), line
+            pins[name][1].append(digest)
+    return pins
+
+
+def test_lock_pins_every_dependency_of_the_project_within_its_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _pins()
+    assert pins, "the lock pins nothing"
+    problems = []
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        if requirement.marker is not None and not requirement.marker.evaluate({"python_version": "3.11"}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name not in pins:
+            problems.append(f"{requirement.name} is not in the lock")
+        elif not requirement.specifier.contains(pins[name][0], prereleases=True):
+            problems.append(f"{requirement.name}: the lock has {pins[name][0]}, pyproject.toml wants {requirement}")
+    assert not problems, "regenerate deploy/requirements.lock (its header has the command):\n" + "\n".join(problems)
+
+
+def test_every_pin_carries_hashes() -> None:
+    """pip's --require-hashes refuses a lock with an unhashed entry; catch it before the image build does."""
+    unhashed = [name for name, (_, hashes) in _pins().items() if not hashes]
+    assert not unhashed, unhashed
+    assert "uv pip compile pyproject.toml --generate-hashes" in LOCK.read_text(), "the header says how to regenerate"
+
+
+def test_image_installs_the_lock_with_hashes_then_the_project_without_dependencies() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    builder = dockerfile[: dockerfile.index(" AS runtime")]
+    install_lock = "pip install --no-cache-dir --require-hashes -r /src/requirements.lock"
+    assert "COPY deploy/requirements.lock /src/requirements.lock" in builder
+    assert install_lock in builder
+    assert "pip install --no-cache-dir --no-deps /wheels/*.whl" in builder
+    assert "pip check" in builder, "the build fails when the lock no longer satisfies the project"
+    assert builder.index(install_lock) < builder.index("--no-deps /wheels/*.whl")
+    assert "!deploy/requirements.lock" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def test_base_image_reference_and_its_bump_procedure() -> None:
+    """The default base is python:3.11-slim, by digest once one could be read (no registry is reachable where
+    this project is built, so the tag stays until someone pins it); the Dockerfile and docs/deploy.md say how."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (base,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, flags=re.M)
+    assert re.fullmatch(r"python:3\.11-slim(@sha256:[0-9a-f]{64})?", base), base
+    for text in (dockerfile, (ROOT / "docs/deploy.md").read_text()):
+        assert "docker buildx imagetools inspect python:3.11-slim" in text
