@@ -14,9 +14,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/llm-gateway ]; then
-  printf '\033[1m==> installing the gateway into .venv\033[0m\n'
-  "$PY" -m venv .venv
+# local-stack is a lab command (an entry point): an install from before lab/ existed lacks it
+if [ ! -x .venv/bin/llm-gateway ] \
+  || ! .venv/bin/python -I -c 'import importlib.metadata as m, lab; assert m.entry_points(group="llm_gateway.commands")' 2>/dev/null; then
+  printf '\033[1m==> installing the gateway and its lab into .venv\033[0m\n'
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install --progress-bar on -e '.[test]'
 fi
