@@ -1,5 +1,6 @@
 """The arms a deployment serves: their router-facing description, their backend pools and live
-per-arm measurements (TTFT and decode speed, as exponentially weighted means that expire).
+per-arm measurements (TTFT and decode speed, and their ratios to the policy's forecasts, as
+exponentially weighted means that expire).
 
 A measurement stands for the arm's speed only while it is recent: one taken under a burst of load
 must not keep an arm looking slow once the burst is over (nothing corrects it while the router,
@@ -22,16 +23,18 @@ from router import Arm, ArmState
 
 
 class LiveArm:
-    """One arm at run time. ``ewma_*`` are ``None`` until the first measurement."""
+    """One arm at run time: means of its recent streams' TTFT and decode speed, and of their ratios
+    to the policy's forecasts (``None`` until measured; the ratios only where the policy forecast)."""
 
     __slots__ = (
         "arm",
         "backends",
-        "ewma_load",
-        "ewma_tokens_per_s",
-        "ewma_ttft_s",
         "measured_at",
+        "speed_ratio",
         "strategy_label",
+        "tokens_per_s",
+        "ttft_ratio",
+        "ttft_s",
         "ttl_s",
     )
 
@@ -42,9 +45,10 @@ class LiveArm:
         self.backends = tuple(backends)
         self.strategy_label = arm.strategy.label
         self.ttl_s = ttl_s
-        self.ewma_ttft_s: float | None = None
-        self.ewma_tokens_per_s: float | None = None
-        self.ewma_load = 0.0
+        self.ttft_s: float | None = None
+        self.tokens_per_s: float | None = None
+        self.ttft_ratio: float | None = None
+        self.speed_ratio: float | None = None
         self.measured_at = -math.inf
 
     def fresh(self, now: float) -> bool:
@@ -52,25 +56,31 @@ class LiveArm:
         return now - self.measured_at <= self.ttl_s
 
     def record(
-        self, ttft_s: float | None, tokens_per_s: float | None, load: float = 0.0, now: float | None = None
+        self,
+        ttft_s: float | None,
+        tokens_per_s: float | None,
+        ratios: tuple[float | None, float | None] = (None, None),
+        now: float | None = None,
     ) -> None:
-        """Fold one finished request's TTFT and decode speed, and the load it ran under (other requests
-        in flight on its backend when it started), into the means (restarted when stale)."""
+        """Fold one finished stream's TTFT and decode speed, and their ratios to its forecast
+        (:func:`gateway.accounting.live_ratios`), into the means (all restarted when stale)."""
         if ttft_s is None and tokens_per_s is None:
             return
         now = time.monotonic() if now is None else now
-        a = self.ALPHA
         if not self.fresh(now):
-            self.ewma_ttft_s = self.ewma_tokens_per_s = None
-            self.ewma_load = max(0.0, load)
-        else:
-            self.ewma_load = (1 - a) * self.ewma_load + a * max(0.0, load)
+            self.ttft_s = self.tokens_per_s = self.ttft_ratio = self.speed_ratio = None
         self.measured_at = now
-        if ttft_s is not None:
-            self.ewma_ttft_s = ttft_s if self.ewma_ttft_s is None else (1 - a) * self.ewma_ttft_s + a * ttft_s
-        if tokens_per_s is not None:
-            prev = self.ewma_tokens_per_s
-            self.ewma_tokens_per_s = tokens_per_s if prev is None else (1 - a) * prev + a * tokens_per_s
+        self.ttft_s = _mean(self.ttft_s, ttft_s, self.ALPHA)
+        self.tokens_per_s = _mean(self.tokens_per_s, tokens_per_s, self.ALPHA)
+        self.ttft_ratio = _mean(self.ttft_ratio, ratios[0], self.ALPHA)
+        self.speed_ratio = _mean(self.speed_ratio, ratios[1], self.ALPHA)
+
+
+def _mean(prev: float | None, value: float | None, alpha: float) -> float | None:
+    """One exponentially weighted step; the first value is taken as is, a missing one changes nothing."""
+    if value is None:
+        return prev
+    return value if prev is None else (1 - alpha) * prev + alpha * value
 
 
 class ArmCatalog:
@@ -109,9 +119,10 @@ class ArmCatalog:
                     arm=live.arm,
                     healthy=bool(loads),
                     load=min(loads) if loads else 0.0,
-                    ttft_s=live.ewma_ttft_s if fresh else None,
-                    tokens_per_s=live.ewma_tokens_per_s if fresh else None,
-                    measured_load=live.ewma_load if fresh else 0.0,
+                    ttft_s=live.ttft_s if fresh else None,
+                    tokens_per_s=live.tokens_per_s if fresh else None,
+                    ttft_ratio=live.ttft_ratio if fresh else None,
+                    speed_ratio=live.speed_ratio if fresh else None,
                 )
             )
         return out

@@ -72,7 +72,7 @@ class ArmSettings(_Strict):
     model: str = Field(min_length=1, description="The public model name clients use.")
     backends: list[str] = Field(min_length=1)
     strategy: dict[str, Any] = Field(default_factory=lambda: {"kind": "plain"})
-    affinity: AffinitySettings = AffinitySettings()
+    affinity: AffinitySettings = AffinitySettings.model_validate({})
 
     @field_validator("affinity", mode="before")
     @classmethod

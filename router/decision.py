@@ -37,9 +37,11 @@ class ArmState:
 
     ``healthy``: at least one backend of the arm can take a request. ``load``: outstanding
     requests per healthy backend (>= 0; running + queued, as the caller measures it).
-    ``ttft_s`` / ``tokens_per_s``: recent measurements, ``None`` until there are some.
-    ``measured_load``: the mean load (other requests in flight on the backend) those measurements
-    were taken under, so a policy can tell an arm that is slow from one that was busy.
+    ``ttft_s`` / ``tokens_per_s``: recent measurements (means), ``None`` until there are some.
+    ``ttft_ratio`` / ``speed_ratio``: how the arm's recent streams compared with their forecasts
+    (measured ÷ forecast TTFT and decode speed, the forecasts made at the load of the time), ``None``
+    until there are recent ones: a ratio, not a speed, so it does not depend on which prompts the
+    arm happened to serve.
     """
 
     arm: Arm
@@ -47,7 +49,8 @@ class ArmState:
     load: float = 0.0
     ttft_s: float | None = None
     tokens_per_s: float | None = None
-    measured_load: float = 0.0
+    ttft_ratio: float | None = None
+    speed_ratio: float | None = None
 
 
 @dataclass(frozen=True)

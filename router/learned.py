@@ -71,11 +71,12 @@ class LearnedPolicy(Policy):
     The learned predictions themselves are for an idle arm, so this is what spreads a burst across
     arms and routes around a queue. ``latency_quantile`` — which calibrated quantile of an arm's
     latency must fit ``max_latency_ms`` / ``max_ttft_ms`` (0.5, 0.75, 0.8, 0.9, 0.95 or 0.99;
-    default 0.9). ``live_bound`` — how far live speed and TTFT measurements may move an arm's
-    forecast from its profile (a factor; default 1.5), after the load they were measured under
-    (``ArmState.measured_load``) is taken out with the same ``load_share`` model: a burst's own
-    crowding is not mistaken for a slow arm once the burst is over, a burst of genuinely slow traffic
-    shifts the decision a bounded amount, and nothing erases what the profile measured. ``explore`` — the
+    default 0.9). ``live_bound`` — how far the live corrections may move an arm's forecast (a
+    factor; default 1.5). The corrections are ratios, measured ÷ forecast TTFT and decode speed on the
+    arm's recent streams (``ArmState.ttft_ratio`` / ``speed_ratio``), each forecast made for its own
+    prompt at the load of its time: neither the mix of prompts an arm happened to serve nor a burst's
+    crowding moves them, only an arm that is slower or faster than forecast; a bounded amount, so
+    nothing erases what the profile measured. ``explore`` — the
     probability (in [0, 0.5]; default 0, off) of answering with an arm drawn uniformly from those
     that meet the request's flags instead of the best one, so a decision log (``routing.decision_log``)
     also sees the arms the policy would not choose; ``seed`` seeds that draw (default: unseeded).
@@ -164,20 +165,10 @@ class LearnedPolicy(Policy):
         A speculative arm takes its plain sibling's quality: speculation does not change the answer."""
         x, kchars = request.features if request.features is not None else self.featurize(request.prompt)
         share, bound = self.load_share, self.live_bound
-        live = []
-        for s in candidates:
-            arm = self.model.arms[s.arm.name]
-            # measurements taken beside other streams: undo the load model so they estimate the idle
-            # arm the profile describes (and today's load is applied once, below), then bound them
-            busy = 1.0 + share * max(0.0, s.measured_load)
-            live.append(
-                (
-                    s.arm.name,
-                    _bounded(None if s.ttft_s is None else s.ttft_s / busy, arm.median_ttft_s, bound),
-                    _bounded(None if s.tokens_per_s is None else s.tokens_per_s * busy, arm.median_tokens_per_s, bound),
-                    1.0 + share * max(0.0, s.load),
-                )
-            )
+        live = [
+            (s.arm.name, _bounded(s.ttft_ratio, bound), _bounded(s.speed_ratio, bound), 1.0 + share * max(0.0, s.load))
+            for s in candidates
+        ]
         preds = self.model.predict(x, kchars, request.max_tokens, live)
         margins, q = self.model.calibration.margins, self.q_index
         plain = {s.arm.model: preds[s.arm.name] for s in candidates if s.arm.strategy.kind == "plain"}
@@ -262,8 +253,6 @@ def feasible_arms(
     return out
 
 
-def _bounded(live: float | None, profiled: float, bound: float) -> float | None:
-    """A live measurement, kept within ``[profiled / bound, profiled * bound]`` (None stays None)."""
-    if live is None or profiled <= 0:
-        return live
-    return min(profiled * bound, max(profiled / bound, live))
+def _bounded(ratio: float | None, bound: float) -> float:
+    """A live ratio kept within ``[1 / bound, bound]``; 1 (the profile) without one."""
+    return 1.0 if ratio is None else min(bound, max(1.0 / bound, ratio))

@@ -9,8 +9,9 @@ For every arm the model holds four learned pieces over the same prompt vector ``
   the per-prompt part of speed (e.g. how well speculative decoding will be accepted);
 * TTFT — linear in the prompt's length (thousands of characters).
 
-A :class:`Prediction` combines them with the arm's *live* speed and TTFT where the gateway has
-measurements (the profile medians otherwise): latency = TTFT + length / speed.
+A :class:`Prediction` combines them with the arm's profiled median speed, corrected by how its
+recent streams compared with their forecasts where the gateway has measured some: latency = TTFT +
+length / speed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class Prediction:
     latency_bound_s: float | None = None  # the calibrated upper quantile the policy checks budgets against
     ttft_bound_s: float | None = None
     speedup: float | None = None  # decode speed over the same model's plain arm (strategy arms only)
+    # the live corrections applied (measured / forecast on the arm's recent streams, bounded); the
+    # forecast without them is ttft_s / live_ttft_ratio and tokens_per_s / live_speed_ratio
+    live_ttft_ratio: float = 1.0
+    live_speed_ratio: float = 1.0
 
     def as_dict(self) -> dict[str, float]:
         out = {
@@ -55,6 +60,9 @@ class Prediction:
             out["ttft_bound_ms"] = round(self.ttft_bound_s * 1000, 1)
         if self.speedup is not None:
             out["speedup"] = round(self.speedup, 3)
+        if self.live_ttft_ratio != 1.0 or self.live_speed_ratio != 1.0:
+            out["live_ttft_ratio"] = round(self.live_ttft_ratio, 3)
+            out["live_speed_ratio"] = round(self.live_speed_ratio, 3)
         return out
 
 
@@ -77,15 +85,15 @@ class ArmModel:
         x: NDArray[np.floating],
         kchars: float,
         max_tokens: int | None,
-        live_ttft_s: float | None,
-        live_tokens_per_s: float | None,
+        ttft_ratio: float = 1.0,
+        speed_ratio: float = 1.0,
         slow: float = 1.0,
     ) -> Prediction:
         """This arm's forecast for the standardised prompt vector ``x`` (see :meth:`forecast`)."""
         heads = np.stack([self.quality_w, self.length_w, self.speed_w], axis=1)
         z = x @ heads[:-1] + heads[-1]
         q, n, v = (float(value) for value in z)
-        return self.forecast(q, n, v, kchars, max_tokens, live_ttft_s, live_tokens_per_s, slow)
+        return self.forecast(q, n, v, kchars, max_tokens, ttft_ratio, speed_ratio, slow)
 
     def forecast(
         self,
@@ -94,29 +102,32 @@ class ArmModel:
         speed_z: float,
         kchars: float,
         max_tokens: int | None,
-        live_ttft_s: float | None,
-        live_tokens_per_s: float | None,
+        ttft_ratio: float = 1.0,
+        speed_ratio: float = 1.0,
         slow: float = 1.0,
     ) -> Prediction:
         """Combine the three heads' linear outputs with the arm's speed into a :class:`Prediction`.
 
         ``quality_z`` is a logit, ``length_z`` a ``log1p(tokens)`` and ``speed_z`` a log speed factor
-        (clipped to +-2). ``slow`` (>= 1, load on the arm) stretches TTFT and decode time alike.
-        Plain-float maths: this runs for every arm of every routed request.
+        (clipped to +-2). ``ttft_ratio`` / ``speed_ratio``: the live corrections (measured ÷ forecast
+        on the arm's recent streams; 1 without). ``slow`` (>= 1, load on the arm) stretches TTFT and
+        decode time alike. Plain-float maths: this runs for every arm of every routed request.
         """
         quality = 1.0 / (1.0 + math.exp(-min(30.0, max(-30.0, quality_z))))
         length = max(1.0, math.expm1(min(length_z, 30.0)))
         if max_tokens is not None:
             length = min(length, float(max_tokens))
         factor = math.exp(min(2.0, max(-2.0, speed_z)))
-        base_tps = live_tokens_per_s or self.median_tokens_per_s
-        tps = max(1e-3, base_tps * factor) / slow
-        ttft = max(self.ttft_floor_s, self.ttft_intercept_s + self.ttft_per_kchar_s * kchars)
-        if live_ttft_s is not None and self.median_ttft_s > 0:
-            ttft *= live_ttft_s / self.median_ttft_s
-        ttft *= slow
+        tps = max(1e-3, self.median_tokens_per_s * factor * speed_ratio) / slow
+        ttft = max(self.ttft_floor_s, self.ttft_intercept_s + self.ttft_per_kchar_s * kchars) * ttft_ratio * slow
         return Prediction(
-            quality=quality, output_tokens=length, ttft_s=ttft, tokens_per_s=tps, latency_s=ttft + length / tps
+            quality=quality,
+            output_tokens=length,
+            ttft_s=ttft,
+            tokens_per_s=tps,
+            latency_s=ttft + length / tps,
+            live_ttft_ratio=ttft_ratio,
+            live_speed_ratio=speed_ratio,
         )
 
 
@@ -167,9 +178,10 @@ class RouterModel:
         x: NDArray[np.floating],
         kchars: float,
         max_tokens: int | None,
-        arms: Sequence[tuple[str, float | None, float | None, float]],
+        arms: Sequence[tuple[str, float, float, float]],
     ) -> dict[str, Prediction]:
-        """Forecasts for ``arms`` — ``(name, live TTFT, live tokens/s, slow-down)`` each — on one prompt.
+        """Forecasts for ``arms`` — ``(name, TTFT ratio, speed ratio, slow-down)`` each (see
+        :meth:`ArmModel.forecast`) — on one prompt.
 
         One matrix-vector product for all arms' heads at once, then :meth:`ArmModel.forecast` per
         arm: the per-request cost barely grows with the number of arms. Quality is calibrated
@@ -183,14 +195,14 @@ class RouterModel:
         if self.knn_x is not None:
             order = neighbours.neighbour_order(self.knn_x, x, 2 * max(a.quality_knn_k for a in self.arms.values()))
         out = {}
-        for name, live_ttft_s, live_tps, slow in arms:
+        for name, ttft_ratio, speed_ratio, slow in arms:
             c = column[name]
             arm = self.arms[name]
             quality_z = z[c]
             if arm.quality_knn_k and order is not None:
                 r = neighbours.rate(self.knn_y[name], order, arm.quality_knn_k)
                 quality_z = math.log(r / (1.0 - r))
-            p = arm.forecast(quality_z, z[c + 1], z[c + 2], kchars, max_tokens, live_ttft_s, live_tps, slow)
+            p = arm.forecast(quality_z, z[c + 1], z[c + 2], kchars, max_tokens, ttft_ratio, speed_ratio, slow)
             calibrate = maps.get(name)
             out[name] = p if calibrate is None else replace(p, quality=calibrate(p.quality))
         return out

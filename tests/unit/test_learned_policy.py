@@ -131,9 +131,9 @@ def test_predictions_and_max_tokens_cap() -> None:
     assert d.predictions["spec"].latency_s == pytest.approx(0.1 + 10 / 150)
 
 
-def test_live_speed_overrides_profile_median() -> None:
+def test_live_speed_ratio_corrects_the_forecast() -> None:
     policy = LearnedPolicy(model=MODEL)
-    slow_spec = [ArmState(arm=ARMS["small"]), ArmState(arm=ARMS["spec"], tokens_per_s=10.0), ArmState(arm=ARMS["big"])]
+    slow_spec = [ArmState(arm=ARMS["small"]), ArmState(arm=ARMS["spec"], speed_ratio=0.5), ArmState(arm=ARMS["big"])]
     d = policy.decide(RouteRequest(flags=RouteFlags(prefer="speed"), features=(np.zeros(DIM), 0.1)), slow_spec)
     assert d.arm.name == "small"  # the speculative arm is measured slow right now: routed around
 
@@ -193,7 +193,7 @@ def test_all_arms_at_once_equal_each_arm_alone() -> None:
     model = RouterModel("test", names, np.zeros(dim), np.ones(dim), arms, MODEL.calibration)
     for trial in range(50):
         x = rng.normal(0, 1 + trial / 5, dim)  # up to extreme inputs: logits past +-30, lengths past max_tokens
-        live = [(n, None if i % 2 else 0.3, None if i % 3 else 12.0, 1.0 + 0.05 * i) for i, n in enumerate(arms)]
+        live = [(n, 1.0 if i % 2 else 1.3, 1.0 if i % 3 else 0.7, 1.0 + 0.05 * i) for i, n in enumerate(arms)]
         together = model.predict(x, 1.7, 200 if trial % 2 else None, live)
         for name, ttft, tps, slow in live:
             alone = arms[name].predict(x, 1.7, 200 if trial % 2 else None, ttft, tps, slow)
@@ -238,28 +238,27 @@ def test_strict_refuses_what_cannot_be_met_and_names_the_flag() -> None:
 
 
 def test_live_measurements_move_a_forecast_a_bounded_amount() -> None:
-    """A burst measured big at 1 tok/s (20x slower than profiled) may only slow it by live_bound."""
+    """Streams measured 20x slower than forecast may only slow an arm's forecast by live_bound."""
     policy = LearnedPolicy(model=MODEL, live_bound=1.5)
-    slow = [ArmState(arm=ARMS[n], tokens_per_s=1.0 if n == "big" else None) for n in ("small", "spec", "big")]
+    slow = [ArmState(arm=ARMS[n], speed_ratio=0.05 if n == "big" else None) for n in ("small", "spec", "big")]
     p = policy.predict(RouteRequest(features=(np.zeros(2), 0.1)), slow)["big"]
     assert p.tokens_per_s == pytest.approx(20.0 / 1.5)
     with pytest.raises(ValueError, match="live_bound"):
         LearnedPolicy(model=MODEL, live_bound=0.5)
 
 
-def test_measurements_taken_under_load_are_de_loaded_before_they_count() -> None:
-    """An arm measured 1.5x slower while 10 other streams ran beside it (load_share 0.05: exactly
-    what the load model expects) is as fast as its profile once the burst is over."""
+def test_live_ratios_scale_the_forecast_and_are_reported() -> None:
     policy = LearnedPolicy(model=MODEL, load_share=0.05)
     request = RouteRequest(features=(np.zeros(2), 0.1))
     idle = policy.predict(request, [ArmState(arm=ARMS["big"])])["big"]
-    busy = ArmState(arm=ARMS["big"], ttft_s=idle.ttft_s * 1.5, tokens_per_s=idle.tokens_per_s / 1.5, measured_load=10.0)
-    after = policy.predict(request, [busy])["big"]
-    assert after.tokens_per_s == pytest.approx(idle.tokens_per_s)
-    assert after.ttft_s == pytest.approx(idle.ttft_s)
-    # the same measurements taken on an idle arm mean a slow arm
-    slow = policy.predict(request, [replace(busy, measured_load=0.0)])["big"]
-    assert slow.tokens_per_s == pytest.approx(idle.tokens_per_s / 1.5)
+    slow = policy.predict(request, [ArmState(arm=ARMS["big"], ttft_ratio=1.2, speed_ratio=0.8)])["big"]
+    assert slow.ttft_s == pytest.approx(idle.ttft_s * 1.2)
+    assert slow.tokens_per_s == pytest.approx(idle.tokens_per_s * 0.8)
+    assert (slow.live_ttft_ratio, slow.live_speed_ratio) == (1.2, 0.8)
+    assert slow.as_dict()["live_speed_ratio"] == 0.8 and "live_speed_ratio" not in idle.as_dict()
+    # load multiplies on top: the ratios were measured against forecasts that included their load
+    busy = policy.predict(request, [ArmState(arm=ARMS["big"], load=4, ttft_ratio=1.2, speed_ratio=0.8)])["big"]
+    assert busy.tokens_per_s == pytest.approx(slow.tokens_per_s / 1.2)
 
 
 def test_observed_residuals_widen_the_bound_online() -> None:
