@@ -201,7 +201,10 @@ class LearnedPolicy(Policy):
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
         pinned = pinned_decision(request, candidates)
         if pinned is not None:
-            return pinned
+            # the pinned arm's forecast too: its stream is then compared with it like any other
+            # (the live corrections), and a dry run shows it
+            state = next(s for s in candidates if s.arm == pinned.arm)
+            return replace(pinned, predictions=self.predict(request, [state]))
         healthy = [s for s in candidates if s.healthy]
         if not healthy:
             raise NoArmAvailable("no candidate arm has a healthy backend")

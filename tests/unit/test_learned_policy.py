@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple, replace
+from dataclasses import astuple
 
 import numpy as np
 import pytest
@@ -117,6 +117,11 @@ def test_exact_ties_go_to_configuration_order() -> None:
 def test_all_unhealthy_raises() -> None:
     with pytest.raises(NoArmAvailable):
         decide(RouteFlags(), unhealthy=("small", "spec", "big"))
+
+
+def test_a_pinned_arm_comes_with_its_forecast() -> None:
+    d = decide(RouteFlags(arm="big"))
+    assert d.reason == "pinned" and set(d.predictions) == {"big"} and d.predictions["big"].latency_s > 0
 
 
 def test_pinned_unhealthy_raises() -> None:
