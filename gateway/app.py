@@ -114,11 +114,11 @@ def create_app(
 
     @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible), streaming or not")
     async def chat_completions(request: Request) -> Response:
-        return await proxy.handle("chat", request, caller(request))  # type: ignore[no-any-return]
+        return await proxy.handle("chat", request, caller(request))
 
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible), streaming or not")
     async def completions(request: Request) -> Response:
-        return await proxy.handle("completions", request, caller(request))  # type: ignore[no-any-return]
+        return await proxy.handle("completions", request, caller(request))
 
     @app.post("/v1/route", summary="Dry run: which arm would answer this chat/completion body, and why")
     async def route(request: Request) -> Response:

@@ -14,7 +14,8 @@
     └── UpstreamHTTPError            as upstream (4xx passed through)
 
 Handlers raise these; :func:`error_response` renders them. Once a stream has started an error
-becomes an SSE ``data:`` event followed by ``data: [DONE]`` (:func:`sse_error_event`).
+becomes an SSE ``data:`` event followed by ``data: [DONE]`` (:func:`gateway.sse.error_event`).
+Upstream failures become these in one place, :mod:`gateway.calls`.
 """
 
 from __future__ import annotations
@@ -156,8 +157,3 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
     """Render ``exc`` as a JSON response in OpenAI's envelope."""
     merged = {**(headers or {}), **exc.headers}
     return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json", headers=merged)
-
-
-def sse_error_event(exc: GatewayError) -> bytes:
-    """An error after the stream started: one ``data:`` event with the envelope, then ``[DONE]``."""
-    return b"data: " + orjson.dumps(exc.body()) + b"\n\ndata: [DONE]\n\n"

@@ -31,12 +31,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from gateway.auth import ApiKey
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.protocol import prompt_text
-from gateway.relay import RelayResponse, StreamOutcome
 from gateway.settings import LimitSettings
 
 
@@ -181,24 +178,3 @@ def total_tokens(usage: Any) -> int | None:
     if prompt is None and completion is None:
         return None
     return (prompt or 0) + (completion or 0)
-
-
-def settle_at_end(result: Any, charge: Charge | None) -> Any:
-    """Correct ``charge`` with the answer's usage: now for a body, when a relayed stream ends."""
-    if charge is None or charge.bucket is None:
-        return result
-    if isinstance(result, RelayResponse):
-        inner = result.on_done
-
-        def on_done(out: StreamOutcome) -> None:
-            inner(out)
-            charge.settle(total_tokens(out.usage))
-
-        result.on_done = on_done
-    else:
-        try:
-            usage = orjson.loads(result.body).get("usage")
-        except (orjson.JSONDecodeError, AttributeError):
-            usage = None
-        charge.settle(total_tokens(usage))
-    return result

@@ -1,16 +1,21 @@
 """Relaying an upstream SSE stream to the client, chunk by chunk, without buffering.
 
-For each upstream read the relay splits complete SSE events, rewrites the served model name
-to the public one (a bytes replace: upstream JSON is compact and a quoted ``"model":"x"``
-cannot occur unescaped inside a string), drops the usage-only chunk when the client did not
-ask for usage, timestamps token events for TTFT / inter-token latency, and writes what it has
-in one ASGI message. JSON is parsed only for the usage chunk.
+:class:`RelayResponse` is the ASGI response of every stream, single-call or PDR. For each upstream
+read it takes the complete events (:class:`gateway.sse.EventSplitter`), rewrites the served model
+name to the public one, drops the usage-only chunk when the client did not ask for usage,
+timestamps token events for TTFT / inter-token latency, and writes what it has in one ASGI message.
+JSON is parsed only for the usage chunk (and for every event of an upstream that writes spaced
+JSON, normalised once per event: :func:`gateway.sse.compact`).
+
+A PDR stream passes ``usage_before`` (its earlier stages' usage): the usage chunk then carries the
+sum, and one is made up before ``[DONE]`` if the upstream sent none.
 
 Failure after the first byte — a read error, an idle timeout, a stream that ends without
 ``[DONE]``, a ``data:`` event that is not a JSON object (checked by its first and last byte, not
 parsed) — becomes an SSE error event followed by ``data: [DONE]``: the client always learns
 that the answer is incomplete. A client disconnect cancels the relay and closes the upstream
-response, so vLLM aborts the generation.
+response, so vLLM aborts the generation. When the relay ends, for any reason, the call is closed
+and :meth:`gateway.accounting.Accounting.finish` gets the :class:`~gateway.accounting.Outcome`.
 """
 
 from __future__ import annotations
@@ -18,75 +23,70 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import UpstreamError, sse_error_event
-from gateway.upstream import UpstreamIOError, UpstreamResponse, UpstreamTimeout
+from gateway.accounting import Accounting, Outcome
+from gateway.calls import Call, upstream_error
+from gateway.errors import UpstreamError
+from gateway.limits import token_count
+from gateway.sse import (
+    DONE,
+    SEP,
+    EventSplitter,
+    Rename,
+    compact,
+    error_event,
+    is_spaced,
+    is_token_event,
+    summed,
+    usage_event,
+    usage_of,
+    with_usage,
+)
+from gateway.upstream import UpstreamIOError
 
-_SEP = b"\n\n"
-_DONE = b"data: [DONE]"
-
-
-@dataclass
-class StreamOutcome:
-    """What the relay observed; read by the caller after the stream ends."""
-
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    token_events: int = 0
-    itl: list[float] = field(default_factory=list)
-    usage: dict[str, Any] | None = None
-    error: UpstreamError | None = None
-    saw_done: bool = False
-    disconnected: bool = False
-
-
-def _is_token_event(event: bytes) -> bool:
-    # The chat role chunk carries "content":"" and the usage chunk "choices":[]; neither is a token.
-    return b'"choices":[]' not in event and b'"content":""' not in event and b'"text":""' not in event
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 class RelayResponse(Response):
-    """An ASGI response that relays ``upstream`` (a response whose headers have arrived).
+    """An ASGI response that relays ``call`` (a stream whose headers have arrived) and accounts for it.
 
-    ``on_done(outcome)`` is called exactly once when the relay ends for any reason; it must
-    not raise. The upstream response is always closed. (A :class:`Response` subclass so the
-    framework passes it through untouched; only ``__call__`` is used.)
+    (A :class:`Response` subclass so the framework passes it through untouched; only ``__call__`` is
+    used.)
     """
 
     def __init__(
         self,
-        upstream: UpstreamResponse,
+        call: Call,
         headers: dict[str, str],
-        served_model: str,
-        public_model: str,
+        rename: Rename,
         strip_usage: bool,
-        on_done: Callable[[StreamOutcome], None],
+        accounting: Accounting,
+        outcome: Outcome,
+        usage_before: dict[str, int] | None = None,
     ) -> None:
-        self.upstream = upstream
+        self.call = call
         self.status_code = 200
         self.background = None
         self.route_headers = headers
-        self.needle = b'"model":' + orjson.dumps(served_model)
-        self.replacement = b'"model":' + orjson.dumps(public_model)
+        self.rename = rename
         self.strip_usage = strip_usage
-        self.on_done = on_done
-        self.outcome = StreamOutcome()
+        self.accounting = accounting
+        self.outcome = outcome
+        self.usage_before = usage_before
+        self.spaced: bool | None = None  # decided on the first JSON event
+        self.head: bytes | None = None  # the first token event (a made-up usage chunk copies its id)
         self.broken = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
+        raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
         relay = asyncio.ensure_future(self._relay(send, raw_headers))
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
         try:
@@ -102,8 +102,8 @@ class RelayResponse(Response):
             self.outcome.disconnected = True
         finally:
             watcher.cancel()
-            await self.upstream.aclose()
-            self.on_done(self.outcome)
+            await self.call.aclose()
+            self.accounting.finish(self.outcome)
 
     @staticmethod
     async def _watch_disconnect(receive: Receive) -> None:
@@ -119,8 +119,10 @@ class RelayResponse(Response):
             if not ev.startswith(b"data:"):
                 keep.append(ev)
                 continue
-            if ev.startswith(_DONE):
+            if ev.startswith(DONE):
                 out.saw_done = True
+                if self.usage_before is not None and out.usage is None:
+                    self._made_up_usage(keep)
                 keep.append(ev)
                 continue
             if not (ev.startswith(b"data: {") or ev.startswith(b"data:{")) or not ev.rstrip().endswith(b"}"):
@@ -130,13 +132,12 @@ class RelayResponse(Response):
                 )
                 self.broken = True
                 break
+            if self.spaced is None:
+                self.spaced = is_spaced(ev)
+            if self.spaced:
+                ev = compact(ev)
             if b'"usage":{' in ev:
-                try:
-                    usage = orjson.loads(ev[5:]).get("usage")
-                except (orjson.JSONDecodeError, AttributeError):
-                    usage = None
-                if isinstance(usage, dict):
-                    out.usage = usage
+                ev = self._usage(ev)
                 if self.strip_usage and b'"choices":[]' in ev:
                     continue
             elif b'"error"' in ev and b'"choices"' not in ev:
@@ -145,43 +146,62 @@ class RelayResponse(Response):
                 )
                 keep.append(ev)
                 continue
-            if _is_token_event(ev):
+            ev = self.rename.event(ev)
+            if is_token_event(ev):
                 if out.first_token_at is None:
                     out.first_token_at = now
+                    self.head = ev
                 else:
                     out.itl.append(now - (out.last_token_at or now))
                 out.last_token_at = now
-                out.token_events += 1
-            keep.append(ev.replace(self.needle, self.replacement, 1))
+            keep.append(ev)
         if not keep:
             return b""
-        return _SEP.join(keep) + _SEP
+        return SEP.join(keep) + SEP
+
+    def _usage(self, ev: bytes) -> bytes:
+        """Take the usage of the usage chunk ``ev``; a PDR stream's is summed with its earlier stages'."""
+        usage: dict[str, Any] | None = usage_of(ev)
+        if usage is None:
+            return ev
+        self.outcome.stream_tokens = token_count(usage.get("completion_tokens"))
+        if self.usage_before is not None:
+            usage = summed(self.usage_before, usage)
+            ev = with_usage(ev, usage)
+        self.outcome.usage = usage
+        return ev
+
+    def _made_up_usage(self, keep: list[bytes]) -> None:
+        """A PDR stream whose upstream sent no usage: its earlier stages' usage is all that is known."""
+        assert self.usage_before is not None
+        self.outcome.usage = usage = dict(self.usage_before)
+        if not self.strip_usage:
+            keep.append(self.rename.event(usage_event(self.head, usage)))
 
     async def _relay(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         out = self.outcome
-        buf = b""
+        splitter = EventSplitter()
         try:
-            async for chunk in self.upstream.chunks():
-                buf += chunk
-                if _SEP not in buf:
+            async for chunk in self.call.chunks():
+                events = splitter.feed(chunk)
+                if events is None:
                     continue
-                *events, buf = buf.split(_SEP)
                 data = self._process(events, time.perf_counter())
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                 if self.broken:
                     break
+            else:
+                events = splitter.end()
+                if events is not None and (data := self._process(events, time.perf_counter())):
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
             if not out.saw_done and out.error is None:
                 out.error = UpstreamError(
                     "upstream stream ended without [DONE]; the answer is incomplete", kind="protocol"
                 )
-        except UpstreamTimeout:
-            out.error = UpstreamError(
-                "upstream stream went idle past the timeout; the answer is incomplete", kind="timeout", status=504
-            )
         except UpstreamIOError as exc:
-            out.error = UpstreamError(f"upstream stream failed: {exc.detail}; the answer is incomplete", kind="stream")
+            out.error = upstream_error(exc, self.call.backend.name, "stream")
         if out.error is not None and not out.saw_done:
-            await send({"type": "http.response.body", "body": sse_error_event(out.error), "more_body": True})
+            await send({"type": "http.response.body", "body": error_event(out.error), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

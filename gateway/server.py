@@ -24,7 +24,8 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, sse_error_event
+from gateway.errors import GatewayError
+from gateway.sse import error_event
 
 log = logging.getLogger("gateway.server")
 
@@ -60,7 +61,7 @@ class DrainCutoff:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
             if state["sse"] and state["open"]:
-                event = sse_error_event(ShutDown("the gateway shut down before the answer was complete"))
+                event = error_event(ShutDown("the gateway shut down before the answer was complete"))
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": event, "more_body": False})
             raise

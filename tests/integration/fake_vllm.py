@@ -134,6 +134,8 @@ class FakeVLLM:
     split_every: int | None = None  # re-chunk the SSE body into pieces of this many bytes
     upstream_error_event: bool = False  # vLLM's own in-stream error event, then [DONE]
     usage: Any = None  # the answer's "usage" (body and usage chunk); None: USAGE
+    spaced: bool = False  # write JSON as Python's json.dumps does ("model": "x"), not vLLM's compact form
+    crlf: bool = False  # end SSE lines with CRLF (the SSE spec allows it)
     requests: list[httpx.Request] = field(default_factory=list)
     streams: list[FakeStream] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -196,8 +198,14 @@ class FakeVLLM:
             self.streams.append(stream)
             return httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=stream)
         return httpx.Response(
-            200, content=compact(self._completion(chat, rid)), headers={"content-type": "application/json"}
+            200, content=self._dump(self._completion(chat, rid)), headers={"content-type": "application/json"}
         )
+
+    def _dump(self, obj: Any) -> bytes:
+        return json.dumps(obj).encode() if self.spaced else compact(obj)
+
+    def _sse(self, obj: Any) -> bytes:
+        return b"data: " + self._dump(obj) + b"\n\n"
 
     def _id(self, chat: bool, rid: str | None) -> str:
         return f"{'chatcmpl' if chat else 'cmpl'}-{rid or f'{self.name}-{next(self._ids)}'}"
@@ -228,18 +236,20 @@ class FakeVLLM:
         events: list[bytes] = []
         if chat:
             role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-            events.append(sse({**head, "choices": [role]}))
+            events.append(self._sse({**head, "choices": [role]}))
         for i, tok in enumerate(TOKENS):
             last = i == len(TOKENS) - 1
             choice: dict[str, Any] = {"index": 0}
             choice.update({"delta": {"content": tok}} if chat else {"text": tok})
             choice.update({"logprobs": None, "finish_reason": "stop" if last else None})
-            events.append(sse({**head, "choices": [choice]}))
+            events.append(self._sse({**head, "choices": [choice]}))
         if self.upstream_error_event:
-            events.append(sse({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}))
+            events.append(self._sse({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}))
         elif include_usage:
-            events.append(sse({**head, "choices": [], "usage": USAGE if self.usage is None else self.usage}))
+            events.append(self._sse({**head, "choices": [], "usage": USAGE if self.usage is None else self.usage}))
         events.append(b"data: [DONE]\n\n")
+        if self.crlf:
+            events = [e.replace(b"\n", b"\r\n") for e in events]
         if self.split_every:
             raw = b"".join(events)
             return [raw[i : i + self.split_every] for i in range(0, len(raw), self.split_every)]

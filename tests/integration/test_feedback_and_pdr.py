@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 from fake_vllm import CONFIG, Gateway, MakeGateway, request_body
 
+from gateway.auth import hash_key
+
+KEY = "sk-pdr-Qm41x"
 PDR_ARMS = [
     *CONFIG["arms"],
     {
@@ -155,3 +158,49 @@ async def test_pdr_refine_with_a_garbage_body_is_a_502_not_a_crash(make_gateway:
         assert resp.status_code == 502, resp.text
         assert resp.json()["error"]["code"] == "upstream_protocol"
         assert "<html>" not in resp.text
+
+
+async def test_pdr_stream_is_renamed_even_when_the_model_field_is_split_across_reads(
+    make_gateway: MakeGateway,
+) -> None:
+    async with make_gateway(arms=PDR_ARMS) as gw:
+        for name in ("b1", "b2"):
+            gw.upstreams[name].split_every = 7  # every "model":"smol-served" is cut somewhere
+        resp = await gw.generate(model="smol-pdr", stream=True, stream_options={"include_usage": True})
+
+        assert resp.status_code == 200
+        assert "smol-served" not in resp.text
+        events = Gateway.events(resp)
+        assert all(e["model"] == "smol-pdr" for e in events[:-1] if isinstance(e, dict))
+
+
+async def test_pdr_stream_records_ttft_inter_token_latency_and_tokens_per_second(make_gateway: MakeGateway) -> None:
+    async with make_gateway(arms=PDR_ARMS) as gw:
+        resp = await gw.generate(model="smol-pdr", stream=True)
+        assert resp.status_code == 200 and Gateway.events(resp)[-1] == "[DONE]"
+
+        series = {"model": "smol-pdr", "strategy": "pdr-n3-r1"}
+        assert gw.metric("gateway_requests_total", **series, endpoint="chat", status="200") == 1
+        assert gw.metric("gateway_time_to_first_token_seconds_count", **series) == 1
+        assert gw.metric("gateway_inter_token_latency_seconds_count", **series) == 2  # three tokens
+        assert gw.metric("gateway_output_tokens_per_second_count", **series) == 1
+        assert gw.metric("gateway_output_tokens_total", **series) == 15  # every stage
+
+
+async def test_pdr_stream_corrects_the_token_charge(make_gateway: MakeGateway) -> None:
+    # Estimated at ceil(len("Say hello.") / 4) + 150 = 153 of 200 tokens per minute; the five calls
+    # use 5 x 10. Uncorrected, 47 tokens are left and the second request (estimated at 103) is refused.
+    keys = {"keys": [{"name": "team-a", "sha256": hash_key(KEY), "tpm": 200}]}
+    async with make_gateway(arms=PDR_ARMS, auth=keys) as gw:
+        first = await gw.client.post(
+            "/v1/chat/completions",
+            json=request_body("chat", "smol-pdr", stream=True, max_tokens=150),
+            headers={"authorization": f"Bearer {KEY}"},
+        )
+        assert first.status_code == 200 and first.text.endswith("data: [DONE]\n\n")
+        second = await gw.client.post(
+            "/v1/chat/completions",
+            json=request_body("chat", "smol-pdr", max_tokens=100),
+            headers={"authorization": f"Bearer {KEY}"},
+        )
+        assert second.status_code == 200, second.text

@@ -17,9 +17,9 @@ from gateway.errors import (
     UpstreamHTTPError,
     _parse_upstream_error,
     error_response,
-    sse_error_event,
 )
 from gateway.protocol import ErrorResponse
+from gateway.sse import error_event
 
 
 @pytest.mark.parametrize(
@@ -170,8 +170,8 @@ def test_upstream_http_error_keeps_the_upstream_status_and_fields() -> None:
     }
 
 
-def test_sse_error_event_is_one_data_event_then_done() -> None:
-    event = sse_error_event(UpstreamError("gone", kind="stream"))
+def test_an_sse_error_event_is_one_data_event_then_done() -> None:
+    event = error_event(UpstreamError("gone", kind="stream"))
 
     first, second, rest = event.split(b"\n\n")
     assert first.startswith(b"data: ")

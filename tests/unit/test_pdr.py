@@ -1,19 +1,17 @@
-"""PDR orchestration (gateway/pdr.py) against fake upstream callables: fan-out, seeds, budgets,
-partial failure, rounds, usage, streaming and cancellation."""
+"""PDR orchestration (gateway/strategies/pdr_runner.py) against fake upstream callables: fan-out, seeds,
+budgets, partial failure, rounds, usage, the stages before a stream, and cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
-import orjson
 import pytest
 
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.metrics import GatewayMetrics
-from gateway.pdr import PDRRunner
+from gateway.strategies.pdr_runner import PDRRunner
 from router import build_strategy
 from router.strategy import PDRStrategy
 
@@ -50,10 +48,6 @@ def stage_of(body: dict[str, Any]) -> str:
     return "draft"
 
 
-def sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
 class Fake:
     """Upstream fake: records every call with its stage and timing; answers by stage."""
 
@@ -63,10 +57,6 @@ class Fake:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.spans: list[tuple[float, float]] = []
         self.refines = 0
-        self.stream_closed = False
-        self.stream_usage = True
-        self.stream_done = True
-        self.stream_fail_after: int | None = None
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         stage = stage_of(body)
@@ -94,26 +84,6 @@ class Fake:
             "usage": dict(usage),
         }
 
-    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
-        self.calls.append(("stream", body))
-        head = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 2, "model": "served"}
-        events = [sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})]
-        events += [sse({**head, "choices": [{"index": 0, "delta": {"content": t}}]}) for t in ("The ", "answer ", "42")]
-        if self.stream_usage:
-            events.append(sse({**head, "choices": [], "usage": REFINE_USAGE}))
-        if self.stream_done:
-            events.append(b"data: [DONE]\n\n")
-        try:
-            for i, ev in enumerate(events):
-                if self.stream_fail_after is not None and i == self.stream_fail_after:
-                    raise UpstreamError("backend went away", kind="stream")
-                # split each event across two reads to exercise the SSE buffering
-                yield ev[:7]
-                await asyncio.sleep(0)
-                yield ev[7:]
-        finally:
-            self.stream_closed = True
-
     def stages(self) -> list[str]:
         return [stage for stage, _ in self.calls]
 
@@ -121,19 +91,10 @@ class Fake:
         return [body for s, body in self.calls if s == stage]
 
 
-async def collect(gen: AsyncGenerator[bytes, None]) -> list[bytes]:
-    data = b"".join([chunk async for chunk in gen])
-    return [ev for ev in data.split(b"\n\n") if ev]
-
-
-def payloads(events: list[bytes]) -> list[Any]:
-    return [orjson.loads(ev[5:]) if ev != b"data: [DONE]" else "[DONE]" for ev in events]
-
-
 async def test_drafts_run_in_parallel() -> None:
     fake = Fake(delay=0.2)
     stages: dict[str, float] = {}
-    runner = PDRRunner(pdr(drafts=4), fake.complete, fake.stream, on_stage=stages.__setitem__)
+    runner = PDRRunner(pdr(drafts=4), fake.complete, on_stage=stages.__setitem__)
 
     await runner.complete(dict(BODY))
 
@@ -145,9 +106,7 @@ async def test_drafts_run_in_parallel() -> None:
 async def test_draft_bodies_have_distinct_seeds_and_the_draft_settings() -> None:
     fake = Fake()
     body = {**BODY, "max_completion_tokens": 99, "stream_options": {"include_usage": True}, "top_p": 0.9}
-    await PDRRunner(pdr(drafts=5, draft_temperature=1.1, draft_max_tokens=256), fake.complete, fake.stream).complete(
-        body
-    )
+    await PDRRunner(pdr(drafts=5, draft_temperature=1.1, draft_max_tokens=256), fake.complete).complete(body)
 
     drafts = fake.of("draft")
     assert len(drafts) == 5
@@ -163,13 +122,13 @@ async def test_draft_bodies_have_distinct_seeds_and_the_draft_settings() -> None
 
 async def test_the_clients_seed_is_the_base_seed() -> None:
     fake = Fake()
-    await PDRRunner(pdr(drafts=3), fake.complete, fake.stream).complete({**BODY, "seed": 100})
+    await PDRRunner(pdr(drafts=3), fake.complete).complete({**BODY, "seed": 100})
     assert sorted(d["seed"] for d in fake.of("draft")) == [100, 101, 102]
 
 
 async def test_one_failed_draft_is_tolerated() -> None:
     fake = Fake(fail_seeds=frozenset({11}))
-    runner = PDRRunner(pdr(drafts=3), fake.complete, fake.stream, seed=10)
+    runner = PDRRunner(pdr(drafts=3), fake.complete, seed=10)
 
     out = await runner.complete(dict(BODY))
 
@@ -184,7 +143,7 @@ async def test_one_failed_draft_is_tolerated() -> None:
 
 async def test_all_drafts_failing_raises_the_first_error() -> None:
     fake = Fake(fail_seeds=frozenset({10, 11, 12}))
-    runner = PDRRunner(pdr(drafts=3), fake.complete, fake.stream, seed=10)
+    runner = PDRRunner(pdr(drafts=3), fake.complete, seed=10)
 
     with pytest.raises(UpstreamError, match="draft seed 10 failed"):
         await runner.complete(dict(BODY))
@@ -197,12 +156,12 @@ async def test_a_draft_without_text_counts_as_failed() -> None:
 
     fake = Fake()
     with pytest.raises(UpstreamError, match="draft stage: upstream answer has no text"):
-        await PDRRunner(pdr(drafts=2), fake.complete, fake.stream, draft_complete=empty).complete(dict(BODY))
+        await PDRRunner(pdr(drafts=2), fake.complete, draft_complete=empty).complete(dict(BODY))
 
 
 async def test_usage_sums_every_stage_and_choices_are_the_refines() -> None:
     fake = Fake()
-    out = await PDRRunner(pdr(drafts=3), fake.complete, fake.stream).complete(dict(BODY))
+    out = await PDRRunner(pdr(drafts=3), fake.complete).complete(dict(BODY))
 
     assert out["usage"] == {
         "prompt_tokens": 3 * 10 + 30 + 40,
@@ -215,7 +174,7 @@ async def test_usage_sums_every_stage_and_choices_are_the_refines() -> None:
 
 async def test_one_draft_is_sequential_refinement() -> None:
     fake = Fake()
-    out = await PDRRunner(pdr(drafts=1, rounds=3), fake.complete, fake.stream).complete(dict(BODY))
+    out = await PDRRunner(pdr(drafts=1, rounds=3), fake.complete).complete(dict(BODY))
 
     assert fake.stages() == ["draft", "distill", "refine"] * 3
     assert out["choices"][0]["message"]["content"] == "answer-3"
@@ -224,7 +183,7 @@ async def test_one_draft_is_sequential_refinement() -> None:
 
 async def test_a_second_round_feeds_the_previous_answer_back() -> None:
     fake = Fake()
-    runner = PDRRunner(pdr(drafts=2, rounds=2), fake.complete, fake.stream, seed=0)
+    runner = PDRRunner(pdr(drafts=2, rounds=2), fake.complete, seed=0)
     out = await runner.complete(dict(BODY))
 
     assert fake.stages() == ["draft", "draft", "distill", "refine"] * 2
@@ -239,7 +198,7 @@ async def test_a_second_round_feeds_the_previous_answer_back() -> None:
 
 async def test_distill_is_bounded_by_the_workspace_and_refine_sees_it() -> None:
     fake = Fake()
-    await PDRRunner(pdr(drafts=2, workspace_tokens=128), fake.complete, fake.stream).complete(dict(BODY))
+    await PDRRunner(pdr(drafts=2, workspace_tokens=128), fake.complete).complete(dict(BODY))
 
     (distill,) = fake.of("distill")
     assert distill["max_tokens"] == 128
@@ -258,7 +217,7 @@ async def test_multimodal_last_turn_gets_a_text_part() -> None:
     fake = Fake()
     parts = [{"type": "text", "text": "Describe"}, {"type": "image_url", "image_url": {"url": "data:x"}}]
     body = {"model": "smol", "messages": [{"role": "user", "content": parts}]}
-    await PDRRunner(pdr(drafts=1), fake.complete, fake.stream).complete(body)
+    await PDRRunner(pdr(drafts=1), fake.complete).complete(body)
 
     assert fake.of("draft")[0]["messages"][-1]["content"] == parts, "drafts keep the original turn"
     assert "[user]\nDescribe" in last_user(fake.of("distill")[0])
@@ -269,7 +228,7 @@ async def test_multimodal_last_turn_gets_a_text_part() -> None:
 
 async def test_drafts_use_the_draft_callable() -> None:
     fake, drafter = Fake(), Fake()
-    await PDRRunner(pdr(drafts=3), fake.complete, fake.stream, draft_complete=drafter.complete).complete(dict(BODY))
+    await PDRRunner(pdr(drafts=3), fake.complete, draft_complete=drafter.complete).complete(dict(BODY))
     assert drafter.stages() == ["draft"] * 3
     assert fake.stages() == ["distill", "refine"]
 
@@ -277,9 +236,9 @@ async def test_drafts_use_the_draft_callable() -> None:
 async def test_stage_times_are_reported() -> None:
     fake = Fake(delay=0.02)
     seen: list[tuple[str, float]] = []
-    await PDRRunner(
-        pdr(drafts=2, rounds=2), fake.complete, fake.stream, on_stage=lambda s, t: seen.append((s, t))
-    ).complete(dict(BODY))
+    await PDRRunner(pdr(drafts=2, rounds=2), fake.complete, on_stage=lambda s, t: seen.append((s, t))).complete(
+        dict(BODY)
+    )
     assert [s for s, _ in seen] == ["draft", "distill", "refine"] * 2
     assert all(0.015 <= t < 1.0 for _, t in seen)
 
@@ -289,7 +248,7 @@ async def test_stage_times_feed_the_metrics_histogram() -> None:
     fake = Fake()
     strategy = pdr(drafts=2)
     hook = lambda stage, s: metrics.pdr_stage("smol", strategy.label, stage, s)  # noqa: E731
-    await PDRRunner(strategy, fake.complete, fake.stream, on_stage=hook).complete(dict(BODY))
+    await PDRRunner(strategy, fake.complete, on_stage=hook).complete(dict(BODY))
     text = metrics.exposition().decode()
     for stage in ("draft", "distill", "refine"):
         assert f'gateway_pdr_stage_seconds_count{{model="smol",stage="{stage}",strategy="pdr-n2-r1"}} 1.0' in text
@@ -298,7 +257,7 @@ async def test_stage_times_feed_the_metrics_histogram() -> None:
 async def test_completions_bodies_are_refused_naming_messages() -> None:
     fake = Fake()
     with pytest.raises(InvalidRequest) as info:
-        await PDRRunner(pdr(), fake.complete, fake.stream).complete({"model": "smol", "prompt": "hi"})
+        await PDRRunner(pdr(), fake.complete).complete({"model": "smol", "prompt": "hi"})
     assert info.value.param == "messages"
     assert fake.calls == []
 
@@ -306,93 +265,35 @@ async def test_completions_bodies_are_refused_naming_messages() -> None:
 # ------------------------------------------------------------------ streaming
 
 
-async def test_stream_relays_the_final_stage_with_summed_usage() -> None:
+async def test_prepare_stream_runs_every_stage_before_the_last_refine_and_returns_its_body() -> None:
     fake = Fake()
-    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
-    runner = PDRRunner(pdr(drafts=3), fake.complete, fake.stream)
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": False, "x": 1}}
+    runner = PDRRunner(pdr(drafts=3), fake.complete)
 
-    events = payloads(await collect(runner.stream(body)))
+    final = await runner.prepare_stream(body)
 
-    assert fake.stages() == ["draft"] * 3 + ["distill", "stream"]
-    assert all(b["stream"] is False for s, b in fake.calls if s != "stream")
-    (final,) = fake.of("stream")
-    assert final["stream"] is True and final["stream_options"] == {"include_usage": True}
+    assert fake.stages() == ["draft"] * 3 + ["distill"]
+    assert all(b["stream"] is False for _, b in fake.calls)
+    assert final["stream"] is True
+    assert final["stream_options"] == {"include_usage": True, "x": 1}, "usage is always asked upstream"
     assert "WORKSPACE: all say 42" in last_user(final)
-    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e != "[DONE]" and e["choices"])
-    assert text == "The answer 42"
-    assert events[-1] == "[DONE]"
-    usage_chunks = [e for e in events if e != "[DONE]" and e.get("usage")]
-    assert len(usage_chunks) == 1
-    summed = {"prompt_tokens": 3 * 10 + 30 + 40, "completion_tokens": 3 * 20 + 5 + 7, "total_tokens": 3 * 30 + 35 + 47}
-    assert usage_chunks[0]["usage"] == summed
-    assert usage_chunks[0]["choices"] == [] and usage_chunks[0]["id"] == "chatcmpl-s"
-    assert runner.usage == summed
-    assert fake.stream_closed
+    assert runner.usage == {"prompt_tokens": 3 * 10 + 30, "completion_tokens": 3 * 20 + 5, "total_tokens": 3 * 30 + 35}
 
 
-async def test_stream_drops_the_usage_chunk_unless_asked_but_still_counts_it() -> None:
+async def test_prepare_stream_with_rounds_runs_the_earlier_rounds_whole() -> None:
     fake = Fake()
-    runner = PDRRunner(pdr(drafts=2), fake.complete, fake.stream)
+    final = await PDRRunner(pdr(drafts=1, rounds=2), fake.complete).prepare_stream({**BODY, "stream": True})
 
-    events = payloads(await collect(runner.stream({**BODY, "stream": True})))
-
-    assert not any(e != "[DONE]" and e.get("usage") for e in events)
-    assert fake.of("stream")[0]["stream_options"] == {"include_usage": True}, "usage is always asked upstream"
-    assert runner.usage["completion_tokens"] == 2 * 20 + 5 + 7
-
-
-async def test_stream_makes_up_a_usage_chunk_when_upstream_sends_none() -> None:
-    fake = Fake()
-    fake.stream_usage = False
-    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
-    events = payloads(await collect(PDRRunner(pdr(drafts=2), fake.complete, fake.stream).stream(body)))
-
-    assert events[-1] == "[DONE]"
-    assert events[-2]["choices"] == [] and events[-2]["id"] == "chatcmpl-s"
-    assert events[-2]["usage"]["prompt_tokens"] == 2 * 10 + 30, "earlier stages only"
-
-
-async def test_stream_with_rounds_streams_only_the_last_refine() -> None:
-    fake = Fake()
-    events = payloads(await collect(PDRRunner(pdr(drafts=1, rounds=2), fake.complete, fake.stream).stream(BODY)))
-
-    assert fake.stages() == ["draft", "distill", "refine", "draft", "distill", "stream"]
+    assert fake.stages() == ["draft", "distill", "refine", "draft", "distill"]
     assert fake.of("refine")[0]["stream"] is False
     assert "answer-1" in last_user(fake.of("draft")[1])
-    assert events[-1] == "[DONE]"
+    assert final["stream"] is True
 
 
-async def test_stream_errors_before_the_first_byte_raise() -> None:
+async def test_prepare_stream_raises_the_stages_errors() -> None:
     fake = Fake(fail_seeds=frozenset({1}))
-    runner = PDRRunner(pdr(drafts=1), fake.complete, fake.stream, seed=1)
     with pytest.raises(UpstreamError, match="draft seed 1 failed"):
-        await runner.open_stream({**BODY, "stream": True})
-
-    fake = Fake()
-    fake.stream_fail_after = 0
-    with pytest.raises(UpstreamError, match="backend went away"):
-        await PDRRunner(pdr(drafts=1), fake.complete, fake.stream).open_stream({**BODY, "stream": True})
-    assert fake.stream_closed
-
-
-async def test_stream_errors_after_the_first_byte_become_an_error_event() -> None:
-    fake = Fake()
-    fake.stream_fail_after = 2
-    runner = PDRRunner(pdr(drafts=1), fake.complete, fake.stream)
-    events = payloads(await collect(await runner.open_stream({**BODY, "stream": True})))
-
-    assert events[-1] == "[DONE]"
-    assert events[-2]["error"]["code"] == "upstream_stream"
-    assert events[-2]["error"]["message"] == "backend went away"
-    assert fake.stream_closed
-
-
-async def test_stream_without_done_ends_with_an_error_event() -> None:
-    fake = Fake()
-    fake.stream_done = False
-    events = payloads(await collect(PDRRunner(pdr(drafts=1), fake.complete, fake.stream).stream(BODY)))
-    assert events[-2]["error"]["code"] == "upstream_protocol"
-    assert events[-1] == "[DONE]"
+        await PDRRunner(pdr(drafts=1), fake.complete, seed=1).prepare_stream({**BODY, "stream": True})
 
 
 # ------------------------------------------------------------------ cancellation
@@ -419,17 +320,15 @@ class Blocking:
         raise AssertionError("not reached")
 
 
-@pytest.mark.parametrize("mode", ["complete", "stream", "open_stream"])
+@pytest.mark.parametrize("mode", ["complete", "prepare_stream"])
 async def test_cancelling_the_caller_cancels_every_draft(mode: str) -> None:
     fake, drafts = Fake(), Blocking(4)
-    runner = PDRRunner(pdr(drafts=4), fake.complete, fake.stream, draft_complete=drafts.complete)
+    runner = PDRRunner(pdr(drafts=4), fake.complete, draft_complete=drafts.complete)
     body = {**BODY, "stream": mode != "complete"}
     if mode == "complete":
         task = asyncio.ensure_future(runner.complete(body))
-    elif mode == "stream":
-        task = asyncio.ensure_future(collect(runner.stream(body)))
     else:
-        task = asyncio.ensure_future(runner.open_stream(body))
+        task = asyncio.ensure_future(runner.prepare_stream(body))
 
     await asyncio.wait_for(drafts.all_started.wait(), 2)
     task.cancel()
@@ -438,12 +337,3 @@ async def test_cancelling_the_caller_cancels_every_draft(mode: str) -> None:
 
     assert drafts.cancelled == 4, "every in-flight draft is cancelled"
     assert fake.calls == [], "nothing runs after the cancel"
-
-
-async def test_closing_the_stream_mid_answer_closes_the_upstream_stream() -> None:
-    fake = Fake()
-    gen = await PDRRunner(pdr(drafts=1), fake.complete, fake.stream).open_stream(BODY)
-    assert b"data:" in await gen.__anext__()
-    assert not fake.stream_closed
-    await gen.aclose()
-    assert fake.stream_closed

@@ -1,11 +1,10 @@
 """Parallel draft → distill → refine (PDR): an answer built from several upstream calls.
 
 :class:`PDRRunner` runs the ``pdr`` strategy (:class:`router.strategy.PDRStrategy`) for one chat
-request. It does no I/O of its own: the gateway hands it callables bound to a backend, so the
-orchestration is tested with fakes and does not care how requests travel::
+request. It does no I/O of its own: the gateway hands it a callable bound to an arm's backends, so
+the orchestration is tested with fakes and does not care how requests travel::
 
     complete(body: dict) -> dict               # one non-streaming chat completion; raises on failure
-    stream(body: dict) -> AsyncIterator[bytes]  # one streaming chat completion, as SSE bytes
 
 Each round::
 
@@ -14,9 +13,11 @@ Each round::
     refine   the client's own body, its last user turn carrying the workspace
 
 Round r > 1 drafts see round r-1's answer and are asked to improve it. Drafts and distill are
-never streamed; the last refine is streamed when the client asked for a stream. ``usage`` sums
-every stage. A failed draft is dropped while another succeeds; when all fail, the first error
-is raised. Cancelling the caller (a client disconnect) cancels every in-flight upstream call.
+never streamed. For a stream, :meth:`PDRRunner.prepare_stream` runs everything up to the last
+refine and returns that refine's body: the gateway streams it like any other call, through the
+relay, which adds the earlier stages' ``usage`` to the stream's. ``usage`` sums every stage. A
+failed draft is dropped while another succeeds; when all fail, the first error is raised.
+Cancelling the caller (a client disconnect) cancels every in-flight upstream call.
 
 Only ``/v1/chat/completions`` bodies are supported: the distill and refine prompts are chat
 turns, and a completions prompt has no turn to attach the workspace to.
@@ -29,24 +30,19 @@ import copy
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError, sse_error_event
+from gateway.errors import InvalidRequest, UpstreamError
+from gateway.sse import USAGE_KEYS, summed
 from router.strategy import PDRStrategy
 
 log = logging.getLogger("gateway.pdr")
 
 CompleteFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-StreamFn = Callable[[dict[str, Any]], AsyncIterator[bytes]]
 StageHook = Callable[[str, float], None]
 
 STAGES = ("draft", "distill", "refine")
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-_SEP = b"\n\n"
-_DONE = b"data: [DONE]"
 # Fields that make no sense for a draft or a distill call (the gateway decides them).
 _STREAM_FIELDS = ("stream", "stream_options")
 
@@ -72,8 +68,8 @@ _DISTILL_PROMPT = (
 class PDRRunner:
     """Runs PDR for **one** request; build one per request (it keeps that request's usage).
 
-    ``complete`` / ``stream`` run the distill and refine stages (bound to ``refine_arm`` or the
-    arm itself); ``draft_complete`` runs the drafts (bound to ``draft_arm``; default
+    ``complete`` runs the distill and refine stages (bound to ``refine_arm`` or the arm itself);
+    ``draft_complete`` runs the drafts (bound to ``draft_arm``; default
     ``complete``). The callables set the upstream ``model`` themselves; the runner passes the
     client's. ``on_stage(stage, seconds)`` is called after each stage finishes (``stage`` in
     :data:`STAGES`, once per round; a stage that fails or is cancelled is not reported); it
@@ -85,7 +81,6 @@ class PDRRunner:
         self,
         strategy: PDRStrategy,
         complete: CompleteFn,
-        stream: StreamFn,
         *,
         draft_complete: CompleteFn | None = None,
         on_stage: StageHook | None = None,
@@ -93,11 +88,10 @@ class PDRRunner:
     ) -> None:
         self.strategy = strategy
         self._complete = complete
-        self._stream = stream
         self._draft_complete = draft_complete or complete
         self._on_stage = on_stage
         self._seed = seed
-        self.usage: dict[str, int] = dict.fromkeys(_USAGE_KEYS, 0)
+        self.usage: dict[str, int] = dict.fromkeys(USAGE_KEYS, 0)
         """Token usage summed over every stage that answered so far (final stage included)."""
         self.failed_drafts: list[BaseException] = []
         """Errors of the drafts that failed (the request went on with the others)."""
@@ -117,72 +111,16 @@ class PDRRunner:
         out["usage"] = dict(self.usage)
         return out
 
-    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
-        """Answer ``body`` as SSE bytes: the final refine relayed event by event, its usage chunk
-        (kept only if the client set ``stream_options.include_usage``) carrying the summed usage.
-
-        Errors before the first yielded byte propagate (so the gateway can still answer with a
-        JSON error); after it they become an SSE error event followed by ``data: [DONE]``, as does
-        an upstream stream that ends without ``[DONE]``. :meth:`open_stream` does the former for
-        you. Closing the generator closes the upstream stream.
+    async def prepare_stream(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Run every stage before the last refine; return that refine's body, to be streamed by the
+        caller (``stream`` on, ``stream_options.include_usage`` on). :attr:`usage` then holds the
+        earlier stages' usage. Raises as :meth:`complete`.
         """
-        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         await self._rounds(body, self.strategy.rounds - 1)
         final = await self._prepare_refine(body, self.strategy.rounds - 1)
         final["stream"] = True
         final["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        relay = _UsageRelay(dict(self.usage), wants_usage)
-        started = time.perf_counter()
-        upstream = self._stream(final)
-        try:
-            async for chunk in upstream:
-                data = relay.feed(chunk)
-                if data:
-                    yield data
-            tail = relay.finish()
-            if tail:
-                yield tail
-        except Exception as exc:
-            if not relay.sent:
-                raise
-            err = exc if isinstance(exc, GatewayError) else UpstreamError(f"refine stream failed: {exc}", kind="stream")
-            yield sse_error_event(err)
-            return
-        finally:
-            self.usage = relay.usage
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if not relay.saw_done:
-            err = UpstreamError("pdr refine stream ended without [DONE]; the answer is incomplete", kind="protocol")
-            if not relay.sent:
-                raise err
-            yield sse_error_event(err)
-            return
-        self._stage("refine", started)
-
-    async def open_stream(self, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
-        """Run :meth:`stream` up to its first SSE bytes and return a generator over all of them.
-
-        Errors of the draft, distill and refine stages before the first byte are raised here,
-        so the gateway can answer them as JSON errors before starting the HTTP response.
-        """
-        gen = self.stream(body)
-        try:
-            first = await gen.__anext__()
-        except BaseException:
-            await gen.aclose()
-            raise
-
-        async def rest() -> AsyncGenerator[bytes, None]:
-            try:
-                yield first
-                async for chunk in gen:
-                    yield chunk
-            finally:
-                await gen.aclose()
-
-        return rest()
+        return final
 
     # ------------------------------------------------------------------ stages
 
@@ -284,7 +222,7 @@ class PDRRunner:
         return self._seed
 
     def _add_usage(self, response: Any) -> None:
-        self.usage = _summed(self.usage, response.get("usage") if isinstance(response, dict) else None)
+        self.usage = summed(self.usage, response.get("usage") if isinstance(response, dict) else None)
 
     def _stage(self, stage: str, started: float) -> None:
         if self._on_stage is not None:
@@ -298,19 +236,6 @@ def _messages(body: dict[str, Any]) -> list[Any]:
             "the 'pdr' strategy answers chat completions only; the body needs 'messages'", param="messages"
         )
     return messages
-
-
-def _summed(total: dict[str, int], usage: Any) -> dict[str, int]:
-    out = dict(total)
-    if not isinstance(usage, dict):
-        return out
-    for key in _USAGE_KEYS:
-        value = usage.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[key] += value
-    if not isinstance(usage.get("total_tokens"), int):
-        out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
-    return out
 
 
 def _text(response: Any, stage: str) -> str:
@@ -352,83 +277,3 @@ def _with_note(messages: list[Any], note: str) -> list[Any]:
         turn["content"] = f"{content or ''}\n\n{note}"
     out[-1] = turn
     return out
-
-
-def _chunk_head(event: bytes) -> dict[str, Any] | None:
-    """``id``/``object``/``created``/``model`` of a chunk, to synthesise a usage chunk like it."""
-    try:
-        data = orjson.loads(event[5:])
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {k: data[k] for k in ("id", "object", "created", "model") if k in data}
-
-
-def _usage_event(head: dict[str, Any] | None, usage: dict[str, int]) -> bytes:
-    chunk = {"object": "chat.completion.chunk", **(head or {}), "choices": [], "usage": dict(usage)}
-    return b"data: " + orjson.dumps(chunk)
-
-
-class _UsageRelay:
-    """Splits the final stage's SSE bytes into events and rewrites its usage to the summed one.
-
-    ``before``: usage of the earlier stages. The usage-only chunk is dropped unless the client
-    asked for it; if the upstream sent none, one is made up before ``[DONE]`` (earlier stages only).
-    Token chunks pass through as bytes; JSON is parsed for the usage chunk and the first chunk.
-    """
-
-    def __init__(self, before: dict[str, int], wants_usage: bool) -> None:
-        self.before = before
-        self.usage = dict(before)
-        self.wants_usage = wants_usage
-        self.buf = b""
-        self.head: dict[str, Any] | None = None
-        self.sent = False
-        self.saw_usage = False
-        self.saw_done = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        self.buf += chunk
-        if _SEP not in self.buf:
-            return b""
-        *events, self.buf = self.buf.split(_SEP)
-        return self._emit(events)
-
-    def finish(self) -> bytes:
-        events, self.buf = [self.buf], b""
-        return self._emit(events)
-
-    def _emit(self, events: list[bytes]) -> bytes:
-        out = [e for e in (self._event(ev.strip(b"\r\n")) for ev in events) if e]
-        if not out:
-            return b""
-        self.sent = True
-        return _SEP.join(out) + _SEP
-
-    def _event(self, ev: bytes) -> bytes:
-        if not ev:
-            return b""
-        if ev.startswith(_DONE):
-            self.saw_done = True
-            if self.wants_usage and not self.saw_usage:
-                return _usage_event(self.head, self.usage) + _SEP + ev
-            return ev
-        if not ev.startswith(b"data:"):
-            return ev
-        if b'"usage":{' in ev:
-            try:
-                data = orjson.loads(ev[5:])
-            except orjson.JSONDecodeError:
-                return ev
-            usage = data.get("usage") if isinstance(data, dict) else None
-            if isinstance(usage, dict):
-                self.saw_usage = True
-                self.usage = _summed(self.before, usage)
-                if not self.wants_usage and data.get("choices") == []:
-                    return b""
-                data["usage"] = dict(self.usage)
-                return b"data: " + orjson.dumps(data)
-        if self.head is None:
-            self.head = _chunk_head(ev)
-        return ev

@@ -1,0 +1,172 @@
+"""Server-sent events as OpenAI-compatible servers write them: framing, usage, the model rename.
+
+One implementation, used by the relay (:mod:`gateway.relay`) for every stream, single-call or PDR,
+and by the non-streaming strategies for the model rename.
+
+* :class:`EventSplitter` turns upstream reads into complete events. Events end with a blank line;
+  CRLF and lone CR line ends (the SSE spec allows both) are normalised to LF, including a CRLF cut
+  between two reads. vLLM writes LF only, and then the splitter does one ``in`` test per read.
+* :class:`Rename` rewrites the served model name to the public one. Fast path: a bytes replace of
+  vLLM's compact ``"model":"served"`` (a quoted ``"model":`` cannot occur unescaped inside a string).
+* :func:`is_spaced` / :func:`compact`: an upstream that writes JSON with spaces (``"model": "x"``,
+  Python's default) is normalised once per event to compact JSON, so the fast paths (rename, usage,
+  role and token detection) hold for it too. Whether a stream needs it is decided on its first event.
+* :func:`usage_of`, :func:`is_token_event`, :func:`with_usage`, :func:`error_event`: the rest of what
+  the gateway reads or writes in a stream.
+
+Async-safety: plain functions and per-stream objects; no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+from gateway.errors import GatewayError
+
+SEP = b"\n\n"
+DONE = b"data: [DONE]"
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class EventSplitter:
+    """Complete SSE events (without their blank-line terminator) from the reads of one stream."""
+
+    __slots__ = ("buf", "cr")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.cr = False  # the last read ended with CR: it may be half of a CRLF
+
+    def feed(self, chunk: bytes) -> list[bytes] | None:
+        """The events completed by ``chunk``, or ``None`` while the current one is incomplete."""
+        if self.cr or b"\r" in chunk:
+            chunk = self._lf(chunk)
+        buf = self.buf + chunk if self.buf else chunk
+        if SEP not in buf:
+            self.buf = buf
+            return None
+        *events, self.buf = buf.split(SEP)
+        return events
+
+    def end(self) -> list[bytes] | None:
+        """At the end of the stream: the event a final lone CR completes, if any."""
+        if not self.cr:
+            return None
+        self.cr = False
+        return self.feed(b"\n")
+
+    def _lf(self, chunk: bytes) -> bytes:
+        if self.cr:
+            chunk = b"\r" + chunk
+        self.cr = chunk.endswith(b"\r")
+        if self.cr:
+            chunk = chunk[:-1]
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+class Rename:
+    """Served → public model name in a JSON event or body. Immutable; :meth:`of` shares one per pair."""
+
+    __slots__ = ("needle", "public", "replacement", "served")
+
+    _shared: ClassVar[dict[tuple[str, str], Rename]] = {}
+
+    def __init__(self, served: str, public: str) -> None:
+        self.served, self.public = served, public
+        self.needle = b'"model":' + orjson.dumps(served)
+        self.replacement = b'"model":' + orjson.dumps(public)
+
+    @classmethod
+    def of(cls, served: str, public: str) -> Rename:
+        """The rename for this pair, built once (pairs are bounded by the configuration)."""
+        rename = cls._shared.get((served, public))
+        if rename is None:
+            rename = cls._shared[(served, public)] = cls(served, public)
+        return rename
+
+    def event(self, event: bytes) -> bytes:
+        """``event`` (compact JSON) with its first ``"model":"served"`` renamed."""
+        return event.replace(self.needle, self.replacement, 1)
+
+    def body(self, content: bytes, doc: dict[str, Any]) -> bytes:
+        """A whole answer: ``content`` as received, ``doc`` the same parsed. Compact JSON is renamed in
+        place (bytes kept as they are); any other spelling is re-encoded from ``doc``."""
+        renamed = content.replace(self.needle, self.replacement, 1)
+        if renamed is content and doc.get("model") == self.served:  # bytes.replace returns self: no match
+            doc["model"] = self.public
+            return orjson.dumps(doc)
+        return renamed
+
+
+def is_spaced(event: bytes) -> bool:
+    """Whether a ``data:`` JSON event is written with a space after its keys' colons (not vLLM's compact
+    form). Looks at the first key only: text further on may hold anything."""
+    i = event.find(b'":', 5)
+    return i > 0 and event[i + 2 : i + 3] == b" "
+
+
+def compact(event: bytes) -> bytes:
+    """A ``data:`` JSON event re-encoded compactly (unchanged if it is not valid JSON: the caller's
+    checks then see it as it is)."""
+    try:
+        return b"data: " + orjson.dumps(orjson.loads(event[5:]))
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return event
+
+
+def usage_of(event: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of a ``data:`` JSON event, or ``None``."""
+    try:
+        usage = orjson.loads(event[5:]).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def with_usage(event: bytes, usage: dict[str, Any]) -> bytes:
+    """``event`` (a JSON object) with its ``usage`` replaced."""
+    data = orjson.loads(event[5:])
+    data["usage"] = usage
+    return b"data: " + orjson.dumps(data)
+
+
+def usage_event(head: bytes | None, usage: dict[str, Any]) -> bytes:
+    """A usage-only chunk (``"choices":[]``) with the ``id``/``object``/``created``/``model`` of ``head``
+    (another event of the same stream), for a stream whose upstream sent none."""
+    chunk: dict[str, Any] = {"object": "chat.completion.chunk"}
+    if head is not None:
+        try:
+            data = orjson.loads(head[5:])
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            chunk.update({k: data[k] for k in ("id", "object", "created", "model") if k in data})
+    chunk.update(choices=[], usage=usage)
+    return b"data: " + orjson.dumps(chunk)
+
+
+def summed(total: dict[str, int], usage: Any) -> dict[str, int]:
+    """``total`` plus the integer counts of ``usage``; ``total_tokens`` made up if ``usage`` lacks it."""
+    out = dict(total)
+    if not isinstance(usage, dict):
+        return out
+    for key in USAGE_KEYS:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[key] = out.get(key, 0) + value
+    if not isinstance(usage.get("total_tokens"), int):
+        out["total_tokens"] = out.get("prompt_tokens", 0) + out.get("completion_tokens", 0)
+    return out
+
+
+def is_token_event(event: bytes) -> bool:
+    """Whether a compact JSON chunk carries generated text: the chat role chunk (``"content":""``) and
+    the usage chunk (``"choices":[]``) do not."""
+    return b'"choices":[]' not in event and b'"content":""' not in event and b'"text":""' not in event
+
+
+def error_event(exc: GatewayError) -> bytes:
+    """An error after the stream started: one ``data:`` event with the envelope, then ``[DONE]``."""
+    return b"data: " + orjson.dumps(exc.body()) + b"\n\ndata: [DONE]\n\n"

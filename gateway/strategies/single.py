@@ -1,0 +1,98 @@
+"""The ``single`` executor: one upstream call per answer (strategies plain, speculative, layer-skip).
+
+The request's own JSON goes upstream with two changes only: ``model`` becomes the backend's
+``served_model`` and, for streams, ``stream_options.include_usage`` is on (see
+:mod:`gateway.admission`).
+
+Before the first byte reaches the client, a connection failure, timeout, 5xx or broken read is
+retried on the next least-loaded backend of the arm, then of the next-ranked arm, up to
+``max_attempts``; an upstream 4xx is passed through at once. After the first byte, failures are
+reported in-stream (:mod:`gateway.relay`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from starlette.responses import Response
+
+from gateway.admission import Exchange
+from gateway.arms import LiveArm
+from gateway.backends import Backend
+from gateway.calls import Call
+from gateway.errors import GatewayError, NoHealthyBackend, UpstreamError, UpstreamHTTPError
+from gateway.relay import RelayResponse
+from gateway.sse import Rename
+from gateway.strategies import Services, register_executor
+
+
+@register_executor("single", kinds=("plain", "speculative", "layer-skip"))
+class Single:
+    """Forwards an exchange to one backend at a time, failing over before the first byte."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.max_attempts = services.settings.max_attempts
+        self.retry_after = str(services.settings.timeouts.retry_after_s)
+
+    def _candidates(self, ex: Exchange) -> Iterator[tuple[LiveArm, Backend]]:
+        """(arm, backend) to try in order: the ranked arms' least-loaded untried backends."""
+        assert ex.decision is not None
+        tried: set[str] = set()
+        attempts = 0
+        for arm in ex.decision.ranked or (ex.decision.arm,):
+            live = self.s.catalog.arms[arm.name]
+            while attempts < self.max_attempts:
+                backend = self.s.calls.choose(live.backends, tried)
+                if backend is None:
+                    break
+                tried.add(backend.name)
+                attempts += 1
+                yield live, backend
+
+    async def run(self, ex: Exchange) -> Response:
+        body = ex.body
+        assert body is not None and ex.decision is not None
+        last_error: GatewayError | None = None
+        for live, backend in self._candidates(ex):
+            try:
+                call = await self.s.calls.open(backend, ex.endpoint, body, ex.stream, ex.request_id)
+            except UpstreamError as exc:
+                last_error = exc
+                continue
+            except UpstreamHTTPError as exc:
+                if exc.status >= 500:
+                    last_error = exc
+                    continue
+                exc.headers.update(ex.route_headers(live, backend.name))
+                raise
+            if ex.stream:
+                return self._relay(ex, live, call)
+            try:
+                return await self._complete(ex, live, call)
+            except UpstreamError as exc:
+                last_error = exc
+        if last_error is not None:
+            raise last_error
+        raise NoHealthyBackend(
+            f"no healthy backend for model '{ex.decision.arm.model}'", headers={"retry-after": self.retry_after}
+        )
+
+    async def _complete(self, ex: Exchange, live: LiveArm, call: Call) -> Response:
+        backend = call.backend
+        headers = ex.route_headers(live, backend.name)
+        out = self.s.accounting.answered(ex, live, backend.name)
+        content, doc = await call.read_json()
+        content = Rename.of(backend.settings.served_model, live.arm.model).body(content, doc)
+        usage = doc.get("usage") or {}
+        out.usage = usage if isinstance(usage, dict) else None
+        out.status = call.response.status
+        self.s.accounting.finish(out)
+        return Response(content, status_code=out.status, media_type=call.response.content_type, headers=headers)
+
+    def _relay(self, ex: Exchange, live: LiveArm, call: Call) -> RelayResponse:
+        backend = call.backend
+        headers = ex.route_headers(live, backend.name)
+        out = self.s.accounting.answered(ex, live, backend.name, backend)
+        rename = Rename.of(backend.settings.served_model, live.arm.model)
+        return RelayResponse(call, headers, rename, not ex.wants_usage, self.s.accounting, out)

@@ -1,0 +1,101 @@
+"""SSE framing, usage and the model rename (gateway/sse.py), table-driven."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.sse import EventSplitter, Rename, compact, is_spaced, summed, usage_event, usage_of
+
+STREAM = b'data: {"a":1}\n\ndata: {"b":2}\n\n: ping\n\ndata: [DONE]\n\n'
+EVENTS = [b'data: {"a":1}', b'data: {"b":2}', b": ping", b"data: [DONE]"]
+
+
+def split(chunks: list[bytes]) -> list[bytes]:
+    splitter, out = EventSplitter(), []
+    for chunk in chunks:
+        out += splitter.feed(chunk) or []
+    out += splitter.end() or []
+    assert splitter.buf == b""
+    return out
+
+
+def pieces(raw: bytes, size: int) -> list[bytes]:
+    return [raw[i : i + size] for i in range(0, len(raw), size)]
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_events_split_on_any_line_end_across_any_reads(line_end: bytes, size: int) -> None:
+    raw = STREAM.replace(b"\n", line_end)
+    assert split(pieces(raw, size)) == EVENTS
+
+
+def test_an_incomplete_event_waits_for_its_blank_line() -> None:
+    splitter = EventSplitter()
+    assert splitter.feed(b'data: {"a":1}\r\n') is None
+    assert splitter.feed(b"\r") is None  # maybe half of a CRLF
+    assert splitter.feed(b"\ndata: x") == [b'data: {"a":1}']
+    assert splitter.buf == b"data: x"
+
+
+@pytest.mark.parametrize(
+    ("doc", "dump"),
+    [
+        ({"id": "x", "model": "served", "usage": {"total_tokens": 3}}, lambda d: json.dumps(d, separators=(",", ":"))),
+        ({"id": "x", "model": "served", "usage": {"total_tokens": 3}}, json.dumps),
+        ({"model": "served", "choices": [{"text": '"model":"served"'}]}, json.dumps),
+    ],
+)
+def test_a_body_is_renamed_whatever_its_spacing(doc: dict[str, Any], dump: Any) -> None:
+    content = dump(doc).encode()
+    renamed = Rename.of("served", "public").body(content, orjson.loads(content))
+    assert orjson.loads(renamed)["model"] == "public"
+    assert orjson.loads(renamed)["choices" if "choices" in doc else "usage"] == doc.get("choices", doc.get("usage"))
+
+
+def test_a_body_of_another_model_is_left_alone() -> None:
+    content = b'{"model": "other"}'
+    assert Rename.of("served", "public").body(content, orjson.loads(content)) is content
+
+
+@pytest.mark.parametrize(
+    ("event", "spaced"),
+    [
+        (b'data: {"id":"x","choices":[{"delta":{"content":"a\\": b"}}]}', False),
+        (b'data: {"id": "x", "model": "m"}', True),
+        (b'data:{"id":"x"}', False),
+        (b"data: {}", False),
+    ],
+)
+def test_spaced_json_is_told_by_its_first_key(event: bytes, spaced: bool) -> None:
+    assert is_spaced(event) is spaced
+
+
+def test_compact_rewrites_spaced_json_and_keeps_what_is_not_json() -> None:
+    assert compact(b'data: {"model": "m", "choices": []}') == b'data: {"model":"m","choices":[]}'
+    assert compact(b"data: {nope}") == b"data: {nope}"
+
+
+def test_usage_is_read_summed_and_made_up() -> None:
+    assert usage_of(b'data: {"choices":[],"usage":{"total_tokens":3}}') == {"total_tokens": 3}
+    assert usage_of(b'data: {"usage":null}') is None
+    assert usage_of(b"data: [1]") is None
+    before = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert summed(before, {"prompt_tokens": 10, "completion_tokens": 1}) == {
+        "prompt_tokens": 11,
+        "completion_tokens": 3,
+        "total_tokens": 14,
+    }
+    made = orjson.loads(usage_event(b'data: {"id":"c","created":1,"model":"m","choices":[{}]}', before)[6:])
+    assert made == {
+        "object": "chat.completion.chunk",
+        "id": "c",
+        "created": 1,
+        "model": "m",
+        "choices": [],
+        "usage": before,
+    }
