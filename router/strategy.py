@@ -177,7 +177,7 @@ def _int_param(kind: str, params: Mapping[str, Any], name: str, default: int, lo
 @register_strategy("pdr")
 @dataclass(frozen=True)
 class PDRStrategy(Strategy):
-    """Parallel draft → distill → refine, orchestrated by the gateway (``gateway/pdr.py``).
+    """Parallel draft → distill → refine, orchestrated by the gateway (``gateway/strategies/pdr_runner.py``).
 
     Each round: ``drafts`` diverse drafts in parallel (temperature ``draft_temperature``, a
     distinct seed each, at most ``draft_max_tokens`` each), distilled into a workspace of at most
