@@ -1,14 +1,15 @@
 """The ASGI application: ``create_app(settings)`` wires settings, client, pool, router and routes.
 
-Routes only dispatch; the logic lives in :mod:`gateway.serving`. Every error leaves as an
-OpenAI envelope, including framework 404/405 and unexpected exceptions (logged, never shown).
+Routes only dispatch; the logic lives in :mod:`gateway.serving` (its module docstring draws a
+request's path). Every error leaves as an OpenAI envelope, including framework 404/405 and
+unexpected exceptions (logged, never shown).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -82,13 +83,14 @@ def create_app(
     keys = KeyStore(settings.auth)
     document_openapi(app, auth=keys.enabled, models=catalog.public_models(), arms=list(catalog.arms))
 
-    def caller(request: Request) -> ApiKey | None:
-        """The request's API key (``None`` when auth is off); raises 401 before the body is read."""
-        try:
-            return keys.authenticate(request.headers)
-        except Unauthorized:
-            metrics.rejected("unauthorized", None)
-            raise
+    _error_handlers(app)
+    _generation_routes(app, proxy, keys)
+    _service_routes(app, keys, settings, pool, catalog, metrics)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OpenAI envelope, framework 404/405 and unexpected exceptions included."""
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
@@ -112,6 +114,23 @@ def create_app(
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(GatewayError("internal gateway error; see the gateway log", code="internal_error"))
 
+
+def _caller(keys: KeyStore, metrics: GatewayMetrics) -> Callable[[Request], ApiKey | None]:
+    def caller(request: Request) -> ApiKey | None:
+        """The request's API key (``None`` when auth is off); raises 401 before the body is read."""
+        try:
+            return keys.authenticate(request.headers)
+        except Unauthorized:
+            metrics.rejected("unauthorized", None)
+            raise
+
+    return caller
+
+
+def _generation_routes(app: FastAPI, proxy: Proxy, keys: KeyStore) -> None:
+    """The OpenAI-compatible generation endpoints, the dry run and feedback: dispatch to :class:`Proxy`."""
+    caller = _caller(keys, app.state.metrics)
+
     @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible), streaming or not")
     async def chat_completions(request: Request) -> Response:
         return await proxy.handle("chat", request, caller(request))
@@ -128,6 +147,13 @@ def create_app(
     async def feedback(request: Request) -> Response:
         caller(request)
         return await proxy.feedback(request)
+
+
+def _service_routes(
+    app: FastAPI, keys: KeyStore, settings: Settings, pool: BackendPool, catalog: ArmCatalog, metrics: GatewayMetrics
+) -> None:
+    """Models, liveness, readiness and metrics."""
+    caller = _caller(keys, metrics)
 
     @app.get("/v1/models", summary="Public models, plus 'auto' (the router chooses)")
     async def models(request: Request) -> Response:
@@ -164,5 +190,3 @@ def create_app(
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
-
-    return app
