@@ -157,9 +157,11 @@ def markdown(res: dict[str, Any]) -> str:
                 load += f"; measured {r['attempts']} times (foreign CPU {r['foreign_history']}), the quietest kept"
         md.append(f"- {r['name']}: {r.get('version', '?')} — {r.get('note', '')}{load}")
     m = res["machine"]
+    ref = c.get("gateway_ref")
+    src = f"ours from git archive {ref}" if ref else f"ours from the working tree at {m.get('git', '?')}"
     md.append(
         f"- load generator: python {res['versions']['python']}, raw asyncio HTTP/1.1 keep-alive "
-        f"(loadtests/kit/client.py); {m['nproc']} CPUs ({m.get('cpu', '?')}), nothing pinned; git {m.get('git', '?')}; "
+        f"(loadtests/kit/client.py); {m['nproc']} CPUs ({m.get('cpu', '?')}), nothing pinned; {src}; "
         f"load average at start {m['loadavg_start'][0]:.2f}, at end {m.get('loadavg_end', [float('nan')])[0]:.2f}"
     )
     md.append(f"- command: `{res['command']}`")
