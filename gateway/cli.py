@@ -12,17 +12,36 @@ from __future__ import annotations
 
 import argparse
 import gc
+import getpass
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from typing import Protocol
 
 from gateway.settings import Settings, SettingsError, load_settings
 
 COMMANDS_GROUP = "llm_gateway.commands"
 BUILTIN = ("serve", "check-config", "hash-key")
+EPILOG = """examples:
+  llm-gateway serve --config deploy/local/gateway.yaml
+  GATEWAY_CONFIG=gateway.yaml GATEWAY_SERVER__PORT=9000 llm-gateway serve
+  llm-gateway check-config --config gateway.yaml
+  llm-gateway hash-key            (prompts for the key; or: echo "$KEY" | llm-gateway hash-key)
+  llm-gateway <command> --help    (every option, with its default)"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every option's help, descriptions and epilogs as written."""
+
+
+def _version() -> str:
+    try:
+        return version("llm-gateway")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 class Command(Protocol):
@@ -47,10 +66,17 @@ def load_config(path: str) -> Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = load_config(args.config)
+    path = _config_path(args)
+    settings = load_config(path) if path else None
     if settings is None:
         return 2
     return run_server(settings, host=args.host, port=args.port, access_log=args.access_log)
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    if args.config is None:
+        print(f"llm-gateway {args.command}: give --config FILE or set GATEWAY_CONFIG", file=sys.stderr)
+    return args.config
 
 
 def run_server(
@@ -66,7 +92,11 @@ def run_server(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call otherwise
-    app = create_app(settings)
+    try:
+        app = create_app(settings)  # builds the routing policy: an artifact that cannot be used fails here
+    except SettingsError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
     print(f"llm-gateway listening on http://{host}:{port}  (OpenAI base URL: http://{host}:{port}/v1)", flush=True)
     # Start-up objects (modules, app, router models) are never freed: keep them out of every collection,
     # and collect the many short-lived per-request objects less often.
@@ -91,34 +121,55 @@ def run_server(
 def _hash_key(args: argparse.Namespace) -> int:
     from gateway.auth import hash_key
 
-    key = sys.stdin.readline().strip()
+    key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
     if not key:
-        print("llm-gateway hash-key: expected the API key on standard input", file=sys.stderr)
+        print("llm-gateway hash-key: no key given (type it at the prompt, or pipe it in)", file=sys.stderr)
         return 2
     print(hash_key(key))
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    settings = load_config(args.config)
+    """What ``serve`` checks before it listens: the settings, then the routing policy built and bound
+    to the arms (a learned policy loads its artifact and encoder)."""
+    path = _config_path(args)
+    settings = load_config(path) if path else None
     if settings is None:
         return 2
-    print(f"{args.config}: OK ({len(settings.backends)} backends, {len(settings.arms)} arms)")
+    from gateway.arms import ArmCatalog
+
+    try:
+        settings.routing.build([live.arm for live in ArmCatalog(settings).arms.values()])
+    except SettingsError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{path}: OK ({len(settings.backends)} backends, {len(settings.arms)} arms, "
+        f"routing policy '{settings.routing.policy}' built)"
+    )
     return 0
 
 
 def _add_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", required=True, help="YAML configuration file (GATEWAY_* variables override it)")
+    config = os.environ.get("GATEWAY_CONFIG")
+    config_help = "YAML configuration file (GATEWAY_* variables override it; default: $GATEWAY_CONFIG)"
+    serve = sub.add_parser("serve", help="run the gateway", formatter_class=HelpFormatter)
+    serve.add_argument("--config", default=config, help=config_help)
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
     serve.set_defaults(func=_serve)
-    check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("--config", required=True)
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file, build its routing policy, and exit",
+        formatter_class=HelpFormatter,
+    )
+    check.add_argument("--config", default=config, help=config_help)
     check.set_defaults(func=_check)
     hash_cmd = sub.add_parser(
-        "hash-key", help="print the SHA-256 of an API key read from stdin, for auth.keys[].sha256"
+        "hash-key",
+        help="print the SHA-256 of an API key (prompted for, or read from stdin), for auth.keys[].sha256",
+        formatter_class=HelpFormatter,
     )
     hash_cmd.set_defaults(func=_hash_key)
 
@@ -144,7 +195,7 @@ def _add_plugin(sub: argparse._SubParsersAction[argparse.ArgumentParser], ep: En
         parser = sub.add_parser(ep.name, help=f"(not installed: pip install 'llm-gateway[{extra}]')", add_help=False)
         parser.set_defaults(func=_missing(ep.name, extra, str(exc)), any_arguments=True)
         return
-    parser = sub.add_parser(ep.name, help=command.help)
+    parser = sub.add_parser(ep.name, help=command.help, formatter_class=HelpFormatter)
     command.add_arguments(parser)
     parser.set_defaults(func=command.run)
 
@@ -157,8 +208,12 @@ def plugin_commands() -> list[EntryPoint]:
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     """The command line: the gateway's commands, and with ``plugins`` those of :func:`plugin_commands`."""
     parser = argparse.ArgumentParser(
-        prog="llm-gateway", description="OpenAI-compatible LLM gateway with a learned router."
+        prog="llm-gateway",
+        description="OpenAI-compatible LLM gateway with a learned router.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_builtin(sub)
     if plugins:

@@ -269,18 +269,23 @@ class Settings(_Strict):
         return next(b for b in self.backends if b.name == name)
 
 
-def _format_errors(exc: ValidationError) -> str:
+def _format_errors(exc: ValidationError, from_env: Mapping[tuple[Any, ...], str]) -> str:
+    """One line per problem, by key; a key set (or reached) through a ``GATEWAY_*`` variable names it."""
     lines = []
     for err in exc.errors():
+        loc = tuple(err["loc"])
         key = ""
-        for part in err["loc"]:
+        for part in loc:
             key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key or '<root>'}: {msg}")
+        var = next((v for path, v in from_env.items() if loc[: len(path)] == path), None)
+        lines.append(f"  {key or '<root>'}: {msg}" + (f" (set by {var})" if var else ""))
     return "\n".join(lines)
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[Any, ...], str]:
+    """Apply the ``GATEWAY_*`` variables to ``data``; returns each set key's path -> its variable."""
+    applied: dict[tuple[Any, ...], str] = {}
     for var, raw in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
             continue
@@ -296,10 +301,12 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                     node[key] = yaml.safe_load(raw) if raw else raw
                 except yaml.YAMLError as exc:
                     raise SettingsError(f"{var}: not a valid YAML value: {exc}") from None
+                applied[tuple(int(p) if p.isdigit() else p for p in path)] = var
             else:
                 if isinstance(node, dict) and key not in node:
                     node[key] = {}
                 node = node[key]
+    return applied
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -323,8 +330,10 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         if loaded is not None and not isinstance(loaded, dict):
             raise SettingsError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
-    _apply_env(data, environ)
+    from_env = _apply_env(data, environ)
+    if from_env and path is not None:
+        where += " and GATEWAY_* variables"
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise SettingsError(f"invalid configuration ({where}):\n{_format_errors(exc)}") from None
+        raise SettingsError(f"invalid configuration ({where}):\n{_format_errors(exc, from_env)}") from None

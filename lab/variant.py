@@ -256,10 +256,10 @@ def add_make_variant_arguments(p: argparse.ArgumentParser, default_python: Path)
     )
     cal.add_argument("--calibration-file", help="JSONL of {messages} or {prompt} objects instead")
     p.add_argument("--samples", type=int, default=64, help="calibration prompts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration prompt sample")
     p.add_argument("--max-tokens", type=int, default=256, help="calibration prompt length cap (tokens)")
     p.add_argument("--python", default=str(default_python), help="backend Python with torch + transformers")
-    p.add_argument("--no-smoke-test", action="store_true")
+    p.add_argument("--no-smoke-test", action="store_true", help="skip generating a few tokens with the built model")
     p.add_argument(
         "--allow-failing-smoke", action="store_true", help="write the variant even if it fails its smoke test"
     )
@@ -273,7 +273,7 @@ def add_heal_variant_arguments(h: argparse.ArgumentParser, default_python: Path)
     h.add_argument("--teacher", required=True, help="the full model the variant was pruned from")
     h.add_argument("--variant", required=True, help="the pruned variant (make-variant output)")
     h.add_argument("--out", required=True, help="output directory for the healed variant")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--seed", type=int, default=0, help="seed of the healing prompts, batch order and held-out split")
     h.add_argument("--python", default=str(default_python), help="backend Python with torch + transformers")
     h.add_argument(
         "--allow-failing-smoke", action="store_true", help="write the healed variant even if it fails its smoke test"

@@ -58,3 +58,63 @@ def test_serving_imports_neither_lab_nor_variants() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+BAD_ARTIFACT = """
+backends: [{name: b, url: "http://127.0.0.1:9", served_model: m}]
+arms: [{name: a, model: m, backends: [b]}]
+routing: {policy: learned, params: {artifact: /nonexistent}}
+"""
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_policy_that_cannot_be_built_is_one_line_and_exit_2(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config builds the routing policy as serve does; neither prints a traceback."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(BAD_ARTIFACT)
+    assert cli.main([command, "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llm-gateway: routing.policy 'learned': /nonexistent")
+
+
+def test_check_config_reports_the_policy_it_built(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-config", "--config", CONFIG]) == 0
+    assert "routing policy 'learned' built" in capsys.readouterr().out
+
+
+def test_config_defaults_to_gateway_config(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    assert cli.main(["check-config"]) == 2
+    assert "give --config FILE or set GATEWAY_CONFIG" in capsys.readouterr().err
+    monkeypatch.setenv("GATEWAY_CONFIG", CONFIG)
+    assert cli.main(["check-config"]) == 0
+
+
+def test_version_and_defaults_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("llm-gateway ")
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    assert "(default: False)" in capsys.readouterr().out
+
+
+def test_hash_key_prompts_on_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("getpass.getpass", lambda prompt: "secret")
+    assert cli.main(["hash-key"]) == 0
+    assert len(capsys.readouterr().out.strip()) == 64
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    parser = cli.build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{name} {' '.join(action.option_strings) or action.dest}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert not missing, missing

@@ -101,6 +101,19 @@ def test_env_values_are_validated_like_the_file(tmp_path: Path) -> None:
         load_settings(write(tmp_path, BASE), environ={"GATEWAY_SERVER__PORT": "70000"})
 
 
+def test_an_error_from_a_variable_names_the_variable(tmp_path: Path) -> None:
+    bad = {**copy.deepcopy(BASE), "health": {"interval_s": -1}}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, bad), environ={"GATEWAY_BACKENDS__1__URL": "not a url"})
+    message = str(caught.value)
+    assert "and GATEWAY_* variables" in message
+    assert "backends[1].url: " in message and "(set by GATEWAY_BACKENDS__1__URL)" in message
+    assert "health.interval_s: " in message and "health.interval_s: Input should be greater than 0\n" in message + "\n"
+    environ = {"GATEWAY_BACKENDS": "[]", "GATEWAY_ARMS": "[{name: a, model: m, backends: []}]"}
+    with pytest.raises(SettingsError, match=r"arms\[0\]\.backends: .* \(set by GATEWAY_ARMS\)"):
+        load_settings(None, environ=environ)  # an error inside a value a variable set names it too
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """Mutation of the base config at a dotted path (integers index lists)."""
 
