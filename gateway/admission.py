@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from gateway.affinity import SESSION_HEADER
 from gateway.arms import ArmCatalog, LiveArm
 from gateway.auth import ApiKey
 from gateway.backends import BackendPool
@@ -57,6 +58,7 @@ class Exchange:
     stream: bool = False
     wants_usage: bool = False
     finished: bool = False
+    session: str | None = None  # the x-session-id header: a key for replica affinity (gateway/affinity.py)
 
     def route_headers(self, live: LiveArm, backend: str) -> dict[str, str]:
         """The ``x-route-*`` headers of an answer from ``live`` on ``backend`` (names, comma separated)."""
@@ -101,6 +103,7 @@ class Admission:
         if key is not None and (key.rpm or key.tpm):  # the estimate walks the prompt: only if needed
             ex.charge = self.limiter.admit(key, estimate_tokens(body, self.settings.limits) if key.tpm else 0)
         ex.body = body
+        ex.session = request.headers.get(SESSION_HEADER)
         decision, asked = await self._decide(body, arms, flags)
         ex.decision, ex.asked = decision, asked
         if self.decision_log is not None and decision.predictions and asked.features is not None:

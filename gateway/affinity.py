@@ -87,11 +87,11 @@ class Affinity:
     kept: bool = False
 
 
-def request_key(mode: str, headers: Mapping[str, str], body: Mapping[str, Any], prefix_chars: int) -> str | None:
-    """The affinity key of a request under ``mode`` (``none``, ``session``, ``prefix``), or ``None``."""
+def request_key(mode: str, session: str | None, body: Mapping[str, Any], prefix_chars: int) -> str | None:
+    """The affinity key of a request under ``mode`` (``none``, ``session``, ``prefix``), or ``None``;
+    ``session``: its ``x-session-id`` header."""
     if mode == "none":
         return None
-    session = headers.get(SESSION_HEADER)
     if session:
         return "s:" + session[:MAX_KEY_CHARS]
     user = body.get("user")

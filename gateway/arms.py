@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from gateway.affinity import Affinity, HashRing, request_key
 from gateway.backends import BackendPool
-from gateway.settings import AUTO_MODEL, Settings
+from gateway.settings import AUTO_MODEL, AffinitySettings, Settings
 from router import Arm, ArmState
 
 
@@ -27,9 +29,11 @@ class LiveArm:
     to the policy's forecasts (``None`` until measured; the ratios only where the policy forecast)."""
 
     __slots__ = (
+        "affinity",
         "arm",
         "backends",
         "measured_at",
+        "ring",
         "speed_ratio",
         "strategy_label",
         "tokens_per_s",
@@ -40,9 +44,15 @@ class LiveArm:
 
     ALPHA = 0.2
 
-    def __init__(self, arm: Arm, backends: Sequence[str], ttl_s: float = 60.0) -> None:
+    def __init__(
+        self, arm: Arm, backends: Sequence[str], ttl_s: float = 60.0, affinity: AffinitySettings | None = None
+    ) -> None:
         self.arm = arm
         self.backends = tuple(backends)
+        # affinity among several backends only (one backend: nothing to choose)
+        on = affinity is not None and affinity.mode != "none" and len(self.backends) > 1
+        self.affinity = affinity if on else None
+        self.ring = HashRing(self.backends) if on else None
         self.strategy_label = arm.strategy.label
         self.ttl_s = ttl_s
         self.ttft_s: float | None = None
@@ -50,6 +60,15 @@ class LiveArm:
         self.ttft_ratio: float | None = None
         self.speed_ratio: float | None = None
         self.measured_at = -math.inf
+
+    def affinity_for(self, session: str | None, body: Mapping[str, Any]) -> Affinity | None:
+        """This request's affinity among the arm's backends (``session``: its ``x-session-id``), or
+        ``None``: affinity off, or the request has no key under the arm's mode."""
+        if self.ring is None or self.affinity is None:
+            return None
+        a = self.affinity
+        key = request_key(a.mode, session, body, a.prefix_chars)
+        return None if key is None else Affinity(self.ring, key, a.load_factor)
 
     def fresh(self, now: float) -> bool:
         """Whether the last measurement (at ``time.monotonic()`` = ``measured_at``) is recent enough to use."""
@@ -91,7 +110,7 @@ class ArmCatalog:
         self.by_model: dict[str, list[LiveArm]] = {}
         for a in settings.arms:
             arm = Arm(name=a.name, model=a.model, strategy=a.build_strategy())
-            live = LiveArm(arm, a.backends, ttl_s=settings.routing.live_ttl_s)
+            live = LiveArm(arm, a.backends, ttl_s=settings.routing.live_ttl_s, affinity=a.affinity)
             self.arms[a.name] = live
             self.by_model.setdefault(a.model, []).append(live)
         self.created = int(time.time())

@@ -74,9 +74,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
-    if args.config is None:
+    path: str | None = args.config
+    if path is None:
         print(f"llm-gateway {args.command}: give --config FILE or set GATEWAY_CONFIG", file=sys.stderr)
-    return args.config
+    return path
 
 
 def run_server(

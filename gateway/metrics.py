@@ -214,6 +214,13 @@ class GatewayMetrics:
             ["model", "strategy"],
             registry=r,
         )
+        self._affinity = Counter(
+            "gateway_affinity_total",
+            "Backend choices of arms with replica affinity (arms[].affinity): kept (the key's replica on the "
+            "ring took it) or spilled (none could within the load bound: least-loaded instead).",
+            ["arm", "outcome"],
+            registry=r,
+        )
         self._decision_log_errors = Counter(
             "gateway_decision_log_errors_total",
             "Decision-log lines (routing.decision_log) that could not be written; the requests were answered.",
@@ -285,6 +292,10 @@ class GatewayMetrics:
     def failover(self, model: str, strategy: str) -> None:
         """The arm that answered (``model``, ``strategy``) was not the router's first choice."""
         self._failovers.labels(model, strategy).inc()
+
+    def affinity(self, arm: str, outcome: str) -> None:
+        """One backend choice of an arm with affinity (``outcome``: kept or spilled)."""
+        self._affinity.labels(arm, outcome).inc()
 
     def pdr_stage(self, model: str, strategy: str, stage: str, seconds: float) -> None:
         """One finished stage of a PDR request (``stage``: draft, distill or refine)."""

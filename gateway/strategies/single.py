@@ -43,7 +43,10 @@ class Single:
         for arm in ex.decision.ranked or (ex.decision.arm,):
             live = self.s.catalog.arms[arm.name]
             while attempts < self.max_attempts:
-                backend = self.s.calls.choose(live.backends, tried)
+                affinity = live.affinity_for(ex.session, ex.body) if ex.body is not None else None
+                backend = self.s.calls.choose(live.backends, tried, affinity)
+                if affinity is not None:
+                    self.s.metrics.affinity(live.arm.name, "kept" if affinity.kept else "spilled")
                 if backend is None:
                     break
                 tried.add(backend.name)

@@ -51,17 +51,17 @@ def test_bounded_load_sends_a_key_past_a_busy_home() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "headers", "body", "key"),
+    ("mode", "session", "body", "key"),
     [
-        ("none", {"x-session-id": "abc"}, {"user": "u"}, None),
-        ("session", {"x-session-id": "abc"}, {"user": "u"}, "s:abc"),
-        ("session", {}, {"user": "u"}, "u:u"),
-        ("session", {}, {"messages": [{"role": "user", "content": "hi"}]}, None),
-        ("prefix", {}, {"user": ""}, None),
+        ("none", "abc", {"user": "u"}, None),
+        ("session", "abc", {"user": "u"}, "s:abc"),
+        ("session", None, {"user": "u"}, "u:u"),
+        ("session", None, {"messages": [{"role": "user", "content": "hi"}]}, None),
+        ("prefix", "", {"user": ""}, None),
     ],
 )
-def test_request_keys(mode: str, headers: dict[str, str], body: dict[str, object], key: str | None) -> None:
-    assert request_key(mode, headers, body, 512) == key
+def test_request_keys(mode: str, session: str | None, body: dict[str, object], key: str | None) -> None:
+    assert request_key(mode, session, body, 512) == key
 
 
 def test_every_turn_of_a_conversation_shares_its_prefix_key() -> None:
@@ -69,23 +69,23 @@ def test_every_turn_of_a_conversation_shares_its_prefix_key() -> None:
     turn1 = [system, {"role": "user", "content": "Plan a trip to Lisbon."}]
     turn2 = [*turn1, {"role": "assistant", "content": "Day 1: ..."}, {"role": "user", "content": "And day 2?"}]
     other = [system, {"role": "user", "content": "Plan a trip to Porto."}]
-    k1, k2, k3 = (request_key("prefix", {}, {"messages": m}, 512) for m in (turn1, turn2, other))
+    k1, k2, k3 = (request_key("prefix", None, {"messages": m}, 512) for m in (turn1, turn2, other))
     assert k1 is not None and k1 == k2 != k3
 
 
 def test_a_long_shared_system_prompt_is_the_whole_key() -> None:
     system = {"role": "system", "content": "Rules. " * 200}
-    a = request_key("prefix", {}, {"messages": [system, {"role": "user", "content": "q1"}]}, 512)
-    b = request_key("prefix", {}, {"messages": [system, {"role": "user", "content": "q2"}]}, 512)
+    a = request_key("prefix", None, {"messages": [system, {"role": "user", "content": "q1"}]}, 512)
+    b = request_key("prefix", None, {"messages": [system, {"role": "user", "content": "q2"}]}, 512)
     assert a == b
     long, cut = ({"prompt": "x" * n} for n in (600, 512))
-    assert request_key("prefix", {}, long, 512) == request_key("prefix", {}, cut, 512)
+    assert request_key("prefix", None, long, 512) == request_key("prefix", None, cut, 512)
 
 
 def test_multi_part_content_and_odd_messages_do_not_break_the_key() -> None:
     parts = {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}]}
-    assert request_key("prefix", {}, {"messages": ["junk", {"role": "user", "content": None}, parts]}, 512)
-    assert request_key("prefix", {}, {"messages": "not a list"}, 512) is None
+    assert request_key("prefix", None, {"messages": ["junk", {"role": "user", "content": None}, parts]}, 512)
+    assert request_key("prefix", None, {"messages": "not a list"}, 512) is None
 
 
 def test_arm_affinity_setting_takes_a_shorthand() -> None:

@@ -97,4 +97,4 @@ def test_hash_key_command_prints_the_digest_of_stdin(
 
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["hash-key"]) == 2
-    assert "expected the API key on standard input" in capsys.readouterr().err
+    assert "no key given" in capsys.readouterr().err
