@@ -23,7 +23,7 @@ from starlette.responses import Response
 from gateway.arms import ArmCatalog
 from gateway.auth import ApiKey, KeyStore
 from gateway.backends import BackendPool
-from gateway.errors import GatewayError, InvalidRequest, Unauthorized, error_response
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, Unauthorized, error_response
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.openapi import document_openapi
 from gateway.protocol import ModelCard, ModelList
@@ -155,12 +155,25 @@ def _service_routes(
     """Models, liveness, readiness and metrics."""
     caller = _caller(keys, metrics)
 
+    def visible(key: ApiKey | None) -> list[str]:
+        return catalog.public_models() if key is None else key.visible(catalog.public_models())
+
     @app.get("/v1/models", summary="Public models, plus 'auto' (the router chooses)")
     async def models(request: Request) -> Response:
-        key = caller(request)
-        public = catalog.public_models() if key is None else key.visible(catalog.public_models())
-        cards = [ModelCard(id=m, created=catalog.created) for m in public]
+        cards = [ModelCard(id=m, created=catalog.created) for m in visible(caller(request))]
         return _json(ModelList(data=cards).model_dump())
+
+    @app.get(
+        "/v1/models/{model_id:path}",
+        summary="One public model, or 'auto'; 404 model_not_found for any other (or one the key may not use)",
+    )
+    async def model(model_id: str, request: Request) -> Response:
+        public = visible(caller(request))
+        if model_id not in public:
+            raise ModelNotFound(
+                f"The model '{model_id}' does not exist; available: " + ", ".join(public), param="model"
+            )
+        return _json(ModelCard(id=model_id, created=catalog.created).model_dump())
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> Response:

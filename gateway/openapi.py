@@ -95,6 +95,9 @@ def document_openapi(app: FastAPI, auth: bool, models: list[str], arms: list[str
         fb = paths["/v1/feedback"]["post"]
         fb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("FeedbackRequest")}}}
         fb["responses"].update(_errors({"400": "Invalid rating", "404": "Feedback recording is off"}))
+        retrieve = paths["/v1/models/{model_id}"]["get"]["responses"]
+        retrieve.pop("422", None)  # a path parameter is never refused: any other id is a 404
+        retrieve.update(_errors({"404": "Not a public model of this deployment (or not one the API key may use)"}))
         for path, body in bodies.items():
             op = paths[path]["post"]
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}

@@ -39,6 +39,7 @@ OPERATIONS = [
     ("POST", "/v1/route", 300),
     ("POST", "/v1/feedback", 150),
     ("GET", "/v1/models", 1),
+    ("GET", "/v1/models/{model_id}", 60),
     ("GET", "/health", 1),
     ("GET", "/ready", 1),
 ]
