@@ -4,16 +4,28 @@ Requests are validated for the fields the gateway itself relies on or that are c
 wrong (types, ranges); every other field — ``tools``, ``response_format``, vLLM's extras — is
 kept (``extra="allow"``) and forwarded untouched. The gateway forwards the client's own JSON,
 not a re-serialisation of these models, so nothing is lost or reformatted.
+
+Sampling parameters are held to the ranges vLLM's ``SamplingParams._verify_args`` and its request
+models accept, so a bad value is a 400 naming the parameter here instead of an upstream error
+(or one backend accepting what another refuses): ``temperature`` in [0, 2], ``top_p`` in (0, 1],
+``presence_penalty`` / ``frequency_penalty`` in [-2, 2], ``repetition_penalty`` > 0, ``min_p`` in
+[0, 1], ``top_k`` >= -1 (0 and -1: off), ``n`` in [1, 128] and 1 when ``temperature`` is 0 (greedy),
+chat ``top_logprobs`` >= 0 (-1: all) and only with ``logprobs: true``, completion ``logprobs`` >= 0
+(-1: all); every number finite. The upper bound of log probabilities is the backend's
+``--max-logprobs`` (vLLM's default 20): its 400 is passed through.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 # the two generation endpoints: /v1/chat/completions and /v1/completions
 Endpoint = Literal["chat", "completions"]
+#: vLLM samples greedily below this temperature (``vllm.sampling_params._SAMPLING_EPS``)
+GREEDY_TEMPERATURE = 1e-5
 
 
 class StreamOptions(BaseModel):
@@ -34,11 +46,30 @@ class _GenerationRequest(BaseModel):
     # Strict: the gateway acts on ``stream`` and ``include_usage`` itself, so ``"false"`` must not pass.
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
+    # before n: n's check reads it
+    temperature: float | None = Field(
+        None, ge=0, le=2, allow_inf_nan=False, description="0: greedy (then n must be 1); at most 2."
+    )
     # Strict: capped by the gateway (limits.*), so "1000000" and 1000000.0 must not slip past the cap
-    n: StrictInt | None = Field(1, ge=1, le=128)
+    n: StrictInt | None = Field(1, ge=1, le=128, description="Choices to generate; 1 when temperature is 0.")
     max_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    # vLLM's sampling extras
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="vLLM: 1 is off.")
+    top_k: int | None = Field(None, ge=-1, description="vLLM: 0 or -1 is off.")
+    min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="vLLM: 0 is off.")
+
+    @field_validator("n")
+    @classmethod
+    def _greedy_takes_one(cls, n: int | None, info: ValidationInfo) -> int | None:
+        temperature = info.data.get("temperature")
+        if n is not None and n > 1 and temperature is not None and temperature < GREEDY_TEMPERATURE:
+            raise PydanticCustomError(
+                "greedy_n", "must be 1 when temperature is 0 (greedy sampling), got {n}", {"n": n}
+            )
+        return n
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -46,12 +77,26 @@ class ChatCompletionRequest(_GenerationRequest):
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: bool | None = Field(None, description="Return the chosen tokens' log probabilities.")
+    top_logprobs: int | None = Field(
+        None, ge=-1, description="Most likely tokens per position (needs logprobs: true; vLLM: -1 is all)."
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top is not None and top != 0 and not info.data.get("logprobs"):
+            raise PydanticCustomError("top_logprobs_without_logprobs", "needs logprobs: true")
+        return top
 
 
 class CompletionRequest(_GenerationRequest):
     """``POST /v1/completions``."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(
+        None, ge=-1, description="Log probabilities of this many most likely tokens (vLLM: -1 is all)."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fake_vllm import Gateway, MakeGateway
 
@@ -43,3 +45,36 @@ async def test_a_key_retrieves_only_the_models_it_may_use(make_gateway: MakeGate
     assert coder.status_code == 404 and coder.json()["error"]["code"] == "model_not_found"
     assert "coder" not in coder.json()["error"]["message"].partition("available:")[2]
     assert anonymous.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "fields", "param"),
+    [
+        ("chat", {"temperature": 2.5}, "temperature"),
+        ("chat", {"top_p": 0}, "top_p"),
+        ("completions", {"presence_penalty": -2.5}, "presence_penalty"),
+        ("chat", {"frequency_penalty": 9}, "frequency_penalty"),
+        ("chat", {"n": 3, "temperature": 0}, "n"),
+        ("chat", {"top_logprobs": 3}, "top_logprobs"),
+        ("completions", {"logprobs": -5}, "logprobs"),
+    ],
+)
+async def test_a_sampling_parameter_vllm_refuses_is_a_400_naming_it(
+    gw: Gateway, endpoint: str, fields: dict[str, Any], param: str
+) -> None:
+    r = await gw.generate(endpoint, **fields)
+
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["type"]) == (param, "invalid_request_error")
+    assert error["message"].startswith(f"{param}: ")
+    assert not gw.upstreams["b1"].generation_bodies, "refused before any backend was called"
+
+
+async def test_sampling_parameters_in_range_reach_the_backend_untouched(gw: Gateway) -> None:
+    fields = {"temperature": 0, "top_p": 1, "presence_penalty": -2, "logprobs": True, "top_logprobs": 2, "top_k": -1}
+    r = await gw.generate("chat", **fields)
+
+    assert r.status_code == 200, r.text
+    [sent] = gw.upstreams["b1"].generation_bodies
+    assert {k: sent[k] for k in fields} == fields

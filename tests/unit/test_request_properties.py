@@ -28,7 +28,10 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=20,
 )
-FIELDS = ["model", "messages", "prompt", "stream", "stream_options", "n", "max_tokens", "temperature", "top_p"]
+FIELDS = [
+    *("model", "messages", "prompt", "stream", "stream_options", "n", "max_tokens", "temperature", "top_p"),
+    *("presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "top_k"),
+]
 # Bodies that use the real field names, with arbitrary values, plus arbitrary extra fields.
 bodies = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), json_values, max_size=8)
 
@@ -46,7 +49,7 @@ valid_chat = st.fixed_dictionaries(
         "stream": st.booleans(),
         "n": st.integers(1, 128),
         "max_tokens": st.integers(1, 10**6),
-        "temperature": st.floats(0, 2),
+        "temperature": st.floats(0.01, 2),  # 0 (greedy) takes n = 1 only
         "top_p": st.floats(0.001, 1),
         "tools": json_values,
         "x_vendor_extra": json_values,
