@@ -9,8 +9,9 @@
 # layer-skipped variant; about 16 GB): it builds the variant first (WITH_VARIANTS=1).
 # STACK=healed runs the default three arms plus SmolLM2 minus 4 layers healed by distillation, routed
 # by router/artifacts/local-healed (about 15 GB); it builds the healed variant first (WITH_HEALED=1).
-# STACK=full runs the default three arms plus Qwen2.5-Coder-0.5B with n-gram speculation (k=4), so the
-# router picks the decoding strategy for both models, routed by router/artifacts/local-full (about 19 GB).
+# STACK=full, the flagship, runs SmolLM2 plain and with n-gram speculation at k=2, 4 and 6, Qwen2.5-Coder
+# plain and with n-gram speculation (k=4): the router picks the model and the decoding strategy, routed by
+# router/artifacts/local-full (about 21.5 GB, shared pages counted once: nothing else beside it on 24 GB).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
