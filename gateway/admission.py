@@ -39,7 +39,7 @@ _MODELS: dict[str, type[BaseModel]] = {"chat": ChatCompletionRequest, "completio
 _INLINE_FEATURE_CHARS = 4000
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)  # weakref: its id is in flight while it lives
 class Exchange:
     """One generation request from admission to its end; filled in by :meth:`Admission.admit`.
 

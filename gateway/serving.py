@@ -15,7 +15,6 @@ call (:func:`gateway.disconnect.unless_disconnected`).
 from __future__ import annotations
 
 import time
-import uuid
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -34,6 +33,7 @@ from gateway.feedback import FeedbackLog, RouteLog
 from gateway.feedback_endpoint import feedback_response
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import Endpoint
+from gateway.request_id import RequestIds
 from gateway.settings import Settings
 from gateway.strategies import Services, build_executors
 from gateway.upstream import Upstream
@@ -67,11 +67,13 @@ class Proxy:
         self.accounting = Accounting(metrics, pool, policy, routes)
         calls = Calls(upstream, pool, metrics, settings.timeouts.retry_after_s)
         self.executors = build_executors(Services(settings, catalog, calls, self.accounting, metrics))
+        self.ids = RequestIds()  # the caller's X-Request-Id, or a generated one
 
     async def handle(self, endpoint: Endpoint, request: Request, key: ApiKey | None = None) -> Response:
         """Answer one request for ``key`` (``None``: auth is off); every failure becomes an OpenAI
         error response (never raises)."""
-        ex = Exchange(uuid.uuid4().hex, endpoint, time.perf_counter(), key)
+        ex = Exchange(self.ids.assign(request.headers), endpoint, time.perf_counter(), key)
+        self.ids.hold(ex.request_id, ex)
         try:
             await self.admission.admit(ex, request)
             assert ex.decision is not None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_vllm import Gateway, MakeGateway
+from fake_vllm import Gateway, MakeGateway, request_body
 
 from gateway.auth import hash_key
+from gateway.request_id import MAX_LENGTH
 
 KEY = "sk-team-a-1234"
 KEYS = {"keys": [{"name": "team-a", "sha256": hash_key(KEY), "models": ["smol"]}]}
@@ -78,3 +82,55 @@ async def test_sampling_parameters_in_range_reach_the_backend_untouched(gw: Gate
     assert r.status_code == 200, r.text
     [sent] = gw.upstreams["b1"].generation_bodies
     assert {k: sent[k] for k in fields} == fields
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_callers_request_id_is_the_request_id_everywhere(gw: Gateway, stream: bool) -> None:
+    rid = "trace-7f3a:span.01_x"
+    r = await gw.client.post(
+        "/v1/chat/completions", json=request_body("chat", stream=stream), headers={"x-request-id": rid}
+    )
+
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == rid
+    assert gw.upstreams["b1"].requests[-1].headers["x-request-id"] == rid
+    answer_id = gw.events(r)[0]["id"] if stream else r.json()["id"]
+    assert answer_id == f"chatcmpl-{rid}", "vLLM names its answer after the id"
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["a" * (MAX_LENGTH + 1), "has space", 'quote"d', "slash/ed", "semi;colon", "", "caf\u00e9"],
+    ids=["too-long", "space", "quote", "slash", "semicolon", "empty", "non-ascii"],
+)
+async def test_an_unusable_request_id_is_replaced_by_a_generated_one(gw: Gateway, given: str) -> None:
+    r = await gw.client.post(
+        "/v1/chat/completions", json=request_body("chat"), headers={"x-request-id": given.encode("latin-1")}
+    )
+
+    assert r.status_code == 200, "not an error"
+    rid = r.headers["x-request-id"]
+    assert rid != given and re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert gw.upstreams["b1"].requests[-1].headers["x-request-id"] == rid
+
+
+async def test_the_longest_request_id_is_kept_and_errors_carry_it(gw: Gateway) -> None:
+    rid = "x" * MAX_LENGTH
+    ok = await gw.client.post("/v1/completions", json=request_body("completions"), headers={"x-request-id": rid})
+    refused = await gw.client.post(
+        "/v1/completions", json=request_body("completions", model="nope"), headers={"x-request-id": "err-1"}
+    )
+
+    assert ok.headers["x-request-id"] == rid
+    assert refused.status_code == 404 and refused.headers["x-request-id"] == "err-1"
+
+
+async def test_feedback_joins_on_the_callers_request_id(make_gateway: MakeGateway, tmp_path: Path) -> None:
+    path = tmp_path / "feedback.jsonl"
+    async with make_gateway(feedback={"path": str(path)}) as gw:
+        await gw.client.post("/v1/chat/completions", json=request_body("chat"), headers={"x-request-id": "mine-1"})
+        r = await gw.client.post("/v1/feedback", json={"id": "mine-1", "rating": 1})
+
+    assert r.status_code < 300, r.text
+    [line] = [json.loads(x) for x in path.read_text().splitlines()]
+    assert line["matched"] and line["route"]["request_id"] == "mine-1" and line["route"]["arm"] == "smol-plain"
