@@ -12,7 +12,8 @@ Every generation request ends here exactly once, whatever its strategy and howev
   residuals (``policy.observe``), for a successful answer the policy forecast;
 * the key's token charge: corrected with the answer's usage, given back for a refusal, kept as
   estimated when the usage is unknown (client gone, broken stream);
-* the decision log's record (``routing.decision_log``), if the request has one.
+* the decision log's record (``routing.decision_log``), if the request has one;
+* the request log's line (``server.log_format: json``, :mod:`gateway.request_log`).
 
 :meth:`Accounting.answered` is the other end-of-routing step, when an arm has answered (headers in):
 the failover counter and the record that ``POST /v1/feedback`` joins ratings with.
@@ -32,6 +33,7 @@ from gateway.feedback import RouteLog
 from gateway.limits import token_count, total_tokens
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import prompt_text
+from gateway.request_log import RequestLog
 from router import Policy
 from router.predictor import Prediction
 
@@ -68,12 +70,18 @@ class Accounting:
     """Ends the requests of one app. Call from the event loop; never raises for a request's data."""
 
     def __init__(
-        self, metrics: GatewayMetrics, pool: BackendPool, policy: Policy, routes: RouteLog | None = None
+        self,
+        metrics: GatewayMetrics,
+        pool: BackendPool,
+        policy: Policy,
+        routes: RouteLog | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         self.metrics = metrics
         self.pool = pool
         self.policy = policy
         self.routes = routes
+        self.request_log = request_log
 
     def answered(self, ex: Exchange, live: LiveArm, backends: str, backend: Backend | None = None) -> Outcome:
         """``live`` answers ``ex`` on ``backends`` (headers in): count a failover, remember the route for
@@ -144,6 +152,8 @@ class Accounting:
                 metrics.pdr_stage(live.arm.model, live.strategy_label, "refine", end - out.stage_started)
         elif out.error is not None and out.backend is not None and status != 499:
             self.pool.report_failure(out.backend, getattr(out.error, "kind", "stream"), out.error.message)
+        if self.request_log is not None:
+            self.request_log.finished(out, status, elapsed, ttft, tps)
         if ex.trace is not None:
             ex.trace.finish(
                 status,
@@ -160,6 +170,8 @@ class Accounting:
 
     def _unanswered(self, out: Outcome, elapsed: float) -> None:
         ex, exc = out.exchange, out.error
+        if self.request_log is not None:
+            self.request_log.finished(out, out.status, elapsed)
         if ex.charge is not None and exc is not None:
             ex.charge.settle(0)  # refused before any backend answered: nothing was generated
         if ex.trace is not None:

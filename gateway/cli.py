@@ -14,7 +14,6 @@ import argparse
 import gc
 import getpass
 import importlib.util
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -70,6 +69,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_config(path) if path else None
     if settings is None:
         return 2
+    if args.log_format is not None:
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"log_format": args.log_format})}
+        )
     return run_server(settings, host=args.host, port=args.port, access_log=args.access_log)
 
 
@@ -84,15 +87,13 @@ def run_server(
     settings: Settings, *, host: str | None = None, port: int | None = None, access_log: bool = False
 ) -> int:
     """Serve the gateway until it is stopped (SIGTERM drains); ``host``/``port`` override ``settings.server``."""
+    from gateway import logs
     from gateway.app import create_app
     from gateway.server import serve
 
     host = host or settings.server.host
     port = port or settings.server.port
-    logging.basicConfig(
-        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call otherwise
+    logs.configure(settings.server.log_level, settings.server.log_format)
     try:
         app = create_app(settings)  # builds the routing policy: an artifact that cannot be used fails here
     except SettingsError as exc:
@@ -113,6 +114,7 @@ def run_server(
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         log_level=settings.server.log_level,
         access_log=access_log,
+        log_config=None,  # uvicorn's records go through the root handler (gateway.logs), in its format
         proxy_headers=False,
         server_header=False,
     )
@@ -159,6 +161,13 @@ def _add_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        metavar="FMT",
+        help="override server.log_format (text or json); json: one JSON object per log line, and one per "
+        "finished request (request id, key, arm, backend, reason, status, TTFT, tokens, latency)",
+    )
     serve.set_defaults(func=_serve)
     check = sub.add_parser(
         "check-config",

@@ -34,6 +34,7 @@ from gateway.feedback_endpoint import feedback_response
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import Endpoint
 from gateway.request_id import RequestIds
+from gateway.request_log import RequestLog
 from gateway.settings import Settings
 from gateway.strategies import Services, build_executors
 from gateway.upstream import Upstream
@@ -64,7 +65,8 @@ class Proxy:
             DecisionLog(path, store_prompts=fb.store_prompts, on_error=metrics.decision_log_error) if path else None
         )
         self.admission = Admission(settings, catalog, pool, policy, metrics, decision_log)
-        self.accounting = Accounting(metrics, pool, policy, routes)
+        request_log = RequestLog() if settings.server.log_format == "json" else None
+        self.accounting = Accounting(metrics, pool, policy, routes, request_log)
         calls = Calls(upstream, pool, metrics, settings.timeouts.retry_after_s)
         self.executors = build_executors(Services(settings, catalog, calls, self.accounting, metrics))
         self.ids = RequestIds()  # the caller's X-Request-Id, or a generated one

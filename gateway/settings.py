@@ -38,6 +38,9 @@ class ServerSettings(_Strict):
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: every log record one JSON line, and one per finished request (gateway/logs.py)."
+    )
     drain_timeout_s: float = Field(30.0, ge=0, description="How long in-flight requests may finish on shutdown.")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from fake_vllm import Gateway, MakeGateway, request_body
 
 from gateway.auth import hash_key
+from gateway.logs import JsonFormatter
 from gateway.request_id import MAX_LENGTH
 
 KEY = "sk-team-a-1234"
@@ -134,3 +136,46 @@ async def test_feedback_joins_on_the_callers_request_id(make_gateway: MakeGatewa
     assert r.status_code < 300, r.text
     [line] = [json.loads(x) for x in path.read_text().splitlines()]
     assert line["matched"] and line["route"]["request_id"] == "mine-1" and line["route"]["arm"] == "smol-plain"
+
+
+async def test_json_log_format_logs_one_line_per_finished_request(
+    make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.requests")
+    async with make_gateway(server={"log_format": "json"}, auth=KEYS) as gw:
+        auth = {"authorization": f"Bearer {KEY}"}
+        await gw.client.post(
+            "/v1/chat/completions", json=request_body("chat", stream=True), headers={**auth, "x-request-id": "s-1"}
+        )
+        await gw.client.post(
+            "/v1/completions", json=request_body("completions"), headers={**auth, "x-request-id": "c-1"}
+        )
+        await gw.client.post("/v1/completions", json=request_body("completions", model="coder"), headers=auth)
+
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "gateway.requests"]
+    assert len(lines) == 3, "one line per request, refused ones too"
+    stream, whole, refused = lines
+    assert stream["request_id"] == "s-1" and stream["stream"] is True
+    assert (stream["arm"], stream["strategy"], stream["backend"], stream["model"]) == (
+        "smol-plain",
+        "plain",
+        "b1",
+        "smol",
+    )
+    assert (stream["status"], stream["key"], stream["error"]) == (200, "team-a", None)
+    assert stream["reason"] and stream["ttft_s"] > 0 and stream["latency_s"] >= stream["ttft_s"]
+    assert (stream["prompt_tokens"], stream["completion_tokens"]) == (7, 3)
+    assert whole["request_id"] == "c-1" and whole["endpoint"] == "completions" and whole["ttft_s"] is None
+    assert (whole["status"], whole["completion_tokens"]) == (200, 3)
+    assert (refused["status"], refused["error"], refused["arm"], refused["backend"]) == (
+        404,
+        "model_not_found",
+        None,
+        None,
+    )
+
+
+async def test_text_log_format_logs_no_request_lines(gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.requests")
+    await gw.generate("chat")
+    assert not [r for r in caplog.records if r.name == "gateway.requests"]
