@@ -102,6 +102,8 @@ class Accounting:
                 reason=reason,
                 prompt=prompt_text(ex.body),
             )
+        if backend is not None:
+            ex.span.relay(backend.name)
         return Outcome(
             ex, live=live, backend=backend, backends=backends, forecast=decision.predictions.get(live.arm.name)
         )
@@ -150,6 +152,7 @@ class Accounting:
                 self.policy.observe(live.arm.name, forecast.latency_s, elapsed)
             if out.stage_started is not None:
                 metrics.pdr_stage(live.arm.model, live.strategy_label, "refine", end - out.stage_started)
+                ex.span.stage("refine", end - out.stage_started)
         elif out.error is not None and out.backend is not None and status != 499:
             self.pool.report_failure(out.backend, getattr(out.error, "kind", "stream"), out.error.message)
         if self.request_log is not None:
@@ -167,6 +170,7 @@ class Accounting:
         metrics.request_done(live.arm.model, live.strategy_label, ex.endpoint, status)
         if ex.charge is not None:
             ex.charge.settle(total_tokens(usage))
+        ex.span.finish(out, status, ttft, tps)
 
     def _unanswered(self, out: Outcome, elapsed: float) -> None:
         ex, exc = out.exchange, out.error
@@ -181,6 +185,7 @@ class Accounting:
         decision = ex.decision
         model, label = (decision.arm.model, decision.arm.strategy.label) if decision else ("unknown", "none")
         self.metrics.request_done(model, label, ex.endpoint, out.status)
+        ex.span.finish(out, out.status, None, None)
 
 
 def live_ratios(

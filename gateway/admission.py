@@ -32,6 +32,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, prompt_text
 from gateway.request_body import read_body, validation_error
 from gateway.settings import Settings
+from gateway.tracing import NO_TRACE, NO_TRACER, RequestTrace, Tracer
 from router import Decision, FlagError, NoArmAvailable, Policy, RouteFlags, RouteRequest, RouteUnmeetable, parse_flags
 
 _MODELS: dict[str, type[BaseModel]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
@@ -59,6 +60,7 @@ class Exchange:
     wants_usage: bool = False
     finished: bool = False
     session: str | None = None  # the x-session-id header: a key for replica affinity (gateway/affinity.py)
+    span: RequestTrace = NO_TRACE  # its trace (gateway/tracing.py); the no-op while tracing is off
 
     def route_headers(self, live: LiveArm, backend: str) -> dict[str, str]:
         """The ``x-route-*`` headers of an answer from ``live`` on ``backend`` (names, comma separated)."""
@@ -85,8 +87,10 @@ class Admission:
         policy: Policy,
         metrics: GatewayMetrics,
         decision_log: DecisionLog | None = None,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self.settings = settings
+        self.tracer = tracer
         self.catalog = catalog
         self.pool = pool
         self.policy = policy
@@ -97,6 +101,7 @@ class Admission:
     async def admit(self, ex: Exchange, request: Request) -> None:
         """Fill ``ex`` with the body, the decision, the charge and the trace; raise a
         :class:`GatewayError` to refuse."""
+        ex.span = span = self.tracer.request(ex.endpoint, ex.request_id, request.headers)
         body = await read_body(request, self.settings.server.max_body_bytes)
         arms, flags = self._check(ex.endpoint, body, request, ex.key)
         key = ex.key
@@ -104,7 +109,9 @@ class Admission:
             ex.charge = self.limiter.admit(key, estimate_tokens(body, self.settings.limits) if key.tpm else 0)
         ex.body = body
         ex.session = request.headers.get(SESSION_HEADER)
+        span.deciding()
         decision, asked = await self._decide(body, arms, flags)
+        span.decided(decision, body["model"], self.catalog.arms[decision.arm.name].backends)
         ex.decision, ex.asked = decision, asked
         if self.decision_log is not None and decision.predictions and asked.features is not None:
             # the learned policy chose among several arms (not pinned)

@@ -7,6 +7,7 @@ unexpected exceptions (logged, never shown).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from gateway.openapi import document_openapi
 from gateway.protocol import ModelCard, ModelList
 from gateway.serving import Proxy
 from gateway.settings import Settings
+from gateway.tracing import Tracer, build_tracer
 from gateway.upstream import AiohttpUpstream, HttpxUpstream, Upstream
 
 log = logging.getLogger("gateway.app")
@@ -39,10 +41,14 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def create_app(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None, metrics: GatewayMetrics | None = None
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None = None,
+    metrics: GatewayMetrics | None = None,
+    tracer: Tracer | None = None,
 ) -> FastAPI:
     """Build the gateway app. ``transport`` replaces the network for tests (e.g. ``httpx.MockTransport``);
-    without it the upstream client is the lean aiohttp one (:mod:`gateway.upstream`)."""
+    without it the upstream client is the lean aiohttp one (:mod:`gateway.upstream`). ``tracer``: default
+    from ``settings.tracing`` (:mod:`gateway.tracing`; shut down, its spans flushed, with the app)."""
     metrics = metrics or GatewayMetrics()
     metrics.known_labels([b.name for b in settings.backends], [k.name for k in settings.auth.keys])
     catalog = ArmCatalog(settings)
@@ -57,7 +63,8 @@ def create_app(
         AiohttpUpstream(settings.timeouts) if transport is None else HttpxUpstream(settings.timeouts, transport)
     )
     pool = BackendPool(settings.backends, settings.health, upstream, metrics)
-    proxy = Proxy(settings, upstream, pool, catalog, policy, metrics)
+    tracer = tracer or build_tracer(settings.tracing)
+    proxy = Proxy(settings, upstream, pool, catalog, policy, metrics, tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +77,7 @@ def create_app(
         finally:
             await pool.stop()
             await upstream.aclose()
+            await asyncio.to_thread(tracer.shutdown)
 
     app = FastAPI(
         title="llm-gateway",

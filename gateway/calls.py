@@ -34,6 +34,7 @@ from gateway.backends import Backend, BackendPool
 from gateway.errors import NoHealthyBackend, UpstreamError, UpstreamHTTPError
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import Endpoint
+from gateway.tracing import current
 from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
 
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -138,7 +139,8 @@ class Calls:
     ) -> Call:
         """Post ``body`` to ``backend`` (its ``model`` set to the backend's served model, in place) and
         return once the headers are in. ``request_id`` goes upstream as ``X-Request-Id``: vLLM names its
-        answer after it (``chatcmpl-<id>``) and refuses two in flight with the same one.
+        answer after it (``chatcmpl-<id>``) and refuses two in flight with the same one. The request's
+        trace context goes as ``traceparent`` (:mod:`gateway.tracing`: one span per attempt).
 
         Raises :class:`UpstreamError` (no answer) or :class:`UpstreamHTTPError` (status >= 400); the
         backend is released then, and when the caller is cancelled.
@@ -146,17 +148,21 @@ class Calls:
         body["model"] = backend.settings.served_model
         payload = orjson.dumps(body)
         headers = {"content-type": "application/json", "x-request-id": request_id, **backend.auth_header}
+        attempt = current().attempt(backend.name, PATHS[endpoint], request_id, headers)
         backend.acquire()
         try:
             resp = await self.upstream.post(backend.base_url + PATHS[endpoint], payload, headers, stream)
         except UpstreamIOError as exc:
             backend.release()
             self.pool.report_failure(backend, exc.kind, exc.detail)
+            attempt.failed(exc.kind)
             raise upstream_error(exc, backend.name, "headers") from None
         except asyncio.CancelledError:  # the client left while we waited for the headers
             backend.release()
+            attempt.failed("cancelled")
             raise
         if resp.status < 400:
+            attempt.answered(resp.status)
             return Call(self, backend, resp)
         try:
             content = await resp.read()
@@ -169,4 +175,5 @@ class Calls:
             self.pool.report_failure(backend, "http_5xx", str(resp.status))
         else:
             self.metrics.upstream_error(backend.name, "http_4xx")
+        attempt.failed("http_5xx" if resp.status >= 500 else "http_4xx", resp.status)
         raise UpstreamHTTPError(resp.status, content)

@@ -37,6 +37,7 @@ from gateway.request_id import RequestIds
 from gateway.request_log import RequestLog
 from gateway.settings import Settings
 from gateway.strategies import Services, build_executors
+from gateway.tracing import NO_TRACER, Tracer
 from gateway.upstream import Upstream
 from router import Policy
 
@@ -52,6 +53,7 @@ class Proxy:
         catalog: ArmCatalog,
         policy: Policy,
         metrics: GatewayMetrics,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -64,7 +66,7 @@ class Proxy:
         decision_log = (
             DecisionLog(path, store_prompts=fb.store_prompts, on_error=metrics.decision_log_error) if path else None
         )
-        self.admission = Admission(settings, catalog, pool, policy, metrics, decision_log)
+        self.admission = Admission(settings, catalog, pool, policy, metrics, decision_log, tracer)
         request_log = RequestLog() if settings.server.log_format == "json" else None
         self.accounting = Accounting(metrics, pool, policy, routes, request_log)
         calls = Calls(upstream, pool, metrics, settings.timeouts.retry_after_s)

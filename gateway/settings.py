@@ -156,6 +156,18 @@ class TimeoutSettings(_Strict):
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when no backend is healthy.")
 
 
+class StreamingSettings(_Strict):
+    """Continuing a stream on another backend of its arm when its backend dies mid-answer
+    (gateway/resume.py)."""
+
+    max_resumes: int = Field(
+        1, ge=0, le=5, description="Continuations per streamed answer after a backend died mid-stream; 0: off."
+    )
+    resume_deadline_s: float = Field(
+        10.0, gt=0, le=600, description="From the failure until the continuation's response headers; then give up."
+    )
+
+
 class ApiKeySettings(_Strict):
     """One client API key, stored only as the SHA-256 of the key (``llm-gateway hash-key`` prints it)."""
 
@@ -211,6 +223,7 @@ class Settings(_Strict):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:

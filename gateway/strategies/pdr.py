@@ -7,7 +7,7 @@ upstream calls and answers. Every stage's call takes the least-loaded healthy ba
 upstream request id (``<request id>-<n>``, drafts ``<request id>-d-<n>``: vLLM refuses duplicate ids
 in flight). A stream's last refine is relayed like a single call's stream (:mod:`gateway.relay`),
 with the earlier stages' usage added to its usage chunk; stage times go to
-``gateway_pdr_stage_seconds``.
+``gateway_pdr_stage_seconds`` and, with tracing on, to a ``pdr.<stage>`` span each (:mod:`gateway.tracing`).
 """
 
 from __future__ import annotations
@@ -66,12 +66,17 @@ class PDR:
         refine_arm = catalog.arms[strategy.refine_arm] if strategy.refine_arm else live
         draft_arm = catalog.arms[strategy.draft_arm] if strategy.draft_arm else refine_arm
         used: list[str] = []
-        model, label = live.arm.model, live.strategy_label
+        model, label, span = live.arm.model, live.strategy_label, ex.span
+
+        def on_stage(stage: str, seconds: float) -> None:
+            metrics.pdr_stage(model, label, stage, seconds)
+            span.stage(stage, seconds)
+
         runner = PDRRunner(
             strategy,
             self._complete(refine_arm, ex.request_id, used),
             draft_complete=self._complete(draft_arm, ex.request_id + "-d", used),
-            on_stage=lambda stage, seconds: metrics.pdr_stage(model, label, stage, seconds),
+            on_stage=on_stage,
         )
         if not ex.stream:
             answer = await runner.complete(body)
