@@ -24,11 +24,9 @@ import copy
 import functools
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from deploy_tooling import in_ci, require_tool
 
 from gateway.metrics import GatewayMetrics
 
@@ -93,21 +92,6 @@ GRAFANA_SUBSTITUTES = {
 
 
 # ------------------------------------------------------------------ tools
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def require_tool(name: str, install: str) -> str:
-    """Path of a CLI tool beside this interpreter (the .venv's pinned one) or on PATH; skip or fail (CI) if missing."""
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if found is None:
-        message = f"{name} is not installed ({install})"
-        if in_ci():
-            pytest.fail(message + "; CI must install it (.ci/run)")
-        pytest.skip(message)
-    return found
 
 
 def require_module(name: str, install: str) -> ModuleType:
