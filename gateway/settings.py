@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
@@ -210,6 +211,45 @@ class LimitSettings(_Strict):
     )
 
 
+class TracingSettings(_Strict):
+    """OpenTelemetry traces (gateway/tracing.py), exported over OTLP. Off by default; the ``OTEL_*``
+    variables fill what the file leaves unset (:func:`otel_environment`)."""
+
+    enabled: bool = Field(False, description="Export a trace per request; needs the `tracing` extra.")
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="OTLP receiver; http/protobuf: base URL (/v1/traces appended when it has no path), "
+        "default http://localhost:4318; grpc: default http://localhost:4317.",
+    )
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    service_name: str = Field("llm-gateway", min_length=1)
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of new traces kept (a client's flag wins).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Sent with every export (e.g. auth).")
+
+
+def otel_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``tracing`` keys from the standard ``OTEL_*`` variables (signal-specific ones first)."""
+    found: dict[str, Any] = {}
+    names = {
+        "endpoint": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "protocol": ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        "service_name": ("OTEL_SERVICE_NAME",),
+        "sample_ratio": ("OTEL_TRACES_SAMPLER_ARG",),
+        "headers": ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+    }
+    for key, variables in names.items():
+        value = next((environ[v] for v in variables if environ.get(v)), None)
+        if value is not None:
+            found[key] = value
+    if "headers" in found:  # W3C baggage format: k=v,k2=v2 (values percent-encoded)
+        pairs = (item.partition("=") for item in found["headers"].split(",") if "=" in item)
+        found["headers"] = {unquote(k.strip()): unquote(v.strip()) for k, _, v in pairs}
+    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or environ.get("OTEL_TRACES_EXPORTER") == "none":
+        found["enabled"] = False
+    return found
+
+
 class Settings(_Strict):
     """Root of the configuration. See ``deploy/local/gateway.yaml`` for an example."""
 
@@ -224,6 +264,7 @@ class Settings(_Strict):
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)  # type: ignore[arg-type]
+    tracing: TracingSettings = Field(default_factory=TracingSettings)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
@@ -346,6 +387,11 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         if loaded is not None and not isinstance(loaded, dict):
             raise SettingsError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
+    if otel := otel_environment(environ):  # under the file's own tracing keys; GATEWAY_* still wins
+        tracing = data.setdefault("tracing", {})
+        if isinstance(tracing, dict):
+            disabled = otel.pop("enabled", None) is False  # OTEL_SDK_DISABLED wins over the file
+            data["tracing"] = {**otel, **tracing, **({"enabled": False} if disabled else {})}
     from_env = _apply_env(data, environ)
     if from_env and path is not None:
         where += " and GATEWAY_* variables"
