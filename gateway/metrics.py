@@ -98,6 +98,8 @@ REJECT_REASONS = (
 )
 #: ``kind`` values of ``gateway_upstream_errors_total`` (:mod:`gateway.upstream`, :mod:`gateway.relay`).
 UPSTREAM_ERROR_KINDS = ("connect", "connect_timeout", "timeout", "http_5xx", "http_4xx", "stream", "protocol")
+#: ``outcome`` values of ``gateway_stream_resumes_total`` (:mod:`gateway.resume`).
+RESUME_OUTCOMES = ("resumed", "failed", "not_allowed")
 
 # `*_created` series double the exposition size and no dashboard of ours uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -221,6 +223,14 @@ class GatewayMetrics:
             ["arm", "outcome"],
             registry=r,
         )
+        self._stream_resumes = Counter(
+            "gateway_stream_resumes_total",
+            "Streams whose backend died mid-answer, by what happened: resumed (continued on another backend "
+            "of the arm), failed (none could continue it in time, or max_resumes reached), not_allowed "
+            "(resuming is off, or the request cannot be continued exactly enough: n, logprobs, tools, ...).",
+            ["arm", "outcome"],
+            registry=r,
+        )
         self._decision_log_errors = Counter(
             "gateway_decision_log_errors_total",
             "Decision-log lines (routing.decision_log) that could not be written; the requests were answered.",
@@ -240,6 +250,13 @@ class GatewayMetrics:
         for backend in backends:
             for kind in UPSTREAM_ERROR_KINDS:
                 self._upstream_errors.labels(backend, kind)
+
+    def known_resume_arms(self, arms: Iterable[str]) -> None:
+        """Export ``gateway_stream_resumes_total`` at zero for every outcome of each arm in ``arms``
+        (those whose streams can be resumed); call once at start-up, like :meth:`known_labels`."""
+        for arm in arms:
+            for outcome in RESUME_OUTCOMES:
+                self._stream_resumes.labels(arm, outcome)
 
     def series(self, model: str, strategy: str) -> RequestSeries:
         """Per-(model, strategy) children; cache-friendly for the streaming hot path."""
@@ -296,6 +313,10 @@ class GatewayMetrics:
     def affinity(self, arm: str, outcome: str) -> None:
         """One backend choice of an arm with affinity (``outcome``: kept or spilled)."""
         self._affinity.labels(arm, outcome).inc()
+
+    def stream_resume(self, arm: str, outcome: str) -> None:
+        """A stream of ``arm`` broke mid-answer; ``outcome``: resumed, failed or not_allowed."""
+        self._stream_resumes.labels(arm, outcome).inc()
 
     def pdr_stage(self, model: str, strategy: str, stage: str, seconds: float) -> None:
         """One finished stage of a PDR request (``stage``: draft, distill or refine)."""

@@ -13,7 +13,12 @@ sum, and one is made up before ``[DONE]`` if the upstream sent none.
 Failure after the first byte — a read error, an idle timeout, a stream that ends without
 ``[DONE]``, a ``data:`` event that is not a JSON object (checked by its first and last byte, not
 parsed) — becomes an SSE error event followed by ``data: [DONE]``: the client always learns
-that the answer is incomplete. A client disconnect cancels the relay and closes the upstream
+that the answer is incomplete — unless the backend died (read error, idle timeout, end without
+``[DONE]``) and a :class:`gateway.resume.Resumer` continues the answer on another backend of the arm:
+then the continuation is relayed into the same stream through a :class:`gateway.resume.Seam` (one
+``id``, one role chunk, the whole answer's usage) and an SSE comment before ``[DONE]`` says so. Only
+a stream that may be resumed keeps what it sends (one list append per write, no parsing); the text is
+read back from it when a resume is asked for. A client disconnect cancels the relay and closes the upstream
 response, so vLLM aborts the generation. When the relay ends, for any reason, the call is closed
 and :meth:`gateway.accounting.Accounting.finish` gets the :class:`~gateway.accounting.Outcome`.
 """
@@ -32,6 +37,7 @@ from gateway.accounting import Accounting, Outcome
 from gateway.calls import Call, upstream_error
 from gateway.errors import UpstreamError
 from gateway.limits import token_count
+from gateway.resume import Resumer, Seam
 from gateway.sse import (
     DONE,
     SEP,
@@ -71,6 +77,7 @@ class RelayResponse(Response):
         accounting: Accounting,
         outcome: Outcome,
         usage_before: dict[str, int] | None = None,
+        resumer: Resumer | None = None,
     ) -> None:
         self.call = call
         self.status_code = 200
@@ -84,6 +91,10 @@ class RelayResponse(Response):
         self.spaced: bool | None = None  # decided on the first JSON event
         self.head: bytes | None = None  # the first token event (a made-up usage chunk copies its id)
         self.broken = False
+        self.resumer = resumer
+        self.sent: list[bytes] | None = [] if resumer is not None and resumer.retains else None
+        self.seam: Seam | None = None  # rewrites a continuation's events
+        self.comments: list[bytes] | None = None  # x-route-resumed lines, sent before [DONE]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
@@ -121,6 +132,8 @@ class RelayResponse(Response):
                 continue
             if ev.startswith(DONE):
                 out.saw_done = True
+                if self.comments is not None:
+                    keep += self.comments
                 if self.usage_before is not None and out.usage is None:
                     self._made_up_usage(keep)
                 keep.append(ev)
@@ -136,6 +149,11 @@ class RelayResponse(Response):
                 self.spaced = is_spaced(ev)
             if self.spaced:
                 ev = compact(ev)
+            if self.seam is not None:
+                rewritten = self.seam.event(ev)
+                if rewritten is None:
+                    continue
+                ev = rewritten
             if b'"usage":{' in ev:
                 ev = self._usage(ev)
                 if self.strip_usage and b'"choices":[]' in ev:
@@ -164,6 +182,9 @@ class RelayResponse(Response):
         usage: dict[str, Any] | None = usage_of(ev)
         if usage is None:
             return ev
+        if self.seam is not None:
+            usage = self.seam.usage(usage)
+            ev = with_usage(ev, usage)
         self.outcome.stream_tokens = token_count(usage.get("completion_tokens"))
         if self.usage_before is not None:
             usage = summed(self.usage_before, usage)
@@ -181,6 +202,17 @@ class RelayResponse(Response):
     async def _relay(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         out = self.outcome
+        while await self._pump(send) and self.resumer is not None and await self._resume(self.resumer):
+            pass
+        if out.error is not None and not out.saw_done:
+            await send({"type": "http.response.body", "body": error_event(out.error), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, send: Send) -> bool:
+        """Relay the current call to its end; ``True`` when its backend died (read error, idle timeout,
+        end without ``[DONE]``): the stream may be resumed."""
+        out = self.outcome
+        sent = self.sent
         splitter = EventSplitter()
         try:
             async for chunk in self.call.chunks():
@@ -190,18 +222,35 @@ class RelayResponse(Response):
                 data = self._process(events, time.perf_counter())
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                    if sent is not None:
+                        sent.append(data)
                 if self.broken:
-                    break
-            else:
-                events = splitter.end()
-                if events is not None and (data := self._process(events, time.perf_counter())):
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    return False
+            events = splitter.end()
+            if events is not None and (data := self._process(events, time.perf_counter())):
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                if sent is not None:
+                    sent.append(data)
             if not out.saw_done and out.error is None:
                 out.error = UpstreamError(
                     "upstream stream ended without [DONE]; the answer is incomplete", kind="protocol"
                 )
+                return True
         except UpstreamIOError as exc:
             out.error = upstream_error(exc, self.call.backend.name, "stream")
-        if out.error is not None and not out.saw_done:
-            await send({"type": "http.response.body", "body": error_event(out.error), "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        return False
+
+    async def _resume(self, resumer: Resumer) -> bool:
+        """Switch to a continuation of the answer on another backend; ``False`` if there is none."""
+        out = self.outcome
+        assert out.error is not None
+        await self.call.aclose()
+        cont = await resumer.resume(self.call, out.error, self.sent)
+        if cont is None:
+            return False
+        self.call, self.rename, self.seam, self.spaced = cont.call, cont.rename, cont.seam, None
+        self.comments = [*(self.comments or ()), cont.comment]
+        out.error, out.backend = None, cont.call.backend
+        out.backends = f"{out.backends},{cont.call.backend.name}" if out.backends else cont.call.backend.name
+        return True

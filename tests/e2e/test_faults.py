@@ -124,6 +124,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "arms": [{"name": "smollm2-plain", "model": MODEL, "backends": ["vllm", "fake"]}],
             "health": {"interval_s": 0.5, "timeout_s": 1.0, "unhealthy_after": 2},
             "timeouts": {"retry_after_s": 2},
+            # the mid-stream kill below checks the error path; resuming on the fake is off here
+            "streaming": {"max_resumes": 0},
         }
         (logs / "gateway.yaml").write_text(yaml.safe_dump(config))
         log = logs / "gateway.log"

@@ -5,6 +5,12 @@ with the load gauges, chat and text completions, streamed as SSE with a role chu
 a usage-only chunk (``"choices":[]``) when ``stream_options.include_usage`` is set, and
 ``data: [DONE]``. A test sets faults on a fake (``fail``, ``stream_fault``) before sending.
 
+The answer is the fake's ``tokens`` (:data:`TOKENS`), cut at ``max_tokens`` (``finish_reason``
+``length``). A continuation (a chat whose last message is a partial assistant answer with vLLM's
+``continue_final_message: true`` and ``add_generation_prompt: false``, or a completion prompt that
+ends with the start of the answer) gets the rest of the answer after that partial text, and a
+usage whose prompt counts the partial text's tokens, as vLLM would.
+
 The default deployment (:data:`CONFIG`)::
 
     arm smol-plain   model "smol"   plain                 backends b1, b2 (served_model smol-served)
@@ -51,6 +57,7 @@ CONFIG: dict[str, Any] = {
 
 TOKENS = ("Hello", " world", "!")
 USAGE = {"prompt_tokens": 7, "total_tokens": 10, "completion_tokens": 3}
+PROMPT_TOKENS = USAGE["prompt_tokens"]
 
 
 def compact(obj: Any) -> bytes:
@@ -64,6 +71,15 @@ def sse(obj: Any) -> bytes:
 
 def vllm_error(message: str, etype: str, status: int, param: str | None = None) -> bytes:
     return compact({"error": {"message": message, "type": etype, "param": param, "code": status}})
+
+
+@dataclass
+class Answer:
+    """What a fake generates for one request."""
+
+    tokens: list[str]
+    prompt_tokens: int
+    finish_reason: str
 
 
 class FakeStream(httpx.AsyncByteStream):
@@ -136,6 +152,7 @@ class FakeVLLM:
     usage: Any = None  # the answer's "usage" (body and usage chunk); None: USAGE
     spaced: bool = False  # write JSON as Python's json.dumps does ("model": "x"), not vLLM's compact form
     crlf: bool = False  # end SSE lines with CRLF (the SSE spec allows it)
+    tokens: tuple[str, ...] = TOKENS  # the answer, one token per streamed event
     requests: list[httpx.Request] = field(default_factory=list)
     streams: list[FakeStream] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -191,15 +208,52 @@ class FakeVLLM:
             return httpx.Response(404, content=vllm_error(msg, "NotFoundError", 404, "model"))
         chat = path == "/v1/chat/completions"
         rid = request.headers.get("x-request-id")  # vLLM names its response after it
+        answer = self._answer(body, chat)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = self._sse_chunks(chat, include_usage, rid)
+            chunks = self._sse_chunks(chat, include_usage, rid, answer)
             stream = FakeStream(chunks, self.stream_fault, self.stream_fault_after)
             self.streams.append(stream)
             return httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=stream)
         return httpx.Response(
-            200, content=self._dump(self._completion(chat, rid)), headers={"content-type": "application/json"}
+            200, content=self._dump(self._completion(chat, rid, answer)), headers={"content-type": "application/json"}
         )
+
+    def _answer(self, body: dict[str, Any], chat: bool) -> Answer:
+        """The tokens to generate for ``body``: the rest of :attr:`tokens` after a partial answer."""
+        full = "".join(self.tokens)
+        partial = ""
+        if chat:
+            messages = body.get("messages") or []
+            last = messages[-1] if messages else {}
+            if body.get("continue_final_message") and body.get("add_generation_prompt") is False:
+                assert last.get("role") == "assistant", "continue_final_message needs a final assistant message"
+                partial = last["content"]
+                assert full.startswith(partial), f"not a prefix of the answer: {partial!r}"
+        else:
+            prompt = str(body.get("prompt", ""))
+            partial = next((full[:k] for k in range(len(full), 0, -1) if prompt.endswith(full[:k])), "")
+        out: list[str] = []
+        pos = seen = 0
+        for tok in self.tokens:
+            end = pos + len(tok)
+            if end <= len(partial):
+                seen += 1
+            elif pos < len(partial):
+                seen += 1  # a token the partial text cuts: its start is in the prompt, the rest generated
+                out.append(tok[len(partial) - pos :])
+            else:
+                out.append(tok)
+            pos = end
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        cut = limit is not None and limit < len(out)
+        return Answer(out[:limit] if cut else out, PROMPT_TOKENS + seen, "length" if cut else "stop")
+
+    def _usage(self, answer: Answer) -> Any:
+        if self.usage is not None:
+            return self.usage
+        n = len(answer.tokens)
+        return {"prompt_tokens": answer.prompt_tokens, "total_tokens": answer.prompt_tokens + n, "completion_tokens": n}
 
     def _dump(self, obj: Any) -> bytes:
         return json.dumps(obj).encode() if self.spaced else compact(obj)
@@ -210,23 +264,23 @@ class FakeVLLM:
     def _id(self, chat: bool, rid: str | None) -> str:
         return f"{'chatcmpl' if chat else 'cmpl'}-{rid or f'{self.name}-{next(self._ids)}'}"
 
-    def _completion(self, chat: bool, rid: str | None = None) -> dict[str, Any]:
-        text = "".join(TOKENS)
+    def _completion(self, chat: bool, rid: str | None, answer: Answer) -> dict[str, Any]:
+        text = "".join(answer.tokens)
         if chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
         else:
             choice = {"index": 0, "text": text, "logprobs": None}
-        choice["finish_reason"] = "stop"
+        choice["finish_reason"] = answer.finish_reason
         return {
             "id": self._id(chat, rid),
             "object": "chat.completion" if chat else "text_completion",
             "created": 1795542588,
             "model": self.served_model,
             "choices": [choice],
-            "usage": USAGE if self.usage is None else self.usage,
+            "usage": self._usage(answer),
         }
 
-    def _sse_chunks(self, chat: bool, include_usage: bool, rid: str | None = None) -> list[bytes]:
+    def _sse_chunks(self, chat: bool, include_usage: bool, rid: str | None, answer: Answer) -> list[bytes]:
         head = {
             "id": self._id(chat, rid),
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -237,16 +291,16 @@ class FakeVLLM:
         if chat:
             role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
             events.append(self._sse({**head, "choices": [role]}))
-        for i, tok in enumerate(TOKENS):
-            last = i == len(TOKENS) - 1
+        for i, tok in enumerate(answer.tokens):
+            last = i == len(answer.tokens) - 1
             choice: dict[str, Any] = {"index": 0}
             choice.update({"delta": {"content": tok}} if chat else {"text": tok})
-            choice.update({"logprobs": None, "finish_reason": "stop" if last else None})
+            choice.update({"logprobs": None, "finish_reason": answer.finish_reason if last else None})
             events.append(self._sse({**head, "choices": [choice]}))
         if self.upstream_error_event:
             events.append(self._sse({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}))
         elif include_usage:
-            events.append(self._sse({**head, "choices": [], "usage": USAGE if self.usage is None else self.usage}))
+            events.append(self._sse({**head, "choices": [], "usage": self._usage(answer)}))
         events.append(b"data: [DONE]\n\n")
         if self.crlf:
             events = [e.replace(b"\n", b"\r\n") for e in events]

@@ -107,7 +107,7 @@ async def test_a_backend_that_passes_health_but_hangs_on_requests_leaves_service
 
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
-    [("connect", 502, "upstream_connect"), ("read_timeout", 504, "upstream_timeout"), (503, 503, 503)],
+    [("connect", 503, "no_healthy_backend"), ("read_timeout", 504, "upstream_timeout"), (503, 503, 503)],
 )
 async def test_every_backend_of_the_arm_failing_is_an_error_envelope(
     gw: Gateway, upstreams: Upstreams, fault: str | int, status: int, code: str | int
@@ -125,8 +125,32 @@ async def test_every_backend_of_the_arm_failing_is_an_error_envelope(
         assert err["message"] == "b2 overloaded", "the last upstream's own message"
     else:
         assert "b2" in err["message"]
+    if fault == "connect":  # refused: known down, as if marked unhealthy (issue 17)
+        assert r.headers["retry-after"] == "5" and err["type"] == "service_unavailable"
     assert len(upstreams["b1"].generation_bodies) == len(upstreams["b2"].generation_bodies) == 1
     assert gw.metric("gateway_requests_total", model="smol", strategy="plain", endpoint="chat", status=str(status)) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_only_backend_of_an_arm_just_died_is_503_with_retry_after_not_502(
+    gw: Gateway, upstreams: Upstreams, stream: bool
+) -> None:
+    """Issue 17: a refused connection proves the backend is down, so the request that finds it out
+    gets the same 503 + Retry-After as the requests after it (which find it marked unhealthy)."""
+    upstreams["b3"].fail = "connect"  # coder-spec's only backend died since the last health check
+
+    first, second = await gw.generate(model="coder", stream=stream), await gw.generate(model="coder", stream=stream)
+
+    for r in (first, second):
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "5"
+        assert r.json()["error"]["code"] == "no_healthy_backend"
+    assert "b3 refused the connection" in first.json()["error"]["message"]
+    assert len(upstreams["b3"].generation_bodies) == 1, "the second request is not sent to a backend known down"
+    assert gw.metric("gateway_upstream_errors_total", backend="b3", kind="connect") == 1
+    series = {"model": "coder", "strategy": "speculative-ngram-k4", "endpoint": "chat"}
+    assert gw.metric("gateway_requests_total", **series, status="503") == 1  # the second: refused at admission
+    assert gw.metric("gateway_requests_total", **series, status="502") is None
 
 
 async def test_auto_fails_over_to_the_next_ranked_arm(gw: Gateway, upstreams: Upstreams) -> None:

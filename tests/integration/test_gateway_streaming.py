@@ -1,5 +1,6 @@
-"""After the first byte: an upstream that breaks mid-stream becomes an SSE error event then ``[DONE]``;
-a client that goes away closes the upstream response (so vLLM aborts the generation)."""
+"""After the first byte: an upstream that breaks mid-stream becomes an SSE error event then ``[DONE]``
+(with resuming off; resumed streams: test_stream_resume.py); a client that goes away closes the
+upstream response (so vLLM aborts the generation)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from fake_vllm import Gateway, Upstreams, compact, request_body
+from fake_vllm import Gateway, MakeGateway, Upstreams, compact, request_body
 
 SERIES = {"model": "smol", "strategy": "plain", "endpoint": "chat"}
 
@@ -21,12 +22,18 @@ SERIES = {"model": "smol", "strategy": "plain", "endpoint": "chat"}
     ],
 )
 async def test_mid_stream_failure_sends_chunks_then_error_event_then_done(
-    gw: Gateway, upstreams: Upstreams, fault: str, status: int, code: str, kind: str
+    make_gateway: MakeGateway, upstreams: Upstreams, fault: str, status: int, code: str, kind: str
 ) -> None:
     fake = upstreams["b1"]
     fake.stream_fault, fake.stream_fault_after = fault, 2  # role chunk and "Hello", then the fault
 
-    r = await gw.generate(stream=True)
+    async with make_gateway(streaming={"max_resumes": 0}) as gw:
+        r = await gw.generate(stream=True)
+        await _check_error_stream(gw, upstreams, r, status, code, kind)
+
+
+async def _check_error_stream(gw: Gateway, upstreams: Upstreams, r: Any, status: int, code: str, kind: str) -> None:
+    fake = upstreams["b1"]
 
     assert r.status_code == 200, "the status line left before the failure"
     events = gw.events(r)
@@ -46,6 +53,8 @@ async def test_mid_stream_failure_sends_chunks_then_error_event_then_done(
     assert gw.metric("gateway_upstream_errors_total", backend="b1", kind=kind) == 1
     assert gw.metric("gateway_inflight_requests", backend="b1") == 0
     assert fake.streams[0].closed
+    assert gw.metric("gateway_stream_resumes_total", arm="smol-plain", outcome="not_allowed") == 1
+    assert gw.metric("gateway_stream_resumes_total", arm="smol-plain", outcome="resumed") == 0
 
 
 async def test_upstream_error_event_is_relayed_once_and_counted(gw: Gateway, upstreams: Upstreams) -> None:
