@@ -1,0 +1,52 @@
+"""The report code of loadtests/resume_bench.py: shares, resume-time percentiles, the seam's time read
+from the ``x-route-resumed`` comment, the Markdown table, and reading a stream."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from loadtests.resume_bench import Run, Stream, markdown, read_stream, resume_time, summarize
+
+
+def test_summarize_counts_shares_and_resume_percentiles() -> None:
+    runs = [Run(0, "a", 5, completed=True, identical=True, resumed=True, resume_s=0.2 + i / 100) for i in range(8)]
+    runs.append(Run(1, "b", 9, completed=True, identical=False, resumed=True, resume_s=1.5))
+    runs.append(Run(2, "a", 3, error="upstream_stream"))
+    s = summarize(runs)
+    assert (s["answers"], s["completed_share"], s["identical_share"], s["resumed_share"]) == (10, 0.9, 0.8, 0.9)
+    assert s["resume_ms_p50"] == pytest.approx(240.0) and s["resume_ms_p99"] == 1500.0 == s["resume_ms_max"]
+    assert s["errors"] == ["upstream_stream"]
+    md = markdown(s, {"gateway": "http://gw", "model": "m", "max_tokens": 64, "kill_range": "3,120"})
+    assert "| 90.0 % | 80.0 % | 90.0 % | 240 ms | 1500 ms | 1500 ms |" in md and "`upstream_stream`" in md
+
+
+def test_summarize_without_answers_or_resumes() -> None:
+    s = summarize([])
+    assert s["answers"] == 0 and s["completed_share"] is None and s["resume_ms_p50"] is None
+    assert "| n/a | n/a | n/a | n/a | n/a | n/a |" in markdown(s, {})
+
+
+def test_resume_time_is_from_the_kill_to_the_first_chunk_after_the_seam() -> None:
+    stream = Stream(
+        chunk_times=[1.0, 1.1, 1.2, 3.0, 3.1], comments=[": x-route-resumed backend=b at_tokens=3 resume_ms=9"]
+    )
+    assert resume_time(stream, killed_at=1.15) == pytest.approx(1.85)
+    assert resume_time(Stream(chunk_times=[1.0]), 0.5) is None
+
+
+def test_read_stream_collects_text_comments_and_errors() -> None:
+    body = (
+        'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+        'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+        'data: {"choices":[{"delta":{"content":" there"}}]}\n\n'
+        ": x-route-resumed backend=b at_tokens=1 resume_ms=5\n\n"
+        "data: [DONE]\n\n"
+    )
+    seen: list[int] = []
+    r = httpx.Response(200, headers={"x-route-backend": "a"}, content=body.encode())
+    s = read_stream(r, seen.append)
+    assert (s.backend, s.text, s.done, s.error, seen) == ("a", "Hi there", True, None, [1, 2])
+    assert s.comments == [": x-route-resumed backend=b at_tokens=1 resume_ms=5"]
+    err = httpx.Response(200, content=b'data: {"error":{"code":"upstream_stream"}}\n\ndata: [DONE]\n\n')
+    assert read_stream(err).error == "upstream_stream"
