@@ -6,6 +6,7 @@ backend end with the error event as before."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -205,6 +206,22 @@ async def test_an_arm_with_no_other_usable_backend_ends_with_the_error_event(gw:
     assert gw.metric("gateway_stream_resumes_total", arm="coder-spec", outcome="failed") == 0  # exported at 0
     assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="stream") == 1
     assert gw.metric("gateway_inflight_requests", backend="b1") == 0
+
+
+async def test_a_continuation_that_does_not_start_within_the_deadline_ends_with_the_error_event(
+    make_gateway: MakeGateway, words: Upstreams
+) -> None:
+    words["b1"].stream_fault, words["b1"].stream_fault_after = "raise", 3
+    words["b2"].fail = "hang_headers"
+    async with make_gateway(streaming={"resume_deadline_s": 0.2}) as gw:
+        started = time.monotonic()
+        events, comments = parse(await stream(gw))
+
+        assert time.monotonic() - started < 2
+        assert text_of(events, "chat") == "The quick" and not comments
+        assert events[-2]["error"]["code"] == "upstream_stream" and events[-1] == "[DONE]"
+        assert gw.metric("gateway_stream_resumes_total", arm=ARM, outcome="failed") == 1
+        assert gw.metric("gateway_inflight_requests", backend="b2") == 0, "the abandoned attempt is released"
 
 
 async def test_an_answer_whose_finish_reason_was_sent_is_not_continued(gw: Gateway, words: Upstreams) -> None:
