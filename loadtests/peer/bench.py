@@ -59,6 +59,8 @@ async def measure_peer(peer: Peer, direct: Target, fake_pid: int, a: argparse.Na
         )
     phases = [*out["streaming"], *([out["non_streaming"]] if "non_streaming" in out else [])]
     out["foreign_cpu_max"] = max((p["foreign_cpu_cores"] or 0.0) for p in phases)
+    wall = sum(p["phase_wall_s"] for p in phases)
+    out["foreign_cpu_mean"] = round(sum((p["foreign_cpu_cores"] or 0.0) * p["phase_wall_s"] for p in phases) / wall, 3)
     out["errors"] = sum(p["direct"]["errors"] + p["via"]["errors"] for p in phases)
     out["loadavg_after"] = os.getloadavg()
     return out

@@ -21,7 +21,8 @@ def table(rows: list[dict[str, Any]], conc: list[int], ns_conc: int) -> str:
     head = ["peer", "version"]
     for c in conc:
         head += [f"CPU ms / streamed req @{c}", f"added TTFT p50 @{c} (ms)"]
-    head += [f"non-stream req/s @{ns_conc} via (direct)", "CPU ms / non-stream req", "errors", "foreign CPU (cores)"]
+    head += [f"non-stream req/s @{ns_conc} via (direct)", "CPU ms / non-stream req", "errors"]
+    head += ["foreign CPU, mean / max of phases (cores)"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -47,7 +48,11 @@ def table(rows: list[dict[str, Any]], conc: list[int], ns_conc: int) -> str:
             cells.append(f"{fmt(v['gateway_cpu_ms_per_req'])}{spread(v['gateway_cpu_ms_per_req_rounds'])}")
         else:
             cells += ["", ""]
-        cells += [str(m["errors"]), fmt(m["foreign_cpu_max"])]
+        mean = m.get("foreign_cpu_mean")
+        cells += [
+            str(m["errors"]),
+            f"{fmt(mean)} / {fmt(m['foreign_cpu_max'])}" if mean is not None else fmt(m["foreign_cpu_max"]),
+        ]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -154,7 +159,7 @@ def markdown(res: dict[str, Any]) -> str:
         if la:
             load = f"; load average {la['loadavg_before'][0]:.2f} before, {la['loadavg_after'][0]:.2f} after"
             if r.get("attempts", 1) > 1:
-                load += f"; measured {r['attempts']} times (foreign CPU {r['foreign_history']}), the quietest kept"
+                load += f"; measured {r['attempts']} times (mean foreign CPU {r['foreign_history']}), the quietest kept"
         md.append(f"- {r['name']}: {r.get('version', '?')} — {r.get('note', '')}{load}")
     m = res["machine"]
     ref = c.get("gateway_ref")

@@ -120,11 +120,17 @@ def test_table_rows_measured_and_unavailable() -> None:
         {
             "name": "a",
             "version": "1",
-            "m": {"streaming": [phase], "non_streaming": ns, "errors": 0, "foreign_cpu_max": 0.1},
+            "m": {
+                "streaming": [phase],
+                "non_streaming": ns,
+                "errors": 0,
+                "foreign_cpu_max": 0.1,
+                "foreign_cpu_mean": 0.05,
+            },
         },
         {"name": "b", "version": "?", "error": "not installed"},
     ]
     lines = table(rows, [16], 64).splitlines()
-    assert lines[2] == "| a | 1 | 0.80 (0.70-0.90) | 1.5 (1.0-2.0) | 900 (1,000; 90 %) | 0.30 | 0 | 0.10 |"
+    assert lines[2] == "| a | 1 | 0.80 (0.70-0.90) | 1.5 (1.0-2.0) | 900 (1,000; 90 %) | 0.30 | 0 | 0.05 / 0.10 |"
     assert lines[3].startswith("| b | ? | could not run: not installed |")
     assert all(line.count("|") == lines[0].count("|") for line in lines)
