@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shlex
 import shutil
@@ -144,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="results stem: writes STEM.json, STEM.md and STEM.png (default loadtests/results/peer-overhead)",
     )
     o.add_argument("--keep-tmp", action="store_true", help="keep the scratch folder (configs, logs)")
+    o.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="measure nothing: redraw the markdown and the chart of an earlier run's JSON results beside it",
+    )
     return ap
 
 
@@ -218,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.from_json:
+        stem = Path(a.from_json).with_suffix("")
+        report(json.loads(Path(a.from_json).read_text()), stem, write_json=False)
+        return 0
     a.conc_list = [int(x) for x in a.conc.split(",") if x.strip()]
     a.max_tokens = a.max_tokens or a.tokens
     if a.ns_delay_ms is None:
@@ -267,14 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         PROCS.stop_all()
         if not a.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    stem = Path(a.out)
+    report(res, Path(a.out))
+    return 0
+
+
+def report(res: dict[str, Any], stem: Path, write_json: bool = True) -> None:
+    """Print the markdown; write STEM.png, STEM.md and (``write_json``) STEM.json."""
     why = chart(res, stem.with_suffix(".png"))
     md = markdown(res)
     md += f"\n\n![peer comparison]({stem.with_suffix('.png').name})" if why is None else f"\n\n(no chart: {why})"
     print()
     print(md)
-    write(res, stem.with_suffix(".json"), md, stem.with_suffix(".md"))
-    return 0
+    write(res if write_json else {}, stem.with_suffix(".json") if write_json else None, md, stem.with_suffix(".md"))
 
 
 if __name__ == "__main__":
