@@ -29,13 +29,18 @@ from gateway.decision_log import DecisionLog, DecisionRecord
 from gateway.errors import InvalidRequest, ModelNotFound, NoHealthyBackend, RouteUnmeetableError
 from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, prompt_text
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint, prompt_text
 from gateway.request_body import read_body, validation_error
 from gateway.settings import Settings
 from gateway.tracing import NO_TRACE, NO_TRACER, RequestTrace, Tracer
 from router import Decision, FlagError, NoArmAvailable, Policy, RouteFlags, RouteRequest, RouteUnmeetable, parse_flags
+from router.policy import LeastLoadedPolicy
 
-_MODELS: dict[str, type[BaseModel]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+_MODELS: dict[str, type[BaseModel]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
 # cheap features grow with the text (0.1 ms at 1k chars, 4 ms at 10k): longer prompts go to a thread
 _INLINE_FEATURE_CHARS = 4000
 
@@ -97,6 +102,8 @@ class Admission:
         self.metrics = metrics
         self.decision_log = decision_log
         self.limiter = RateLimiter()
+        # embeddings are not routed on the prompt: least-loaded (or pinned) among the model's arms
+        self.embedding_policy = LeastLoadedPolicy()
 
     async def admit(self, ex: Exchange, request: Request) -> None:
         """Fill ``ex`` with the body, the decision, the charge and the trace; raise a
@@ -110,14 +117,14 @@ class Admission:
         ex.body = body
         ex.session = request.headers.get(SESSION_HEADER)
         span.deciding()
-        decision, asked = await self._decide(body, arms, flags)
+        decision, asked = await self._decide(body, arms, flags, endpoint=ex.endpoint)
         span.decided(decision, body["model"], self.catalog.arms[decision.arm.name].backends)
         ex.decision, ex.asked = decision, asked
         if self.decision_log is not None and decision.predictions and asked.features is not None:
             # the learned policy chose among several arms (not pinned)
             features = self.policy.logged_features(asked.features)
             ex.trace = self.decision_log.open(ex.request_id, ex.endpoint, asked, decision, features)
-        if body.get("stream"):
+        if body.get("stream") and ex.endpoint != "embeddings":
             options = body.get("stream_options") or {}
             ex.stream, ex.wants_usage = True, bool(options.get("include_usage"))
             body["stream_options"] = {**options, "include_usage": True}
@@ -143,16 +150,17 @@ class Admission:
         except ValidationError as exc:
             raise validation_error(exc, body) from None
         check_caps(body, self.settings.limits)
-        arms = self._arms(body["model"], key)
+        arms = self._arms(body["model"], key, endpoint)
         return arms, self._flags(body, request, arms)
 
     async def _decide(
-        self, body: dict[str, Any], arms: list[LiveArm], flags: RouteFlags, record: bool = True
+        self, body: dict[str, Any], arms: list[LiveArm], flags: RouteFlags, record: bool = True, endpoint: str = ""
     ) -> tuple[Decision, RouteRequest]:
         """The policy's decision among ``arms``, and what it was asked (prompt, flags, features)."""
         started = time.perf_counter()
         prompt, features = "", None
-        if self.policy.needs_features and flags.arm is None and len(arms) > 1:
+        policy = self.embedding_policy if endpoint == "embeddings" else self.policy
+        if policy.needs_features and flags.arm is None and len(arms) > 1:
             prompt = prompt_text(body)
             if self.policy.cheap_features and len(prompt) <= _INLINE_FEATURE_CHARS:
                 features = self.policy.featurize(prompt)
@@ -160,7 +168,7 @@ class Admission:
                 features = await asyncio.to_thread(self.policy.featurize, prompt)  # encoder: keep it off the loop
         req = RouteRequest(prompt=prompt, flags=flags, max_tokens=body.get("max_tokens"), features=features)
         try:
-            decision = self.policy.decide(req, self.catalog.states(arms, self.pool))
+            decision = policy.decide(req, self.catalog.states(arms, self.pool))
         except RouteUnmeetable as exc:
             raise RouteUnmeetableError(exc.message, param=exc.param) from None
         except NoArmAvailable as exc:
@@ -188,10 +196,18 @@ class Admission:
             )
         return flags
 
-    def _arms(self, model: str, key: ApiKey | None) -> list[LiveArm]:
-        """The arms that may answer ``model`` for ``key``; a model the key may not use looks nonexistent."""
-        arms = self.catalog.candidates(model)
-        public = self.catalog.public_models()
+    def _arms(self, model: str, key: ApiKey | None, endpoint: Endpoint = "chat") -> list[LiveArm]:
+        """The arms that may answer ``model`` on ``endpoint`` for ``key``; a model the key may not use
+        looks nonexistent."""
+        arms = self.catalog.candidates(model, endpoint)
+        public = self.catalog.models_for(endpoint)
+        if endpoint == "embeddings" and arms is None and (key is None or key.allows(model)):
+            served = ", ".join(key.visible(public) if key else public)
+            raise ModelNotFound(
+                f"The model '{model}' does not serve embeddings; "
+                + (f"embedding models: {served}" if served else "no arm serves embeddings (arms[].endpoints)"),
+                param="model",
+            )
         if key is None:
             if arms is None:
                 raise ModelNotFound(

@@ -58,7 +58,7 @@ def create_app(
         metrics.series(live.arm.model, live.strategy_label)
         for backend in live.backends:
             metrics.arm_info(live.arm.name, live.arm.model, live.strategy_label, backend)
-    policy = settings.routing.build([live.arm for live in catalog.arms.values()])
+    policy = settings.routing.build([live.arm for live in catalog.generation_arms()])
     upstream: Upstream = (
         AiohttpUpstream(settings.timeouts) if transport is None else HttpxUpstream(settings.timeouts, transport)
     )
@@ -146,6 +146,10 @@ def _generation_routes(app: FastAPI, proxy: Proxy, keys: KeyStore) -> None:
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible), streaming or not")
     async def completions(request: Request) -> Response:
         return await proxy.handle("completions", request, caller(request))
+
+    @app.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible), from an arm that serves them")
+    async def embeddings(request: Request) -> Response:
+        return await proxy.handle("embeddings", request, caller(request))
 
     @app.post("/v1/route", summary="Dry run: which arm would answer this chat/completion body, and why")
     async def route(request: Request) -> Response:

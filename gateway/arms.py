@@ -103,26 +103,49 @@ def _mean(prev: float | None, value: float | None, alpha: float) -> float | None
 
 
 class ArmCatalog:
-    """Arms by name and by public model, in configuration order."""
+    """Arms by name and by public model, in configuration order.
+
+    ``arms`` holds every arm; ``by_model`` and :meth:`generation_arms` those that serve chat or text
+    completions (the routing policy's arms); arms that serve ``embeddings`` (``arms[].endpoints``)
+    are found by :meth:`candidates` for that endpoint and never by ``auto``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.arms: dict[str, LiveArm] = {}
         self.by_model: dict[str, list[LiveArm]] = {}
+        self._serving: dict[str, dict[str, list[LiveArm]]] = {e: {} for e in ("chat", "completions", "embeddings")}
         for a in settings.arms:
             arm = Arm(name=a.name, model=a.model, strategy=a.build_strategy())
             live = LiveArm(arm, a.backends, ttl_s=settings.routing.live_ttl_s, affinity=a.affinity)
             self.arms[a.name] = live
-            self.by_model.setdefault(a.model, []).append(live)
+            if a.generates:
+                self.by_model.setdefault(a.model, []).append(live)
+            for endpoint in a.endpoints:
+                self._serving[endpoint].setdefault(a.model, []).append(live)
         self.created = int(time.time())
 
-    def public_models(self) -> list[str]:
-        return [*self.by_model, AUTO_MODEL]
+    def generation_arms(self) -> list[LiveArm]:
+        """The arms that serve chat or completions (configuration order): the routing policy's arms."""
+        names = {live.arm.name for arms in self.by_model.values() for live in arms}
+        return [live for name, live in self.arms.items() if name in names]
 
-    def candidates(self, model: str) -> list[LiveArm] | None:
-        """Arms that may answer ``model`` (all arms for ``auto``); ``None`` for an unknown model."""
-        if model == AUTO_MODEL:
-            return list(self.arms.values())
-        return self.by_model.get(model)
+    def public_models(self) -> list[str]:
+        """Every public model (generation models first, then embedding models), and ``auto``."""
+        return list(dict.fromkeys([*self.by_model, *self._serving["embeddings"], AUTO_MODEL]))
+
+    def models_for(self, endpoint: str) -> list[str]:
+        """The public models served on ``endpoint`` (``auto`` too for chat and completions)."""
+        models = list(self._serving[endpoint])
+        return models if endpoint == "embeddings" else [*models, AUTO_MODEL]
+
+    def candidates(self, model: str, endpoint: str = "chat") -> list[LiveArm] | None:
+        """Arms that may answer ``model`` on ``endpoint`` (for ``auto``: every arm serving it, except
+        for embeddings, which need a named model); ``None`` when there are none."""
+        serving = self._serving[endpoint]
+        if model == AUTO_MODEL and endpoint != "embeddings":
+            names = {live.arm.name for arms in serving.values() for live in arms}
+            return [live for name, live in self.arms.items() if name in names] or None  # configuration order
+        return serving.get(model)
 
     def states(self, arms: Sequence[LiveArm], pool: BackendPool) -> list[ArmState]:
         """Snapshot of each arm for the router: healthy if any backend is usable (healthy, breaker not

@@ -37,7 +37,11 @@ from gateway.protocol import Endpoint
 from gateway.tracing import current
 from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
 
-PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
 
 #: When an upstream failure happened: before the response headers, reading a whole body, or relaying
 #: a stream whose first bytes have reached the client.

@@ -142,7 +142,7 @@ def _check(args: argparse.Namespace) -> int:
     from gateway.arms import ArmCatalog
 
     try:
-        settings.routing.build([live.arm for live in ArmCatalog(settings).arms.values()])
+        settings.routing.build([live.arm for live in ArmCatalog(settings).generation_arms()])
     except SettingsError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse, FeedbackRequest
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse, FeedbackRequest
 from router.flags import HEADERS
 
 _REF = "#/components/schemas/{model}"
@@ -53,7 +53,14 @@ def _ref(name: str) -> dict[str, str]:
 
 def _components(schema: dict[str, Any], models: list[str], arms: list[str]) -> None:
     components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, CompletionRequest, ErrorResponse, RouteOptions, FeedbackRequest):
+    for model in (
+        ChatCompletionRequest,
+        CompletionRequest,
+        EmbeddingRequest,
+        ErrorResponse,
+        RouteOptions,
+        FeedbackRequest,
+    ):
         doc = model.model_json_schema(ref_template=_REF)
         components.update(doc.pop("$defs", {}))
         components[model.__name__] = doc
@@ -95,6 +102,11 @@ def document_openapi(app: FastAPI, auth: bool, models: list[str], arms: list[str
         fb = paths["/v1/feedback"]["post"]
         fb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("FeedbackRequest")}}}
         fb["responses"].update(_errors({"400": "Invalid rating", "404": "Feedback recording is off"}))
+        emb = paths["/v1/embeddings"]["post"]
+        emb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("EmbeddingRequest")}}}
+        emb["responses"].update(
+            _errors({**_ERRORS, "404": "No arm serves embeddings for this model (arms[].endpoints)"})
+        )
         retrieve = paths["/v1/models/{model_id}"]["get"]["responses"]
         retrieve.pop("422", None)  # a path parameter is never refused: any other id is a 404
         retrieve.update(_errors({"404": "Not a public model of this deployment (or not one the API key may use)"}))

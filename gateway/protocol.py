@@ -22,8 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-# the two generation endpoints: /v1/chat/completions and /v1/completions
-Endpoint = Literal["chat", "completions"]
+# the endpoints requests are served on: /v1/chat/completions, /v1/completions, /v1/embeddings
+Endpoint = Literal["chat", "completions", "embeddings"]
 #: vLLM samples greedily below this temperature (``vllm.sampling_params._SAMPLING_EPS``)
 GREEDY_TEMPERATURE = 1e-5
 
@@ -97,6 +97,19 @@ class CompletionRequest(_GenerationRequest):
     logprobs: int | None = Field(
         None, ge=-1, description="Log probabilities of this many most likely tokens (vLLM: -1 is all)."
     )
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``: served by the arms whose ``endpoints`` list ``embeddings``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="A public model served with embeddings (not 'auto').")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text, texts, token ids, or lists of token ids to embed."
+    )
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: StrictInt | None = Field(None, ge=1, description="Matryoshka models only.")
 
 
 class ErrorBody(BaseModel):

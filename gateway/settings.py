@@ -71,12 +71,38 @@ class AffinitySettings(_Strict):
     )
 
 
+ArmEndpoint = Literal["chat", "completions", "embeddings"]
+
+
 class ArmSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     model: str = Field(min_length=1, description="The public model name clients use.")
     backends: list[str] = Field(min_length=1)
     strategy: dict[str, Any] = Field(default_factory=lambda: {"kind": "plain"})
     affinity: AffinitySettings = AffinitySettings.model_validate({})
+    endpoints: list[ArmEndpoint] = Field(
+        default_factory=lambda: list[ArmEndpoint](["chat", "completions"]),
+        min_length=1,
+        description="What the arm's backends serve; embeddings: /v1/embeddings (a plain arm, routed least-loaded).",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_endpoints(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("an endpoint is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _embeddings_are_plain(self) -> ArmSettings:
+        if "embeddings" in self.endpoints and self.strategy.get("kind", "plain") != "plain":
+            raise ValueError(f"endpoints: an arm serving embeddings has strategy plain, not '{self.strategy['kind']}'")
+        return self
+
+    @property
+    def generates(self) -> bool:
+        """Whether the arm serves chat or text completions (and so is routed by the policy)."""
+        return "chat" in self.endpoints or "completions" in self.endpoints
 
     @field_validator("affinity", mode="before")
     @classmethod
@@ -291,6 +317,10 @@ class Settings(_Strict):
                     problems.append(f"arms[{i}].strategy.{param}: unknown arm '{target}'")
                 elif target is not None and self._arm(target).strategy.get("kind") == "pdr":
                     problems.append(f"arms[{i}].strategy.{param}: '{target}' is itself a pdr arm")
+                elif target is not None and "chat" not in self._arm(target).endpoints:
+                    problems.append(f"arms[{i}].strategy.{param}: '{target}' does not serve chat")
+        if not any(a.generates for a in self.arms):
+            problems.append("arms: no arm serves chat or completions")
         problems += self._key_problems()
         if problems:
             raise ValueError("; ".join(problems))

@@ -24,6 +24,7 @@ def upstreams() -> Upstreams:
         b1=FakeVLLM("b1", "smol-served"),
         b2=FakeVLLM("b2", "smol-served"),
         b3=FakeVLLM("b3", "coder-served"),
+        b4=FakeVLLM("b4", "embed-served"),  # used by the EMBEDDINGS deployment only
     )
 
 

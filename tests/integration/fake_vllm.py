@@ -17,6 +17,7 @@ The default deployment (:data:`CONFIG`)::
     arm coder-spec   model "coder"  speculative-ngram-k4  backend  b3     (served_model coder-served)
 
 Health polling is slowed to once an hour so tests control it (``gw.pool.check_all()``).
+:data:`EMBEDDINGS` adds an arm that serves embeddings (``make_gateway(**EMBEDDINGS)``, fake ``b4``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ CONFIG: dict[str, Any] = {
     "health": {"interval_s": 3600},
 }
 
+#: settings overrides adding ``embed`` (model "embed", endpoints [embeddings]) on backend b4
+EMBEDDINGS: dict[str, Any] = {
+    "backends": [*CONFIG["backends"], {"name": "b4", "url": "http://b4.test:8000", "served_model": "embed-served"}],
+    "arms": [*CONFIG["arms"], {"name": "embed", "model": "embed", "backends": ["b4"], "endpoints": ["embeddings"]}],
+}
+
 TOKENS = ("Hello", " world", "!")
+EMBEDDING_DIM = 4
 USAGE = {"prompt_tokens": 7, "total_tokens": 10, "completion_tokens": 3}
 PROMPT_TOKENS = USAGE["prompt_tokens"]
 
@@ -184,7 +192,7 @@ class FakeVLLM:
             return httpx.Response(200 if self.healthy else 503)
         if path == "/metrics":
             return httpx.Response(200, text=self.metrics_text(), headers={"content-type": "text/plain"})
-        if path not in ("/v1/chat/completions", "/v1/completions") or request.method != "POST":
+        if path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings") or request.method != "POST":
             return httpx.Response(404, json={"detail": "Not Found"})
         if self.fail == "connect":
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
@@ -192,6 +200,8 @@ class FakeVLLM:
             raise httpx.ConnectTimeout("timed out", request=request)
         if self.fail == "read_timeout":
             raise httpx.ReadTimeout("timed out", request=request)
+        if self.fail == "hang_headers":  # accepted, never answers (until the client gives up)
+            await asyncio.Event().wait()
         if self.fail == "hang_headers":  # accepted, never answers (until the client gives up)
             await asyncio.Event().wait()
         if self.fail == "broken_body":  # headers arrive, then the connection drops before the body
@@ -208,6 +218,8 @@ class FakeVLLM:
         if body.get("model") != self.served_model:
             msg = f"The model `{body.get('model')}` does not exist. Valid aliases: {self.served_model}."
             return httpx.Response(404, content=vllm_error(msg, "NotFoundError", 404, "model"))
+        if path == "/v1/embeddings":
+            return httpx.Response(200, content=self._dump(self._embeddings(body, request.headers.get("x-request-id"))))
         chat = path == "/v1/chat/completions"
         rid = request.headers.get("x-request-id")  # vLLM names its response after it
         answer = self._answer(body, chat)
@@ -262,6 +274,29 @@ class FakeVLLM:
 
     def _sse(self, obj: Any) -> bytes:
         return b"data: " + self._dump(obj) + b"\n\n"
+
+    def _embeddings(self, body: dict[str, Any], rid: str | None) -> dict[str, Any]:
+        """vLLM's answer shape: one vector of EMBEDDING_DIM floats per input; a token per word (or id)."""
+        given = body["input"]
+        inputs = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else given
+        data = [
+            {
+                "index": i,
+                "object": "embedding",
+                "embedding": [round(0.1 * (i + 1) * k, 3) for k in range(EMBEDDING_DIM)],
+            }
+            for i in range(len(inputs))
+        ]
+        tokens = sum(len(x.split()) if isinstance(x, str) else len(x) for x in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0, "prompt_tokens_details": None}
+        return {
+            "id": f"embd-{rid or next(self._ids)}",
+            "object": "list",
+            "created": 1795542588,
+            "model": self.served_model,
+            "data": data,
+            "usage": usage,
+        }
 
     def _id(self, chat: bool, rid: str | None) -> str:
         return f"{'chatcmpl' if chat else 'cmpl'}-{rid or f'{self.name}-{next(self._ids)}'}"

@@ -38,6 +38,7 @@ OPERATIONS = [
     ("POST", "/v1/completions", 400),
     ("POST", "/v1/route", 300),
     ("POST", "/v1/feedback", 150),
+    ("POST", "/v1/embeddings", 100),
     ("GET", "/v1/models", 1),
     ("GET", "/v1/models/{model_id}", 60),
     ("GET", "/health", 1),
