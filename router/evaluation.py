@@ -14,48 +14,33 @@ over prompts (:mod:`router.bootstrap`) for every point and for every router-minu
 difference. Honesty of the forecasts: reliability bins of the predicted quality and quantiles of
 actual / predicted latency (:mod:`router.reliability`).
 
-:func:`evaluate` keeps the per-prompt picks in its result, so :func:`pool` concatenates
+:func:`evaluate` runs the policy and the baselines and records, per prompt, the outcomes, picks,
+reasons and forecasts; every number of the report is computed from that record by
+:func:`router.scorecard.summarise`. The record stays in the result, so :func:`pool` concatenates
 cross-validation folds and recomputes everything (bootstrap included) over all prompts.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
-from router.baselines import (
-    Forecast,
-    Outcomes,
-    Rule,
-    choose,
-    knn_forecasts,
-    oracle_picks,
-    outcomes,
-    task_forecasts,
-)
-from router.bootstrap import PairedMeans, weighted_quantile
+from router.baselines import Forecast, Outcomes, Rule, choose, knn_forecasts, outcomes, task_forecasts
 from router.decision import Arm, ArmState, RouteFlags, RouteRequest
 from router.linear import Array
 from router.policy import Policy
 from router.predictor import Prediction
-from router.prompt_ids import group_of
-from router.reliability import forecast_report
+from router.scorecard import REPLICATES, decode_reasons, encode_reasons, summarise
 from router.strategy import build_strategy
 from router.training import Row
 
 BALANCED_SWEEP = (0.0, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-REPLICATES = 2000
-LEVEL = 0.95
 KNN_K = 10
-UNMEETABLE = "budget-unmeetable"  # the reason a policy gives when it believes no arm fits the budget
-CHOSEN_RELIABILITY = ("router:default", "router:quality")
 FORECAST_KEYS = ("predicted_quality", "predicted_latency_s", "predicted_latency_bound_s")
-SLICE_RULES = ("oracle", "router:quality", "router:default", "task-rule:quality", "knn:quality")
 
 
 @dataclass(frozen=True)
@@ -250,18 +235,6 @@ def _policy_forecasts(
     return out
 
 
-def _encode_reasons(reasons: Mapping[str, Sequence[str]]) -> tuple[list[str], dict[str, list[int]]]:
-    """Reasons as indices into a sorted list of the labels (keeps the per-prompt JSON small)."""
-    labels = sorted({r for rs in reasons.values() for r in rs})
-    code = {r: i for i, r in enumerate(labels)}
-    return labels, {name: [code[r] for r in rs] for name, rs in reasons.items()}
-
-
-def _decode_reasons(per_prompt: Mapping[str, Any]) -> dict[str, list[str]]:
-    labels = per_prompt["reason_labels"]
-    return {name: [labels[i] for i in codes] for name, codes in per_prompt["reasons"].items()}
-
-
 def evaluate(
     policy: Policy,
     rows: Sequence[Row],
@@ -285,8 +258,8 @@ def evaluate(
     held-out and the training prompts (computed once by the caller; kNN uses their standardised
     vectors). ``train_rows`` fit the task rule and kNN. Prompts count when every arm answered them
     (and they have features); unlabelled ones count for latency and compliance only. The result is
-    :func:`summarise`'s report plus ``training_prompts``, ``calibration``, ``policy_decide_ms`` and
-    ``per_prompt`` (the raw material :func:`pool` needs).
+    :func:`router.scorecard.summarise`'s report plus ``training_prompts``, ``calibration``,
+    ``policy_decide_ms`` and ``per_prompt`` (the raw material :func:`pool` needs).
     """
     test = outcomes(rows, arms, keep=features)
     if not test.ids:
@@ -315,7 +288,7 @@ def evaluate(
                     reasons[name] = why
 
     forecasts_of = _policy_forecasts(policy, test, features, states)
-    labels, codes = _encode_reasons(reasons)
+    labels, codes = encode_reasons(reasons)
     per_prompt = {
         "prompt_ids": test.ids,
         "tasks": test.tasks,
@@ -340,224 +313,15 @@ def evaluate(
     return report
 
 
-def summarise(
-    per_prompt: Mapping[str, Any],
-    arms: Sequence[str],
-    settings: Sequence[Mapping[str, Any]],
-    *,
-    replicates: int = REPLICATES,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Everything the report says, from the per-prompt outcomes and picks (see :func:`evaluate`).
-
-    Keys: ``prompts``, ``labelled_prompts``, ``tasks``, ``arms``, ``bootstrap``, ``settings``,
-    ``points`` (every rule: accuracy and mean latency with intervals, p90 latency, arm shares, gap
-    recovered), ``best_fixed``, ``differences`` (router minus each baseline per setting, with
-    intervals), ``compliance`` (per budget setting), ``reliability``, ``latency_ratio``, ``slices``.
-    """
-    n_arms = len(arms)
-    correct = np.array([[np.nan if v is None else float(v) for v in row] for row in per_prompt["correct"]])
-    correct = correct.reshape(-1, n_arms)
-    e2e = np.asarray(per_prompt["e2e_s"], dtype=np.float64).reshape(-1, n_arms)
-    n = len(e2e)
-    ttft = np.asarray(per_prompt["ttft_s"], dtype=np.float64).reshape(-1, n_arms)
-    test = Outcomes(list(per_prompt["prompt_ids"]), list(per_prompt["tasks"]), correct, e2e, ttft)
-    labelled = test.labelled
-    everyone = np.ones(n, dtype=bool)
-    filled = np.nan_to_num(correct, nan=0.0)
-    eye = np.eye(n_arms)
-    picks = {name: np.asarray(v, dtype=int) for name, v in per_prompt["picks"].items()}
-    reasons = _decode_reasons(per_prompt)
-
-    rules: dict[str, tuple[Array, Array]] = {}  # name -> (arm weights for accuracy, for latency), (prompts, arms)
-    info: dict[str, dict[str, Any]] = {}
-
-    def add(name: str, kind: str, setting: str | None, w_acc: Array, w_lat: Array | None = None) -> None:
-        rules[name] = (w_acc, w_acc if w_lat is None else w_lat)
-        info[name] = {"kind": kind, "setting": setting}
-
-    for j, a in enumerate(arms):
-        add(f"fixed:{a}", "fixed", None, np.tile(eye[j], (n, 1)))
-    add("random", "random", None, np.full((n, n_arms), 1 / n_arms))
-    add("oracle", "oracle", None, eye[oracle_picks(test)])
-    baselines: dict[str, list[str]] = {}
-    for s in settings:
-        name, label = s["name"], s["name"].removeprefix("router:")
-        onehot = eye[picks[name]]
-        add(name, "router", name, onehot)
-        if not s["compare"]:
-            continue
-        share_all = onehot.mean(axis=0)
-        share_lab = onehot[labelled].mean(axis=0) if labelled.any() else share_all
-        add(f"mix:{label}", "mix", name, np.tile(share_lab, (n, 1)), np.tile(share_all, (n, 1)))
-        add(f"task-rule:{label}", "task-rule", name, eye[picks[f"task-rule:{label}"]])
-        add(f"knn:{label}", "knn", name, eye[picks[f"knn:{label}"]])
-        oracle = "oracle"
-        if s["budget_s"] is not None:
-            oracle = f"oracle:{label}"
-            add(oracle, "oracle", name, eye[oracle_picks(test, s["budget_s"])])
-        baselines[name] = [*(f"fixed:{a}" for a in arms), f"mix:{label}", f"task-rule:{label}", f"knn:{label}", oracle]
-
-    acc_p = {name: (w * filled).sum(axis=1) for name, (w, _) in rules.items()}
-    lat_p = {name: (w * e2e).sum(axis=1) for name, (_, w) in rules.items()}
-    stats = PairedMeans()
-    for name in rules:
-        stats.add(("accuracy", name), acc_p[name], labelled)
-        stats.add(("latency", name), lat_p[name], everyone)
-    feasible: dict[str, np.ndarray] = {}
-    for s in settings:
-        name = s["name"]
-        for b in baselines.get(name, []):
-            stats.add(("d_accuracy", name, b), acc_p[name] - acc_p[b], labelled)
-            stats.add(("d_latency", name, b), lat_p[name] - lat_p[b], everyone)
-        if s["budget_s"] is not None:
-            fits = e2e <= s["budget_s"]
-            feasible[name] = fits.any(axis=1)
-            for r in [name, *baselines.get(name, [])]:
-                comply = (rules[r][1] * fits).sum(axis=1)
-                stats.add(("compliance", name, r), comply, everyone)
-                stats.add(("compliance_feasible", name, r), comply, feasible[name])
-    cluster_of: dict[str, int] = {}
-    groups = np.array([cluster_of.setdefault(group_of(p), len(cluster_of)) for p in test.ids], dtype=np.int64)
-    ci = stats.run(replicates, seed, LEVEL, groups)
-
-    points = []
-    for name, (w_acc, w_lat) in rules.items():
-        acc, acc_ci = ci[("accuracy", name)]
-        lat, lat_ci = ci[("latency", name)]
-        share = w_lat.mean(axis=0)
-        share_lab = w_acc[labelled].mean(axis=0) if labelled.any() else share
-        pt: dict[str, Any] = {
-            "name": name,
-            **info[name],
-            "accuracy": acc,
-            "accuracy_ci": acc_ci,
-            "latency_s": lat,
-            "latency_ci": lat_ci,
-            "latency_p90_s": weighted_quantile(e2e, w_lat, 0.9),
-            "share": {a: float(v) for a, v in zip(arms, share, strict=True) if v > 0},
-            "share_labelled": {a: float(v) for a, v in zip(arms, share_lab, strict=True) if v > 0},
-        }
-        if name in reasons:
-            counts = Counter(reasons[name])
-            pt["reasons"] = {r: c / n for r, c in sorted(counts.items())}
-        points.append(pt)
-    fixed = [pt for pt in points if pt["kind"] == "fixed" and pt["accuracy"] is not None]
-    best_fixed = max(fixed, key=lambda pt: pt["accuracy"]) if fixed else None
-    oracle_acc = ci[("accuracy", "oracle")][0]
-    for pt in points:
-        gap = None if best_fixed is None or oracle_acc is None else oracle_acc - best_fixed["accuracy"]
-        ok = gap is not None and gap > 0 and pt["accuracy"] is not None and best_fixed is not None
-        pt["gap_recovered"] = (pt["accuracy"] - best_fixed["accuracy"]) / gap if ok else None  # type: ignore[index,operator]
-
-    differences = []
-    for name, bases in baselines.items():
-        for b in bases:
-            d_acc, d_acc_ci = ci[("d_accuracy", name, b)]
-            d_lat, d_lat_ci = ci[("d_latency", name, b)]
-            differences.append(
-                {
-                    "setting": name,
-                    "baseline": b,
-                    "accuracy": d_acc,
-                    "accuracy_ci": d_acc_ci,
-                    "latency_s": d_lat,
-                    "latency_ci": d_lat_ci,
-                }
-            )
-
-    compliance = []
-    for s in settings:
-        name = s["name"]
-        if name not in feasible:
-            continue
-        ok_rows = feasible[name]
-        unmeetable = np.array([r == UNMEETABLE for r in reasons[name]], dtype=bool)
-        infeasible = ~ok_rows
-        rows_out = []
-        for r in [name, *baselines.get(name, [])]:
-            share_all, all_ci = ci[("compliance", name, r)]
-            share_ok, ok_ci = ci[("compliance_feasible", name, r)]
-            said = reasons.get(r)
-            reported = alarms = None
-            if said is not None:
-                flagged = np.array([x == UNMEETABLE for x in said], dtype=bool)
-                reported = float(flagged[infeasible].mean()) if infeasible.any() else None
-                alarms = float(flagged[ok_rows].mean()) if ok_rows.any() else None
-            rows_out.append(
-                {
-                    "rule": r,
-                    "all": share_all,
-                    "all_ci": all_ci,
-                    "feasible": share_ok,
-                    "feasible_ci": ok_ci,
-                    "infeasible_reported": reported,
-                    "unmeetable_on_feasible": alarms,
-                }
-            )
-        compliance.append(
-            {
-                "setting": name,
-                "budget_s": s["budget_s"],
-                "prompts": n,
-                "infeasible_prompts": int(infeasible.sum()),
-                "infeasible_share": float(infeasible.mean()),
-                "infeasible_reported": float(unmeetable[infeasible].mean()) if infeasible.any() else None,
-                "unmeetable_on_feasible": float(unmeetable[ok_rows].mean()) if ok_rows.any() else None,
-                "rules": rows_out,
-            }
-        )
-
-    calib, ratio = forecast_report(
-        per_prompt, arms, correct, e2e, {n: picks[n] for n in CHOSEN_RELIABILITY if n in picks}
-    )
-
-    tasks = sorted(set(test.tasks))
-    task_arr = np.array(test.tasks)
-    slices: dict[str, Any] = {}
-    for t in tasks:
-        m = task_arr == t
-        entry: dict[str, Any] = {"prompts": int(m.sum()), "labelled": int((m & labelled).sum()), "rules": {}}
-        for name in [f"fixed:{a}" for a in arms] + [r for r in SLICE_RULES if r in rules]:
-            lab = m & labelled
-            entry["rules"][name] = {
-                "accuracy": float(acc_p[name][lab].mean()) if lab.any() else None,
-                "latency_s": float(lat_p[name][m].mean()),
-            }
-        slices[t] = entry
-
-    return {
-        "prompts": n,
-        "labelled_prompts": int(labelled.sum()),
-        "tasks": {t: int((task_arr == t).sum()) for t in tasks},
-        "arms": list(arms),
-        "bootstrap": {
-            "replicates": replicates,
-            "seed": seed,
-            "level": LEVEL,
-            "paired": True,
-            "unit": "source item (router.prompt_ids.group_of): its prompts are drawn together",
-            "clusters": len(cluster_of),
-        },
-        "settings": [dict(s) for s in settings],
-        "points": points,
-        "best_fixed": best_fixed["name"] if best_fixed else None,
-        "differences": differences,
-        "compliance": compliance,
-        "reliability": calib,
-        "latency_ratio": ratio,
-        "slices": slices,
-    }
-
-
 def pool(results: Sequence[Mapping[str, Any]], replicates: int | None = None) -> dict[str, Any]:
     """Combine :func:`evaluate` results on disjoint prompt sets (cross-validation folds).
 
-    The folds' per-prompt outcomes, picks and forecasts are concatenated and :func:`summarise`
-    recomputes every number over all prompts: means are exactly what one evaluation over all the
-    prompts would report, random mixing uses the pooled arm shares, and the bootstrap resamples all
-    prompts. Decision latency percentiles are the folds' medians. ``replicates``: bootstrap draws
-    over the pooled prompts (default: what the folds used; folds evaluated with 0 save the work).
+    The folds' per-prompt outcomes, picks and forecasts are concatenated and
+    :func:`router.scorecard.summarise` recomputes every number over all prompts: means are exactly
+    what one evaluation over all the prompts would report, random mixing uses the pooled arm shares,
+    and the bootstrap resamples all prompts. Decision latency percentiles are the folds' medians.
+    ``replicates``: bootstrap draws over the pooled prompts (default: what the folds used; folds
+    evaluated with 0 save the work).
     """
     if not results:
         raise ValueError("nothing to pool")
@@ -577,11 +341,11 @@ def pool(results: Sequence[Mapping[str, Any]], replicates: int | None = None) ->
     for key in FORECAST_KEYS:
         have = all(part.get(key) is not None for part in parts)
         per_prompt[key] = [v for part in parts for v in part[key]] if have else None
-    decoded = [_decode_reasons(part) for part in parts]
+    decoded = [decode_reasons(part) for part in parts]
     for key, source in (("picks", [part["picks"] for part in parts]), ("reasons", decoded)):
         common = [name for name in source[0] if all(name in got for got in source)]
         per_prompt[key] = {name: [v for got in source for v in got[name]] for name in common}
-    per_prompt["reason_labels"], per_prompt["reasons"] = _encode_reasons(per_prompt["reasons"])
+    per_prompt["reason_labels"], per_prompt["reasons"] = encode_reasons(per_prompt["reasons"])
     boot = first["bootstrap"]
     draws = boot["replicates"] if replicates is None else replicates
     report = summarise(per_prompt, arms, settings, replicates=draws, seed=boot["seed"])
