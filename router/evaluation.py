@@ -34,7 +34,8 @@ from router.decision import Arm, ArmState, RouteFlags, RouteRequest
 from router.linear import Array
 from router.policy import Policy
 from router.predictor import Prediction
-from router.scorecard import REPLICATES, decode_reasons, encode_reasons, summarise
+from router.scorecard import REPLICATES as REPLICATES  # re-exported: the default number of bootstrap draws
+from router.scorecard import decode_reasons, encode_reasons, summarise
 from router.strategy import build_strategy
 from router.training import Row
 
