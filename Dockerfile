@@ -40,6 +40,13 @@ RUN python -m venv /opt/venv
 COPY deploy/requirements.lock /src/requirements.lock
 RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /src/requirements.lock
 
+# Traces (tracing.enabled; docs/deploy.md): TRACING=1 adds the `tracing` extra, pinned and hashed as well.
+ARG TRACING=0
+COPY deploy/requirements-tracing.lock /src/requirements-tracing.lock
+RUN if [ "$TRACING" = 1 ]; then \
+      /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /src/requirements-tracing.lock; \
+    fi
+
 # Only what the wheel needs (see .dockerignore): metadata first, then the two packages.
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/

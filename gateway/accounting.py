@@ -13,7 +13,8 @@ Every generation request ends here exactly once, whatever its strategy and howev
 * the key's token charge: corrected with the answer's usage, given back for a refusal, kept as
   estimated when the usage is unknown (client gone, broken stream);
 * the decision log's record (``routing.decision_log``), if the request has one;
-* the request log's line (``server.log_format: json``, :mod:`gateway.request_log`).
+* the request log's line (``server.log_format: json``, :mod:`gateway.request_log`);
+* the request's trace: its relay span and its own end (:mod:`gateway.tracing`; a no-op while off).
 
 :meth:`Accounting.answered` is the other end-of-routing step, when an arm has answered (headers in):
 the failover counter and the record that ``POST /v1/feedback`` joins ratings with.

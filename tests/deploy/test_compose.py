@@ -402,3 +402,44 @@ def test_prometheus_config_passes_promtool() -> None:
     promtool = require_tool("promtool", "apt-get install prometheus")
     result = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ tracing profile
+
+
+def test_compose_tracing_profile_runs_jaeger_with_otlp_and_the_gateway_can_send_to_it() -> None:
+    """``--profile tracing``: Jaeger all-in-one (tag pinned, OTLP on), published on loopback like the rest; the
+    gateway of either profile points its OTLP endpoint at it and turns tracing on with GATEWAY_TRACING=1, in an
+    image built with the `tracing` extra (build arg from the same variable)."""
+    services = _services()
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]
+    image, _, tag = jaeger["image"].rpartition(":")
+    assert image == "jaegertracing/all-in-one" and re.fullmatch(r"\d+\.\d+\.\d+", tag), jaeger["image"]
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    published = {_interpolate(p).rsplit(":", 1)[1] for p in jaeger["ports"]}
+    assert {"16686", "4317", "4318"} <= published
+    for profile in PROFILES:
+        gateway = services[f"gateway-{profile}"]
+        env = {k: _interpolate(v) for k, v in gateway["environment"].items()}
+        endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert (endpoint.hostname, endpoint.port) == ("jaeger", 4318), "jaeger's OTLP/HTTP port"
+        config = ROOT / f"deploy/compose/gateway-{profile}.yaml"
+        assert load_settings(config, environ=env).tracing.enabled is False, "off unless GATEWAY_TRACING=1"
+        on = {k: _interpolate(v, {"GATEWAY_TRACING": "1"}) for k, v in gateway["environment"].items()}
+        tracing = load_settings(config, environ=on).tracing
+        assert tracing.enabled and tracing.endpoint == "http://jaeger:4318" and tracing.sample_ratio == 1.0
+        assert _interpolate(gateway["build"]["args"]["TRACING"], {"GATEWAY_TRACING": "1"}) == "1"
+    docs = (ROOT / "docs/deploy.md").read_text()
+    assert "GATEWAY_TRACING=1 docker compose --profile cpu --profile tracing up --build" in docs
+
+
+def test_compose_file_validates_with_the_tracing_profile() -> None:
+    compose = require_tool("docker-compose", "apt-get install docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "GRAFANA_", "BIND_ADDRESS"))}
+    env |= {"GRAFANA_ADMIN_PASSWORD": "a-test-password", "GATEWAY_TRACING": "1"}
+    result = run([compose, "-f", str(COMPOSE_FILE), "--profile", "cpu", "--profile", "tracing", "config"], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert {"jaeger", "gateway-cpu"} <= set(config["services"])
+    assert "variable is not set" not in result.stderr, result.stderr

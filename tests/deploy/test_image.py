@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
 from deploy_tooling import ROOT
 from packaging.requirements import Requirement
@@ -16,11 +17,11 @@ LOCK = ROOT / "deploy/requirements.lock"
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+) \\$")
 
 
-def _pins() -> dict[str, tuple[str, list[str]]]:
-    """name -> (version, hashes) of every ``name==version`` entry of the lock."""
+def _pins(lock: Path = LOCK) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of every ``name==version`` entry of ``lock``."""
     pins: dict[str, tuple[str, list[str]]] = {}
     name = ""
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         if m := PIN.match(line):
             name = canonicalize_name(m["name"])
             assert name not in pins, f"{name} pinned twice"
@@ -76,3 +77,28 @@ def test_base_image_reference_and_its_bump_procedure() -> None:
     assert re.fullmatch(r"python:3\.11-slim(@sha256:[0-9a-f]{64})?", base), base
     for text in (dockerfile, (ROOT / "docs/deploy.md").read_text()):
         assert "docker buildx imagetools inspect python:3.11-slim" in text
+
+
+TRACING_LOCK = ROOT / "deploy/requirements-tracing.lock"
+
+
+def test_tracing_lock_adds_the_tracing_extra_at_the_images_versions() -> None:
+    """deploy/requirements-tracing.lock (installed by ``--build-arg TRACING=1``): every package of the
+    ``tracing`` extra pinned within its range and hashed, every package shared with the image's lock at the
+    same version (both are installed into one venv, the image's lock first)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base, tracing = _pins(), _pins(TRACING_LOCK)
+    for spec in project["optional-dependencies"]["tracing"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in tracing, f"{name} is not in {TRACING_LOCK.name}"
+        assert requirement.specifier.contains(tracing[name][0], prereleases=True), (name, tracing[name][0])
+        assert name not in base, f"{name} is in the image's own lock: tracing would always be installed"
+    assert all(hashes for _, hashes in tracing.values())
+    drift = {n: (base[n][0], v) for n, (v, _) in tracing.items() if n in base and base[n][0] != v}
+    assert not drift, f"regenerate {TRACING_LOCK.name} (its header has the command): {drift}"
+    assert "--extra tracing -c deploy/requirements.lock --generate-hashes" in TRACING_LOCK.read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY deploy/requirements-tracing.lock /src/requirements-tracing.lock" in dockerfile
+    assert "pip install --no-cache-dir --require-hashes -r /src/requirements-tracing.lock" in dockerfile
+    assert "!deploy/requirements-tracing.lock" in (ROOT / ".dockerignore").read_text().splitlines()
