@@ -184,6 +184,143 @@ def auc(scores: Array, labels: Array) -> float | None:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+@dataclass
+class _QualityHead:
+    """An arm's fitted quality head: logistic weights (zeros, p = 0.5, for an arm without enough
+    labels), the chosen L2 (``None`` then), the out-of-fold log-loss against the base rate's, AUC,
+    and the kNN ``k`` (0: the logistic head serves) with every prompt's label (NaN where none)."""
+
+    weights: Array
+    l2: float | None = None
+    log_loss: float | None = None
+    base_log_loss: float | None = None
+    auc: float | None = None
+    knn_k: int = 0
+    knn_y: Array | None = None
+
+
+def _fit_quality(
+    arm: str,
+    arm_rows: Sequence[Row],
+    x: Array,
+    fold: np.ndarray,
+    sw: Array | None,
+    folds: int,
+    ids: Sequence[str],
+    oof: OutOfFold,
+) -> _QualityHead:
+    """The quality head on the labelled rows (at least ``folds`` of them); records the out-of-fold
+    predictions in ``oof.quality``."""
+    lab = np.array([r.correct is not None for r in arm_rows])
+    y_q = np.array([1.0 if r.correct else 0.0 for r in arm_rows])
+    if lab.sum() < folds:
+        return _QualityHead(weights=np.zeros(x.shape[1] + 1))  # no labels for this arm: quality unknown (p = 0.5)
+    sw_q = None if sw is None else sw[lab]
+    l2, oof_q = _cv_choose(x[lab], y_q[lab], fold[lab], fit_logistic, log_loss, predict_logistic, sw_q)
+    w_q = fit_logistic(x[lab], y_q[lab], l2, weight=sw_q)
+    base = np.full(int(lab.sum()), np.average(y_q[lab], weights=sw_q))
+    q_ll, q_base = log_loss(oof_q, y_q[lab], sw_q), log_loss(base, y_q[lab], sw_q)
+    knn_k, oof_knn, q_ll = neighbours.choose_k(x[lab], y_q[lab], fold[lab], q_ll, sw_q)
+    oof_q = oof_knn if oof_knn is not None else oof_q
+    labels = {r.prompt_id: float(bool(r.correct)) for r, m in zip(arm_rows, lab, strict=True) if m}
+    for r, p in zip([r for r, m in zip(arm_rows, lab, strict=True) if m], oof_q, strict=True):
+        oof.quality[r.prompt_id][arm] = float(p)
+    return _QualityHead(
+        weights=w_q,
+        l2=l2,
+        log_loss=q_ll,
+        base_log_loss=q_base,
+        auc=auc(oof_q, y_q[lab]),
+        knn_k=knn_k,
+        knn_y=np.array([labels.get(i, np.nan) for i in ids]),
+    )
+
+
+@dataclass
+class _SpeedHead:
+    """An arm's decode-speed factor head: ridge weights on ``log(tokens/s / median)`` (zeros with
+    fewer than ``folds`` measured rows), the chosen L2 (``None`` then), its out-of-fold MAE, the
+    out-of-fold factor of every row and the median decode speed (1.0 when none was measured)."""
+
+    weights: Array
+    l2: float | None
+    mae_log: float | None
+    out_of_fold: Array
+    median_tokens_per_s: float
+
+
+def _fit_speed(arm_rows: Sequence[Row], x: Array, fold: np.ndarray, sw: Array | None, folds: int) -> _SpeedHead:
+    speed_rows = np.array([bool(r.decode_tps and r.decode_tps > 0) for r in arm_rows])
+    tps = np.array([r.decode_tps or 0.0 for r in arm_rows])
+    median_tps = float(np.median(tps[speed_rows])) if speed_rows.any() else 1.0
+    if speed_rows.sum() < folds:
+        return _SpeedHead(np.zeros(x.shape[1] + 1), None, None, np.zeros(len(arm_rows)), median_tps)
+    y_sp = np.log(tps[speed_rows] / median_tps)
+    sw_sp = None if sw is None else sw[speed_rows]
+    l2, oof_sp = _cv_choose(x[speed_rows], y_sp, fold[speed_rows], fit_ridge, _mse, predict_linear, sw_sp)
+    w_sp = fit_ridge(x[speed_rows], y_sp, l2, weight=sw_sp)
+    speed_mae = float(np.mean(np.abs(oof_sp - y_sp)))
+    return _SpeedHead(w_sp, l2, speed_mae, _out_of_fold(x, y_sp, speed_rows, fold, l2, sw), median_tps)
+
+
+def _fit_arm(
+    arm: str,
+    arm_rows: Sequence[Row],
+    x_of: Mapping[str, Array],
+    fold_of: Mapping[str, int],
+    kchars: Mapping[str, float],
+    weights: Mapping[tuple[str, str], float] | None,
+    folds: int,
+    ids: Sequence[str],
+    oof: OutOfFold,
+) -> tuple[ArmModel, ArmReport, Array | None]:
+    """One arm's model (quality, length and speed heads, TTFT line) and report, and its kNN labels
+    (``None`` without enough labels); records the out-of-fold forecasts in ``oof``."""
+    x = np.stack([x_of[r.prompt_id] for r in arm_rows])
+    fold = np.array([fold_of[r.prompt_id] for r in arm_rows])
+    sw = None if weights is None else np.array([float(weights.get((r.prompt_id, r.arm), 1.0)) for r in arm_rows])
+    quality = _fit_quality(arm, arm_rows, x, fold, sw, folds, ids, oof)
+    y_len = np.log1p(np.array([r.output_tokens for r in arm_rows], dtype=float))
+    l2_len, oof_len = _cv_choose(x, y_len, fold, fit_ridge, _mse, predict_linear, sw)
+    speed = _fit_speed(arm_rows, x, fold, sw, folds)
+    a, b, ttft_floor, median_ttft = _ttft_line(arm_rows, kchars)
+    model = ArmModel(
+        quality_w=quality.weights,
+        length_w=fit_ridge(x, y_len, l2_len, weight=sw),
+        speed_w=speed.weights,
+        ttft_intercept_s=a,
+        ttft_per_kchar_s=b,
+        ttft_floor_s=ttft_floor,
+        median_tokens_per_s=speed.median_tokens_per_s,
+        median_ttft_s=median_ttft,
+        quality_knn_k=quality.knn_k,
+    )
+    for r, ln, sp in zip(arm_rows, oof_len, speed.out_of_fold, strict=True):
+        # the serving formula (ArmModel.forecast) on out-of-fold heads: what the margins must cover
+        p = model.forecast(0.0, float(ln), float(sp), kchars[r.prompt_id], None)
+        oof.latency[r.prompt_id][arm] = p.latency_s
+        oof.tokens[r.prompt_id][arm] = p.output_tokens
+        if not np.isnan(r.ttft_s):
+            oof.ttft[r.prompt_id][arm] = p.ttft_s
+    l2s = {"quality": quality.l2, "length": l2_len, "speed": speed.l2}
+    labelled = [r.correct for r in arm_rows if r.correct is not None]
+    report = ArmReport(
+        rows=len(arm_rows),
+        accuracy=float(np.mean(labelled)) if labelled else None,
+        quality_log_loss=quality.log_loss,
+        quality_base_log_loss=quality.base_log_loss,
+        quality_auc=quality.auc,
+        quality_head=f"knn-{quality.knn_k}" if quality.knn_k else "logistic",
+        length_mae_log=float(np.mean(np.abs(oof_len - y_len))),
+        length_base_mae_log=float(np.mean(np.abs(y_len - y_len.mean()))),
+        speed_mae_log=speed.mae_log,
+        median_tokens_per_s=speed.median_tokens_per_s,
+        median_ttft_s=median_ttft,
+        l2={k: v for k, v in l2s.items() if v is not None},
+    )
+    return model, report, quality.knn_y
+
+
 def train(
     rows: Sequence[Row],
     vectors: Mapping[str, Array],
@@ -216,94 +353,13 @@ def train(
             by_arm[r.arm].append(r)
     arms: dict[str, ArmModel] = {}
     reports: dict[str, ArmReport] = {}
-    oof = OutOfFold(defaultdict(dict), defaultdict(dict), defaultdict(dict), defaultdict(dict))
-    knn_k: dict[str, int] = {}
     knn_y: dict[str, Array] = {}
+    oof = OutOfFold(defaultdict(dict), defaultdict(dict), defaultdict(dict), defaultdict(dict))
     for arm, arm_rows in sorted(by_arm.items()):
         arm_rows.sort(key=lambda r: r.prompt_id)
-        x = np.stack([x_of[r.prompt_id] for r in arm_rows])
-        fold = np.array([fold_of[r.prompt_id] for r in arm_rows])
-        sw = None if weights is None else np.array([float(weights.get((r.prompt_id, r.arm), 1.0)) for r in arm_rows])
-        l2s: dict[str, float] = {}
-        q_ll: float | None
-        q_base: float | None
-        q_auc: float | None
-        # quality
-        lab = np.array([r.correct is not None for r in arm_rows])
-        y_q = np.array([1.0 if r.correct else 0.0 for r in arm_rows])
-        if lab.sum() >= folds:
-            sw_q = None if sw is None else sw[lab]
-            l2s["quality"], oof_q = _cv_choose(
-                x[lab], y_q[lab], fold[lab], fit_logistic, log_loss, predict_logistic, sw_q
-            )
-            w_q = fit_logistic(x[lab], y_q[lab], l2s["quality"], weight=sw_q)
-            base = np.full(int(lab.sum()), np.average(y_q[lab], weights=sw_q))
-            q_ll, q_base = log_loss(oof_q, y_q[lab], sw_q), log_loss(base, y_q[lab], sw_q)
-            knn_k[arm], oof_knn, q_ll = neighbours.choose_k(x[lab], y_q[lab], fold[lab], q_ll, sw_q)
-            oof_q = oof_knn if oof_knn is not None else oof_q
-            q_auc = auc(oof_q, y_q[lab])
-            labels = {r.prompt_id: float(bool(r.correct)) for r, m in zip(arm_rows, lab, strict=True) if m}
-            knn_y[arm] = np.array([labels.get(i, np.nan) for i in ids])
-            for r, p in zip([r for r, m in zip(arm_rows, lab, strict=True) if m], oof_q, strict=True):
-                oof.quality[r.prompt_id][arm] = float(p)
-        else:
-            w_q = np.zeros(x.shape[1] + 1)  # no labels for this arm: quality unknown (p = 0.5)
-            q_ll = q_base = q_auc = None
-        # output length
-        y_len = np.log1p(np.array([r.output_tokens for r in arm_rows], dtype=float))
-        l2s["length"], oof_len = _cv_choose(x, y_len, fold, fit_ridge, _mse, predict_linear, sw)
-        w_len = fit_ridge(x, y_len, l2s["length"], weight=sw)
-        # decode speed factor
-        speed_rows = np.array([bool(r.decode_tps and r.decode_tps > 0) for r in arm_rows])
-        tps = np.array([r.decode_tps or 0.0 for r in arm_rows])
-        median_tps = float(np.median(tps[speed_rows])) if speed_rows.any() else 1.0
-        speed_mae = None
-        if speed_rows.sum() >= folds:
-            y_sp = np.log(tps[speed_rows] / median_tps)
-            sw_sp = None if sw is None else sw[speed_rows]
-            l2s["speed"], oof_sp = _cv_choose(
-                x[speed_rows], y_sp, fold[speed_rows], fit_ridge, _mse, predict_linear, sw_sp
-            )
-            w_sp = fit_ridge(x[speed_rows], y_sp, l2s["speed"], weight=sw_sp)
-            speed_mae = float(np.mean(np.abs(oof_sp - y_sp)))
-            speed_all = _out_of_fold(x, y_sp, speed_rows, fold, l2s["speed"], sw)
-        else:
-            w_sp = np.zeros(x.shape[1] + 1)
-            speed_all = np.zeros(len(arm_rows))
-        a, b, ttft_floor, median_ttft = _ttft_line(arm_rows, kchars)
-        arms[arm] = ArmModel(
-            quality_w=w_q,
-            length_w=w_len,
-            speed_w=w_sp,
-            ttft_intercept_s=a,
-            ttft_per_kchar_s=b,
-            ttft_floor_s=ttft_floor,
-            median_tokens_per_s=median_tps,
-            median_ttft_s=median_ttft,
-            quality_knn_k=knn_k.get(arm, 0),
-        )
-        for r, ln, sp in zip(arm_rows, oof_len, speed_all, strict=True):
-            # the serving formula (ArmModel.forecast) on out-of-fold heads: what the margins must cover
-            p = arms[arm].forecast(0.0, float(ln), float(sp), kchars[r.prompt_id], None)
-            oof.latency[r.prompt_id][arm] = p.latency_s
-            oof.tokens[r.prompt_id][arm] = p.output_tokens
-            if not np.isnan(r.ttft_s):
-                oof.ttft[r.prompt_id][arm] = p.ttft_s
-        labelled = [r.correct for r in arm_rows if r.correct is not None]
-        reports[arm] = ArmReport(
-            rows=len(arm_rows),
-            accuracy=float(np.mean(labelled)) if labelled else None,
-            quality_log_loss=q_ll,
-            quality_base_log_loss=q_base,
-            quality_auc=q_auc,
-            quality_head=f"knn-{knn_k[arm]}" if knn_k.get(arm) else "logistic",
-            length_mae_log=float(np.mean(np.abs(oof_len - y_len))),
-            length_base_mae_log=float(np.mean(np.abs(y_len - y_len.mean()))),
-            speed_mae_log=speed_mae,
-            median_tokens_per_s=median_tps,
-            median_ttft_s=median_ttft,
-            l2=l2s,
-        )
+        arms[arm], reports[arm], labels = _fit_arm(arm, arm_rows, x_of, fold_of, kchars, weights, folds, ids, oof)
+        if labels is not None:
+            knn_y[arm] = labels
     calibration, cal_report = calibrate([r for r in rows if r.prompt_id in x_of], oof, sorted(arms))
     uses_knn = any(m.quality_knn_k for m in arms.values())
     model = RouterModel(
