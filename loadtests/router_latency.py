@@ -227,7 +227,7 @@ async def concurrent(
     return latencies, time.perf_counter() - t0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=500, help="number of prompts (default 500)")
     parser.add_argument("--profiles", default=None, help="take the prompts from this profile JSONL")
@@ -238,8 +238,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent callers (default 8)")
     parser.add_argument("--gateway", default=None, help="also time POST /v1/route on this running gateway")
     parser.add_argument("--json", default=None, help="write the results to this file")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def choose_prompts(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The prompts (at most ``--limit``) and where they came from: a profile, the datasets or generated."""
     if args.profiles:
         prompts, source = profile_prompts(args.profiles), f"profile {args.profiles}"
     elif args.generated:
@@ -250,7 +253,45 @@ def main(argv: Sequence[str] | None = None) -> None:
         except FileNotFoundError as exc:
             print(f"({exc}; using generated prompts)")
             prompts, source = generated_prompts(args.limit), "generated"
-    prompts = prompts[: args.limit]
+    return prompts[: args.limit], source
+
+
+def measure_sequential(
+    encoder: PromptEncoder, whole: Callable[[str], None], prompts: Sequence[str], results: dict[str, Any]
+) -> None:
+    """One caller: the encoder, the cheap features and the whole decision, each timed per prompt."""
+    print("sequential (one caller):")
+    for label, fn in (
+        ("encode (tokenise + ONNX + pool)", lambda p: encoder.encode([p])),
+        ("prompt_features", prompt_features),
+        ("whole decision (featurize+decide)", whole),
+    ):
+        stats = percentiles(time_each(fn, prompts))
+        results[f"sequential/{label.split(' ')[0]}"] = stats
+        show(label, stats)
+
+
+def measure_gateway(url: str, prompts: Sequence[str], results: dict[str, Any]) -> None:
+    """``POST /v1/route`` on a running gateway: its own decision_ms and the client's round trip."""
+    import httpx
+
+    server, client = [], []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for p in prompts:
+            body = {"model": "auto", "messages": [{"role": "user", "content": p}], "route": {"accuracy": "medium"}}
+            t0 = time.perf_counter()
+            doc = http.post("/v1/route", json=body).json()
+            client.append(time.perf_counter() - t0)
+            server.append(doc["decision_ms"] / 1000)
+    results["http/server"], results["http/round_trip"] = percentiles(server), percentiles(client)
+    print("HTTP /v1/route:")
+    show("server-side decision_ms", results["http/server"])
+    show("client round trip", results["http/round_trip"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    prompts, source = choose_prompts(args)
 
     t0 = time.perf_counter()
     encoder = PromptEncoder.load(max_tokens=args.max_tokens)
@@ -280,15 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         whole(p)  # warm-up
     name = policy.encoder.name if policy.encoder else encoder.name
     results: dict[str, Any] = {"encoder": name, "prompts": len(prompts), "source": source}
-    print("sequential (one caller):")
-    for label, fn in (
-        ("encode (tokenise + ONNX + pool)", lambda p: encoder.encode([p])),
-        ("prompt_features", prompt_features),
-        ("whole decision (featurize+decide)", whole),
-    ):
-        stats = percentiles(time_each(fn, prompts))
-        results[f"sequential/{label.split(' ')[0]}"] = stats
-        show(label, stats)
+    measure_sequential(encoder, whole, prompts, results)
 
     latencies, wall = asyncio.run(concurrent(policy, states, flags, prompts, args.concurrency))
     stats = percentiles(latencies)
@@ -299,21 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     show("whole decision", stats)
 
     if args.gateway:
-        import httpx
-
-        server, client = [], []
-        with httpx.Client(base_url=args.gateway, timeout=30) as http:
-            for p in prompts:
-                body = {"model": "auto", "messages": [{"role": "user", "content": p}], "route": {"accuracy": "medium"}}
-                t0 = time.perf_counter()
-                doc = http.post("/v1/route", json=body).json()
-                client.append(time.perf_counter() - t0)
-                server.append(doc["decision_ms"] / 1000)
-        results["http/server"], results["http/round_trip"] = percentiles(server), percentiles(client)
-        print("HTTP /v1/route:")
-        show("server-side decision_ms", results["http/server"])
-        show("client round trip", results["http/round_trip"])
-
+        measure_gateway(args.gateway, prompts, results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -240,6 +240,98 @@ def copy_side_files(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
+def _score_layers(
+    model: Any, tokenizer: Any, prompts: list[dict[str, Any]], count: int, max_tokens: int, log: Any, header: str
+) -> tuple[list[float], list[int]]:
+    """Block Influence of every layer and the ``count`` layers to drop; logs the ranking."""
+    n = len(decoder_layers(model))
+    log(header)
+    scores = block_influence(model, tokenizer, prompts, max_tokens)
+    dropped = choose_layers(scores, count)
+    ranked = sorted(range(n), key=lambda i: (scores[i], i))
+    log("    Block Influence (1 - cos(in, out)), lowest first; * = dropped, P = protected:")
+    for i in ranked:
+        mark = "*" if i in dropped else ("P" if i < PROTECT_FIRST or i >= n - PROTECT_LAST else " ")
+        log(f"    {mark} layer {i:3d}  {scores[i]:.5f}")
+    log(f"==> dropping {count} of {n} layers: {dropped} (least influence; first {PROTECT_FIRST} and last kept)")
+    return scores, dropped
+
+
+def _prune_tested(
+    model: Any, tokenizer: Any, dropped: list[int], smoke: bool, allow_failing_smoke: bool, out_dir: Path, log: Any
+) -> tuple[list[int], dict[str, Any] | None, dict[str, Any] | None]:
+    """Prune ``dropped`` with a smoke test before and after (``smoke``): the kept source layers and
+    both results. Raises :class:`SmokeTestFailed` when the variant fails, unless ``allow_failing_smoke``."""
+    source_smoke = smoke_test(model, tokenizer) if smoke else None
+    kept = prune(model, dropped)
+    variant_smoke = smoke_test(model, tokenizer) if smoke else None
+    if variant_smoke is not None and not variant_smoke["passed"]:
+        for line in smoke_report({"source": source_smoke, "variant": variant_smoke}):
+            log(line)
+        if not allow_failing_smoke:
+            raise SmokeTestFailed(
+                f"the variant failed its smoke test: {failed_tests(variant_smoke)}; not written to {out_dir}. "
+                "Drop fewer layers, heal it (make-variant --heal), or pass --allow-failing-smoke to write it anyway"
+            )
+    return kept, source_smoke, variant_smoke
+
+
+def _metadata(
+    model_dir: Path,
+    prompts: list[dict[str, Any]],
+    scores: list[float],
+    dropped: list[int],
+    kept: list[int],
+    *,
+    calibration_source: str,
+    max_tokens: int,
+    seed: int,
+    dtype: str,
+    tie: bool,
+    smoke: dict[str, dict[str, Any] | None],
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """The ``variant.json`` document (no timestamps: a rebuild writes the same bytes)."""
+    n = len(scores)
+    return {
+        "format": 1,
+        "method": "block-influence (ShortGPT): 1 - cos(layer input, layer output), mean over tokens and prompts",
+        "source_model": str(model_dir.resolve()),
+        "source_layers": n,
+        "num_hidden_layers": len(kept),
+        "dropped": [{"layer": i, "block_influence": round(scores[i], 6)} for i in dropped],
+        "kept_source_layers": kept,
+        "protected": [*range(PROTECT_FIRST), *range(n - PROTECT_LAST, n)],
+        "block_influence": [round(s, 6) for s in scores],
+        "calibration": {
+            "source": calibration_source,
+            "samples": len(prompts),
+            "max_tokens": max_tokens,
+            "sha256": calibration_hash(prompts),
+            "ids": [p.get("id") for p in prompts],
+        },
+        "seed": seed,
+        "dtype": dtype,
+        "tie_word_embeddings": tie,
+        "smoke_test": smoke,
+        "versions": versions,
+    }
+
+
+def _save(model: Any, model_dir: Path, out_dir: Path, dtype: Any, tie: bool, layers: int) -> Path:
+    """Save the pruned model in ``dtype`` with the source's side files into ``<out_dir>.tmp`` and check
+    its config; return that folder (the caller adds the metadata and renames it into place)."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    copy_side_files(model_dir, tmp)
+    model.to(dtype).save_pretrained(tmp)
+    saved = json.loads((tmp / "config.json").read_text())
+    if bool(saved.get("tie_word_embeddings", False)) != tie or saved.get("num_hidden_layers") != layers:
+        raise VariantError(f"saved config is inconsistent: {saved}")
+    return tmp
+
+
 def build(
     model_dir: Path,
     out_dir: Path,
@@ -278,59 +370,26 @@ def build(
     n = len(decoder_layers(model))
     count = drop_count(n, drop, keep_ratio)
 
-    log(f"==> scoring {n} layers of {model_dir.name} on {len(prompts)} calibration prompts ({calibration_source})")
-    scores = block_influence(model, tokenizer, prompts, max_tokens)
-    dropped = choose_layers(scores, count)
-    ranked = sorted(range(n), key=lambda i: (scores[i], i))
-    log("    Block Influence (1 - cos(in, out)), lowest first; * = dropped, P = protected:")
-    for i in ranked:
-        mark = "*" if i in dropped else ("P" if i < PROTECT_FIRST or i >= n - PROTECT_LAST else " ")
-        log(f"    {mark} layer {i:3d}  {scores[i]:.5f}")
-    log(f"==> dropping {count} of {n} layers: {dropped} (least influence; first {PROTECT_FIRST} and last kept)")
-
-    source_smoke = smoke_test(model, tokenizer) if smoke else None
-    kept = prune(model, dropped)
-    variant_smoke = smoke_test(model, tokenizer) if smoke else None
-    if variant_smoke is not None and not variant_smoke["passed"]:
-        for line in smoke_report({"source": source_smoke, "variant": variant_smoke}):
-            log(line)
-        if not allow_failing_smoke:
-            raise SmokeTestFailed(
-                f"the variant failed its smoke test: {failed_tests(variant_smoke)}; not written to {out_dir}. "
-                "Drop fewer layers, heal it (make-variant --heal), or pass --allow-failing-smoke to write it anyway"
-            )
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    copy_side_files(model_dir, tmp)
-    model.to(getattr(torch, source_dtype)).save_pretrained(tmp)
-    saved = json.loads((tmp / "config.json").read_text())
-    if bool(saved.get("tie_word_embeddings", False)) != tie or saved.get("num_hidden_layers") != len(kept):
-        raise VariantError(f"saved config is inconsistent: {saved}")
-    meta: dict[str, Any] = {
-        "format": 1,
-        "method": "block-influence (ShortGPT): 1 - cos(layer input, layer output), mean over tokens and prompts",
-        "source_model": str(model_dir.resolve()),
-        "source_layers": n,
-        "num_hidden_layers": len(kept),
-        "dropped": [{"layer": i, "block_influence": round(scores[i], 6)} for i in dropped],
-        "kept_source_layers": kept,
-        "protected": [*range(PROTECT_FIRST), *range(n - PROTECT_LAST, n)],
-        "block_influence": [round(s, 6) for s in scores],
-        "calibration": {
-            "source": calibration_source,
-            "samples": len(prompts),
-            "max_tokens": max_tokens,
-            "sha256": calibration_hash(prompts),
-            "ids": [p.get("id") for p in prompts],
-        },
-        "seed": seed,
-        "dtype": source_dtype,
-        "tie_word_embeddings": tie,
-        "smoke_test": {"source": source_smoke, "variant": variant_smoke},
-        "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
-    }
+    header = f"==> scoring {n} layers of {model_dir.name} on {len(prompts)} calibration prompts ({calibration_source})"
+    scores, dropped = _score_layers(model, tokenizer, prompts, count, max_tokens, log, header)
+    kept, source_smoke, variant_smoke = _prune_tested(
+        model, tokenizer, dropped, smoke, allow_failing_smoke, out_dir, log
+    )
+    tmp = _save(model, model_dir, out_dir, getattr(torch, source_dtype), tie, len(kept))
+    meta = _metadata(
+        model_dir,
+        prompts,
+        scores,
+        dropped,
+        kept,
+        calibration_source=calibration_source,
+        max_tokens=max_tokens,
+        seed=seed,
+        dtype=source_dtype,
+        tie=tie,
+        smoke={"source": source_smoke, "variant": variant_smoke},
+        versions={"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
+    )
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
