@@ -29,6 +29,7 @@ DEFAULT_PEERS = "tcp,vllm-router,litellm,ours,ours-auto"
 FAKE_ENV = ("FAKE_TTFT_MS", "FAKE_ITL_MS", "FAKE_TOKENS")
 
 
+# Long by design: a declarative table of the command-line options; splitting it would only scatter them.
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ
     ap = argparse.ArgumentParser(
