@@ -202,8 +202,6 @@ class FakeVLLM:
             raise httpx.ReadTimeout("timed out", request=request)
         if self.fail == "hang_headers":  # accepted, never answers (until the client gives up)
             await asyncio.Event().wait()
-        if self.fail == "hang_headers":  # accepted, never answers (until the client gives up)
-            await asyncio.Event().wait()
         if self.fail == "broken_body":  # headers arrive, then the connection drops before the body
             stream = FakeStream([b'{"id":"x",', b'"object":"chat.completion"}'], fault="raise", after=1)
             self.streams.append(stream)
