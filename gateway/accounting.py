@@ -117,6 +117,7 @@ class Accounting:
     def finish(self, out: Outcome) -> None:
         """Account for ``out`` (see the module docstring); later calls for the same exchange do nothing."""
         ex = out.exchange
+        ex.sent()
         if ex.finished:
             return
         ex.finished = True

@@ -65,6 +65,15 @@ class Exchange:
     wants_usage: bool = False
     finished: bool = False
     session: str | None = None  # the x-session-id header: a key for replica affinity (gateway/affinity.py)
+    pending: LiveArm | None = None  # the decided arm, while this request counts in its ``pending``
+
+    def sent(self) -> None:
+        """This request has reached a backend (which counts it from now) or ended: it no longer counts
+        as pending on the arm it was routed to. Idempotent."""
+        if self.pending is not None:
+            self.pending.pending -= 1
+            self.pending = None
+
     span: RequestTrace = NO_TRACE  # its trace (gateway/tracing.py); the no-op while tracing is off
 
     def route_headers(self, live: LiveArm, backend: str) -> dict[str, str]:
@@ -120,6 +129,10 @@ class Admission:
         decision, asked = await self._decide(body, arms, flags, endpoint=ex.endpoint)
         span.decided(decision, body["model"], self.catalog.arms[decision.arm.name].backends)
         ex.decision, ex.asked = decision, asked
+        # counted as load on its arm from now until it reaches a backend: requests that arrive together
+        # are all decided before any is sent, and must see each other (a burst spreads over arms)
+        ex.pending = self.catalog.arms[decision.arm.name]
+        ex.pending.pending += 1
         if self.decision_log is not None and decision.predictions and asked.features is not None:
             # the learned policy chose among several arms (not pinned)
             features = self.policy.logged_features(asked.features)

@@ -33,6 +33,7 @@ class LiveArm:
         "arm",
         "backends",
         "measured_at",
+        "pending",
         "ring",
         "speed_ratio",
         "strategy_label",
@@ -53,6 +54,7 @@ class LiveArm:
         on = affinity is not None and affinity.mode != "none" and len(self.backends) > 1
         self.affinity = affinity if on else None
         self.ring = HashRing(self.backends) if on else None
+        self.pending = 0  # requests routed here and not yet sent to a backend (Exchange.sent)
         self.strategy_label = arm.strategy.label
         self.ttl_s = ttl_s
         self.ttft_s: float | None = None
@@ -149,7 +151,7 @@ class ArmCatalog:
 
     def states(self, arms: Sequence[LiveArm], pool: BackendPool) -> list[ArmState]:
         """Snapshot of each arm for the router: healthy if any backend is usable (healthy, breaker not
-        open); load of its best usable backend;
+        open); load of its best usable backend plus the requests routed to it and not yet sent;
         measured speed only where it is fresh."""
         out = []
         now = time.monotonic()
@@ -160,7 +162,7 @@ class ArmCatalog:
                 ArmState(
                     arm=live.arm,
                     healthy=bool(loads),
-                    load=min(loads) if loads else 0.0,
+                    load=(min(loads) if loads else 0.0) + live.pending,
                     ttft_s=live.ttft_s if fresh else None,
                     tokens_per_s=live.tokens_per_s if fresh else None,
                     ttft_ratio=live.ttft_ratio if fresh else None,

@@ -55,6 +55,7 @@ class PDR:
     async def run(self, ex: Exchange) -> Response:
         body, decision = ex.body, ex.decision
         assert body is not None and decision is not None
+        ex.sent()  # its stages acquire their backends as they go
         catalog, metrics = self.s.catalog, self.s.metrics
         live = catalog.arms[decision.arm.name]
         strategy = live.arm.strategy

@@ -68,6 +68,7 @@ class Single:
         refused: dict[str, UpstreamError] = {}  # connections refused: those backends are known down now
         for live, backend in self._candidates(ex):
             try:
+                ex.sent()  # the backend counts it from here (calls.open acquires it before awaiting)
                 call = await self.s.calls.open(backend, ex.endpoint, body, ex.stream, ex.request_id)
             except UpstreamError as exc:
                 if exc.kind == "connect":

@@ -4,7 +4,9 @@ goes down moves only its own keys."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections import Counter
 from typing import Any
 
 from fake_vllm import CONFIG, Gateway, MakeGateway, Upstreams
@@ -82,3 +84,18 @@ async def test_a_replica_that_goes_down_moves_only_its_own_sessions(
         await gw.pool.check_all()  # b2 back
         after = {s: await backend_of(gw, user=s) for s in sessions}
         assert after == before, "back up: every session returns to its replica"
+
+
+async def test_a_burst_decided_before_any_request_is_sent_still_spreads_over_arms(make_gateway: MakeGateway) -> None:
+    """Requests that arrive together are all routed before the first reaches a backend; each counts
+    as load on its arm from its decision on, so least-loaded routing spreads them over both arms."""
+    arms = [
+        {"name": "smol-a", "model": "smol", "backends": ["b1"]},
+        {"name": "smol-b", "model": "smol", "backends": ["b2"]},
+        copy.deepcopy(CONFIG["arms"][1]),
+    ]
+    async with make_gateway(arms=arms) as gw:
+        answers = await asyncio.gather(*(gw.generate() for _ in range(10)))
+        routed = Counter(r.headers["x-route-arm"] for r in answers)
+        assert routed == {"smol-a": 5, "smol-b": 5}
+        assert all(live.pending == 0 for live in gw.app.state.catalog.arms.values()), "none left pending"
