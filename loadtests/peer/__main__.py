@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,7 +165,7 @@ def install(names: list[str]) -> None:
     wanted = [n for n in names if n in ("vllm-router", "litellm")]
     if wanted:
         script = Path(__file__).with_name("install_peers.sh")
-        os.system(shlex.join(["bash", str(script), *wanted]))
+        subprocess.run(["bash", str(script), *wanted], check=False)  # prints its own progress
 
 
 async def wait_quiet(limit_s: float, max_cores: float) -> float:
