@@ -13,8 +13,9 @@ malformed answers; not 4xx/5xx, which clients can provoke) it *opens* for ``heal
 and no request is sent to it, then it is *half-open*: one trial request decides (an answer closes it,
 a failure opens it for another cool-down). A backend that answers ``/health`` but hangs on requests
 therefore leaves service. While a backend's last request failed less than a cool-down ago, the
-least-loaded choice prefers every backend without such a failure, whatever the loads, unless it was
-marked down and has come back since (a restart).
+least-loaded choice prefers every backend without such a failure, whatever the loads. A backend that refused a
+connection or failed a health check, and then answers ``/health`` again (a restart), starts afresh:
+breaker closed, no failure held against it.
 
 All methods run on the event loop; none blocks.
 """
@@ -66,6 +67,7 @@ class Backend:
         "running",
         "served_at",
         "settings",
+        "unreachable",
         "waiting",
     )
 
@@ -86,6 +88,7 @@ class Backend:
         self.failed_at = 0.0  # last request-path failure (monotonic)
         self.open_until = 0.0  # breaker: 0 closed; else open until then, half-open after
         self.probing = False  # half-open: the one trial request is in flight
+        self.unreachable = False  # refused, or a health check failed, since it was last up (it died)
         self._inflight_gauge = metrics.inflight(self.name)
         self.auth_header = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
 
@@ -225,6 +228,8 @@ class BackendPool:
         backend.failures += 1
         if kind == "connect" or backend.failures >= self._health.unhealthy_after:
             self._set_health(backend, False)
+        if kind == "connect":
+            backend.unreachable = True  # refused: nothing listens there (it died), as a failed health check says
         backend.probing = False
         if kind in BREAKER_KINDS:
             now = time.monotonic()
@@ -256,10 +261,17 @@ class BackendPool:
         if backend.healthy != up:
             if up:
                 log.info("backend %s is up", backend.name)
-                # Down, then /health passes again: restarted. Its failures while down are explained,
-                # so it competes by load at once; they still count towards its breaker (and an open
-                # breaker keeps its cool-down), so a backend that fails every request stays out.
-                backend.failed_at = 0.0
+                if backend.unreachable:
+                    # The health checks saw it gone, and now it answers: a new process. The request
+                    # failures before were the old one dying, so its breaker starts closed and it competes
+                    # by load at once. One that fails requests while /health passes is never unreachable,
+                    # so this never clears its breaker.
+                    backend.unreachable = False
+                    backend.failed_at = 0.0
+                    backend.request_failures = 0
+                    if backend.open_until:
+                        backend.open_until = 0.0
+                        self._metrics.set_breaker_open(backend.name, False)
             else:
                 log.warning("backend %s is DOWN (%s)", backend.name, backend.last_error)
         backend.healthy = up
@@ -299,6 +311,7 @@ class BackendPool:
             backend.failures += 1
             if backend.failures >= self._health.unhealthy_after or not backend.healthy:
                 self._set_health(backend, False)
+                backend.unreachable = True
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check(b) for b in self.backends.values()))

@@ -206,13 +206,26 @@ def test_a_backend_back_up_after_being_down_competes_by_load_at_once(pool: Backe
     pool.report_failure(a, "connect")  # then refused: marked down
     assert not a.healthy and pool.choose(["a", "b"]).name == "b"
 
-    pool._set_health(a, True)  # /health passes again: restarted
+    pool.report_failure(a, "stream")  # a third: its breaker opens
+    assert a.breaker(time.monotonic()) == "open"
 
+    a.unreachable = True  # the health checks could not reach it (as BackendPool.check records)
+    pool._set_health(a, True)  # /health passes again: restarted, a new process
+
+    assert a.breaker(time.monotonic()) == "closed" and a.request_failures == 0
     assert pool.choose(["a", "b"]).name == "a", "ties go to the first listed again"
-    assert a.request_failures == 2, "the failures still count towards its breaker"
-    pool.report_failure(a, "timeout")
-    a.healthy = True
-    assert a.breaker(time.monotonic()) == "open", "a third failure in a row opens it"
+    assert 'gateway_backend_breaker_open{backend="a"} 0.0' in pool._metrics.exposition().decode()
+
+
+def test_failures_while_health_passes_are_never_cleared_by_it(pool: BackendPool) -> None:
+    """A backend that answers /health but fails requests is taken out by the request path, never found
+    unreachable, so a passing /health does not clear its breaker."""
+    set_state(pool, a=0, b=0)
+    a = pool.backends["a"]
+    for _ in range(3):
+        pool.report_failure(a, "timeout")
+        pool._set_health(a, True)  # health keeps passing: no down -> up transition
+    assert a.breaker(time.monotonic()) == "open" and a.request_failures == 3
 
 
 def test_half_open_lets_exactly_one_trial_through(pool: BackendPool) -> None:
