@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+# run by the backend venv, where this project is not installed: the repository root is its import path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.profiles import read_rows

@@ -15,7 +15,7 @@ only about speed. Reported, with paired cluster-bootstrap 95 % CIs:
 
 Usage::
 
-    python loadtests/strategy_choice.py --profiles profiles/router.jsonl \\
+    python -m loadtests.strategy_choice --profiles profiles/router.jsonl \\
         --arms smollm2-plain,smollm2-spec-ngram4 --out docs/router/strategy
 """
 
@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab import profiles
 from router.bootstrap import resample_counts
@@ -251,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     all_rows = [r for p in rows.values() for r in p.values() if r.arm in arms]
     preds = predicted_speeds(rows, texts, arms, args.folds, args.seed, all_rows)
     report = analyse(rows, preds, arms, args.replicates, args.seed)
-    report["command"] = "python loadtests/strategy_choice.py " + " ".join(argv or sys.argv[1:])
+    report["command"] = "python -m loadtests.strategy_choice " + " ".join(argv or sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "strategy-choice.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -9,7 +9,7 @@ go. Reports each run's arm shares and the largest difference between runs, in po
 Run it against gateways that differ only in ``routing.params.live_bound`` to see what bounding
 the live measurements buys (``docs/router.md``, "bounded live measurements")::
 
-    python loadtests/warmup_stability.py --gateway http://127.0.0.1:8080 \\
+    python -m loadtests.warmup_stability --gateway http://127.0.0.1:8080 \\
         --warmups qwen-coder-0.5b-plain,smollm2-plain --out loadtests/results/warmup-stability.json
 """
 
@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.datasets import ROUTER_TASKS, load_prompts
 
@@ -90,7 +88,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "share_spread_points": {a: round(d * 100, 1) for a, d in spread.items()},
         "same_arm_share": agree,
-        "command": "python loadtests/warmup_stability.py " + " ".join(sys.argv[1:]),
+        "command": "python -m loadtests.warmup_stability " + " ".join(sys.argv[1:]),
     }
 
 
