@@ -49,6 +49,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 e2e = _load("_e2e_conftest_helpers", HERE / "conftest.py")  # free_port, wait_http, stop
+_load("deploy_tooling", ROOT / "tests/deploy/deploy_tooling.py")  # what test_observability imports by that name
 checks = _load("_observability_checks", ROOT / "tests/deploy/test_observability.py")  # queries, names, substitute
 preview = _load("_dashboard_preview", ROOT / "deploy/grafana/preview.py")
 
