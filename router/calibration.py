@@ -88,10 +88,14 @@ class Isotonic:
         return cls(x, y)
 
 
-def _quantiles(ratios: np.ndarray) -> list[float]:
+def _quantile(ratios: np.ndarray, q: float) -> float:
     # the finite-sample conformal rank: ceil((n + 1) q) / n, capped at the largest ratio
     n = len(ratios)
-    return [float(np.quantile(ratios, min(1.0, math.ceil((n + 1) * q) / n), method="higher")) for q in QUANTILES]
+    return float(np.quantile(ratios, min(1.0, math.ceil((n + 1) * q) / n), method="higher"))
+
+
+def _quantiles(ratios: np.ndarray) -> list[float]:
+    return [_quantile(ratios, q) for q in QUANTILES]
 
 
 @dataclass(frozen=True)
@@ -196,18 +200,23 @@ class ResidualTracker:
     bound but never switch it off or make it absurd. Not thread-safe: call from the event loop.
     """
 
-    def __init__(self, window: int = 200, min_samples: int = 30, limit: float = 3.0) -> None:
-        if window < min_samples or min_samples < 1 or limit < 1:
-            raise ValueError("need window >= min_samples >= 1 and limit >= 1")
+    def __init__(self, window: int = 200, min_samples: int = 30, limit: float = 3.0, refresh_every: int = 10) -> None:
+        if window < min_samples or min_samples < 1 or limit < 1 or refresh_every < 1:
+            raise ValueError("need window >= min_samples >= 1, limit >= 1 and refresh_every >= 1")
         self.window, self.min_samples, self.limit = window, min_samples, limit
+        self.refresh_every = refresh_every
         self._ratios: dict[str, deque[float]] = {}
-        self._cache: dict[tuple[str, int], float] = {}
+        self._seen: dict[str, int] = {}
+        # (arm, quantile index) -> (live quantile, observations seen when it was computed): a quantile of
+        # a 200-long window moves little per observation, so it is recomputed every ``refresh_every``
+        # observations, not on every decision (it was 0.1 ms per routed request under steady traffic)
+        self._cache: dict[tuple[str, int], tuple[float, int]] = {}
 
     def observe(self, arm: str, predicted_s: float, actual_s: float) -> None:
         if not (predicted_s > 0 and actual_s > 0 and math.isfinite(actual_s)):
             return
         self._ratios.setdefault(arm, deque(maxlen=self.window)).append(actual_s / predicted_s)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != arm}
+        self._seen[arm] = self._seen.get(arm, 0) + 1
 
     def samples(self, arm: str) -> int:
         return len(self._ratios.get(arm, ()))
@@ -217,9 +226,9 @@ class ResidualTracker:
         ratios = self._ratios.get(arm)
         if ratios is None or len(ratios) < self.min_samples or offline <= 0:
             return 1.0
-        key = (arm, q_index)
-        live = self._cache.get(key)
-        if live is None:
-            live = _quantiles(np.fromiter(ratios, dtype=float))[q_index]
-            self._cache[key] = live
-        return min(self.limit, max(1.0 / self.limit, live / offline))
+        key, seen = (arm, q_index), self._seen[arm]
+        cached = self._cache.get(key)
+        if cached is None or seen - cached[1] >= self.refresh_every:
+            cached = (_quantile(np.fromiter(ratios, dtype=float), QUANTILES[q_index]), seen)
+            self._cache[key] = cached
+        return min(self.limit, max(1.0 / self.limit, cached[0] / offline))

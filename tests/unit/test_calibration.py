@@ -89,6 +89,19 @@ def test_residual_tracker_widens_narrows_and_stays_bounded() -> None:
     assert tracker.samples("a") == 100
 
 
+def test_the_live_quantile_is_recomputed_every_few_observations_not_every_decision() -> None:
+    tracker = ResidualTracker(window=100, min_samples=30, limit=3.0, refresh_every=10)
+    q = quantile_index(0.9)
+    for _ in range(30):
+        tracker.observe("a", 1.0, 2.0)
+    assert tracker.factor("a", q, 1.0) == pytest.approx(2.0)
+    for _ in range(9):
+        tracker.observe("a", 1.0, 3.0)
+    assert tracker.factor("a", q, 1.0) == pytest.approx(2.0), "9 new observations: the cached quantile"
+    tracker.observe("a", 1.0, 3.0)
+    assert tracker.factor("a", q, 1.0) == pytest.approx(3.0), "the 10th: recomputed (10 of 40 at 3: the p90)"
+
+
 def test_levels_are_ordered_and_keep_their_share_of_accuracy() -> None:
     """Arm 0 is slow and right 60 % of the time, arm 1 fast and right 30 %; quality predictions are
     informative. The fitted shortfalls must be ordered and the realised accuracy must keep each
