@@ -41,12 +41,13 @@ def _hash(data: bytes) -> int:
 class HashRing:
     """The backends of one arm on a ring; :meth:`pick` walks it from a key's position."""
 
-    __slots__ = ("_names", "_points")
+    __slots__ = ("_distinct", "_names", "_points")
 
     def __init__(self, names: Sequence[str], vnodes: int = VNODES) -> None:
         ring = sorted((_hash(f"{name}#{i}".encode()), name) for name in names for i in range(vnodes))
         self._points = [p for p, _ in ring]
         self._names = [n for _, n in ring]
+        self._distinct = len(set(names))
 
     def walk(self, key: str) -> Iterable[str]:
         """Every backend once, in ring order from ``key``'s position."""
@@ -60,7 +61,7 @@ class HashRing:
             if name not in seen:
                 seen.add(name)
                 yield name
-                if len(seen) == len(set(self._names)):
+                if len(seen) == self._distinct:
                     return
 
     def pick(self, key: str, loads: Mapping[str, float], load_factor: float) -> str | None:

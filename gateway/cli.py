@@ -65,8 +65,7 @@ def load_config(path: str) -> Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    settings = load_config(path) if path else None
+    settings = _settings(args)
     if settings is None:
         return 2
     if args.log_format is not None:
@@ -76,11 +75,12 @@ def _serve(args: argparse.Namespace) -> int:
     return run_server(settings, host=args.host, port=args.port, access_log=args.access_log)
 
 
-def _config_path(args: argparse.Namespace) -> str | None:
-    path: str | None = args.config
-    if path is None:
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The settings of ``--config`` (default ``$GATEWAY_CONFIG``); ``None`` after printing why not."""
+    if args.config is None:
         print(f"llm-gateway {args.command}: give --config FILE or set GATEWAY_CONFIG", file=sys.stderr)
-    return path
+        return None
+    return load_config(args.config)
 
 
 def run_server(
@@ -135,8 +135,7 @@ def _hash_key(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """What ``serve`` checks before it listens: the settings, then the routing policy built and bound
     to the arms (a learned policy loads its artifact and encoder)."""
-    path = _config_path(args)
-    settings = load_config(path) if path else None
+    settings = _settings(args)
     if settings is None:
         return 2
     from gateway.arms import ArmCatalog
@@ -147,7 +146,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2
     print(
-        f"{path}: OK ({len(settings.backends)} backends, {len(settings.arms)} arms, "
+        f"{args.config}: OK ({len(settings.backends)} backends, {len(settings.arms)} arms, "
         f"routing policy '{settings.routing.policy}' built)"
     )
     return 0

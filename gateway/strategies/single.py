@@ -50,8 +50,8 @@ class Single:
         attempts = 0
         for arm in ex.decision.ranked or (ex.decision.arm,):
             live = self.s.catalog.arms[arm.name]
+            affinity = live.affinity_for(ex.session, ex.body) if ex.body is not None else None
             while attempts < self.max_attempts:
-                affinity = live.affinity_for(ex.session, ex.body) if ex.body is not None else None
                 backend = self.s.calls.choose(live.backends, tried, affinity)
                 if affinity is not None:
                     self.s.metrics.affinity(live.arm.name, "kept" if affinity.kept else "spilled")
