@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,26 @@ def arm_specs(labels: dict[str, tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
+Augment = Callable[[dict[str, Any], list[str], list[str]], tuple[dict[str, Any], tuple[str, ...]]]
+
+
 def _cross_validated(
-    rows: list[Any], texts: dict[str, str], k: int, seed: int, kind: str, specs: dict[str, Any] | None = None
+    rows: list[Any],
+    texts: dict[str, str],
+    k: int,
+    seed: int,
+    kind: str,
+    specs: dict[str, Any] | None = None,
+    augment: Augment | None = None,
 ) -> dict[str, Any]:
     """Evaluate on every profiled prompt: K folds grouped by prompt, each scored by a router trained
     (with :func:`router.training.train`, as ``llm-gateway train`` does, with encoder ``kind``) on the
     others; the task rule and kNN baselines are fitted on the same training folds. The folds'
-    per-prompt outcomes are pooled before the bootstrap (:func:`router.evaluation.pool`)."""
+    per-prompt outcomes are pooled before the bootstrap (:func:`router.evaluation.pool`).
+
+    ``augment(vectors, train_ids, test_ids)``, for experiments with extra prompt features: per fold,
+    the prompt vectors to use and their feature names; it sees the fold's training prompts only as
+    such (what it fits, it fits on ``train_ids``)."""
     from router.evaluation import REPLICATES, evaluate, pool
     from router.learned import LearnedPolicy
     from router.training import prompt_folds, train
@@ -55,18 +69,21 @@ def _cross_validated(
         train_rows = [r for r in rows if fold_of[r.prompt_id] != fold]
         test_rows = [r for r in rows if fold_of[r.prompt_id] == fold]
         train_ids = sorted({r.prompt_id for r in train_rows})
+        fold_vectors, fold_names = vectors, names
+        if augment is not None:
+            fold_vectors, fold_names = augment(vectors, train_ids, sorted({r.prompt_id for r in test_rows}))
         model, _ = train(
             train_rows,
-            {i: vectors[i] for i in train_ids},
+            {i: fold_vectors[i] for i in train_ids},
             {i: len(texts[i]) / 1000 for i in train_ids},
             encoder,
-            names,
+            fold_names,
             seed=seed,
         )
         policy = LearnedPolicy(model=model)  # features are given: no encoder needed
 
-        def features(pids: set[str], model: Any = model) -> dict[str, Any]:
-            return {p: (model.standardise(vectors[p]), len(texts[p]) / 1000) for p in pids}
+        def features(pids: set[str], model: Any = model, v: dict[str, Any] = fold_vectors) -> dict[str, Any]:
+            return {p: (model.standardise(v[p]), len(texts[p]) / 1000) for p in pids}
 
         results.append(
             evaluate(
