@@ -10,9 +10,10 @@ of a profile JSONL, normally test-split items served by vLLM), it reports for ea
 * **top-1 agreement**: the share of answer positions where the variant's most likely next token
   is the full model's (greedy decoding follows the full model exactly while this holds),
 
-overall and per task. Runs with the backend environment's Python (torch + transformers)::
+overall and per task. Runs with the backend environment's Python (torch + transformers), where this
+project is not installed: from the repository root, as a module, so the root is on its import path::
 
-    vllm-venv/bin/python loadtests/heal_fidelity.py --teacher MODELS/smollm2-135m-instruct \\
+    vllm-venv/bin/python -m loadtests.heal_fidelity --teacher MODELS/smollm2-135m-instruct \\
         --variant d6=MODELS/smollm2-135m-instruct-d6 --variant d6-healed=/path/healed \\
         --profile profiles/strategies/heal-eval.jsonl --reference-arm smollm2-plain \\
         --json loadtests/results/heal-fidelity.json
@@ -27,9 +28,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-# run by the backend venv, where this project is not installed: the repository root is its import path
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.profiles import read_rows
 from variants.builder import encode

@@ -12,6 +12,9 @@ Queries use only the series of gateway/metrics.py and vLLM's /metrics (no record
 dashboards work on any Prometheus that scrapes the gateway, with or without deploy/prometheus/rules.
 vLLM series carry a ``backend`` label added at scrape time (deploy/prometheus/prometheus.yml, the
 ServiceMonitor in deploy/k8s): it tells apart servers of one model (plain and speculative).
+
+Longer than the project's ~500-line guide on purpose: most of it is the declarative table of every
+panel and query; splitting it would scatter one dashboard over files.
 """
 
 from __future__ import annotations

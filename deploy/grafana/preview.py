@@ -153,6 +153,27 @@ def _scale(unit: str | None) -> tuple[float, str]:
     return {"percentunit": (100.0, "%"), "s": (1.0, "s"), "reqps": (1.0, "req/s")}.get(unit or "", (1.0, ""))
 
 
+def _draw_stat(ax: Any, series: list[Any], unit: str | None) -> None:
+    """A stat panel: the last value of each series, in large type."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    shown = [s for s in series if s.last() is not None]
+    for i, s in enumerate(shown):
+        y = (len(shown) - i - 0.5) / len(shown)
+        label = "" if len(shown) == 1 else f"{s.legend[:40]}  "
+        ax.text(
+            0.5,
+            y,
+            label + fmt_value(s.last() or 0.0, unit),
+            color=COLORS[i % len(COLORS)],
+            fontsize=20 if len(shown) == 1 else 14,
+            ha="center",
+            va="center",
+            weight="bold",
+            transform=ax.transAxes,
+        )
+
+
 def draw(prometheus: str, dashboard: dict[str, Any], start: float, end: float, step: float, out: Path) -> list[str]:
     """Write the picture of one dashboard to ``out``; returns the titles of panels that got no data."""
     import matplotlib
@@ -197,24 +218,7 @@ def draw(prometheus: str, dashboard: dict[str, Any], start: float, end: float, s
             ax.text(0.5, 0.5, "No data", color="#8e8e8e", ha="center", va="center", transform=ax.transAxes)
             continue
         if panel["type"] == "stat":
-            ax.set_xticks([])
-            ax.set_yticks([])
-            shown = [s for s in series if s.last() is not None]
-            for i, s in enumerate(shown):
-                y = (len(shown) - i - 0.5) / len(shown)
-                label = "" if len(shown) == 1 else f"{s.legend[:40]}  "
-                text = label + fmt_value(s.last() or 0.0, unit)
-                ax.text(
-                    0.5,
-                    y,
-                    text,
-                    color=COLORS[i % len(COLORS)],
-                    fontsize=20 if len(shown) == 1 else 14,
-                    ha="center",
-                    va="center",
-                    weight="bold",
-                    transform=ax.transAxes,
-                )
+            _draw_stat(ax, series, unit)
             continue
         factor, label = _scale(unit)
         for i, s in enumerate(series):

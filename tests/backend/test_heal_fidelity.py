@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -26,9 +26,11 @@ def test_fidelity_of_the_model_itself_and_of_a_pruned_variant(tmp_path: Path) ->
     profile = tmp_path / "profile.jsonl"
     profile.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "fidelity.json"
-    cmd = [sys.executable, str(ROOT / "loadtests" / "heal_fidelity.py"), "--teacher", str(src)]
+    cmd = [sys.executable, "-m", "loadtests.heal_fidelity", "--teacher", str(src)]
     cmd += ["--variant", f"self={src}", "--variant", f"pruned={variant}", "--profile", str(profile)]
-    done = subprocess.run([*cmd, "--reference-arm", "full", "--json", str(out)], capture_output=True, text=True)
+    done = subprocess.run(
+        [*cmd, "--reference-arm", "full", "--json", str(out)], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["sequences"] == 2  # the other arm's row and the failed row are skipped
@@ -41,10 +43,7 @@ def test_fidelity_of_the_model_itself_and_of_a_pruned_variant(tmp_path: Path) ->
 def test_a_profile_without_the_reference_arm_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     profile = tmp_path / "profile.jsonl"
     profile.write_text(json.dumps({"arm": "other", "prompt_id": "a/1", "task": "a", "prompt": "p", "text": "t"}) + "\n")
-    spec = importlib.util.spec_from_file_location("heal_fidelity", ROOT / "loadtests" / "heal_fidelity.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("loadtests.heal_fidelity")
     src = make_model(tmp_path / "m", tie=True)
     argv = ["--teacher", str(src), "--variant", f"x={src}", "--profile", str(profile), "--reference-arm", "full"]
     assert module.main(argv) == 2

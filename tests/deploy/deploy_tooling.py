@@ -7,15 +7,20 @@ tool these tests use, through scripts/test.sh). Imported by module name: pytest 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+RULE_FILES = sorted((ROOT / "deploy/prometheus/rules").glob("*.yml"))
+ALERTS = ROOT / "deploy/prometheus/rules/alerts.yml"
 CONTAINER_CONFIG = "/etc/llm-gateway/gateway.yaml"  # where the image reads its config
 
 # What one vLLM-CPU server of each model held, measured on the local stack (deploy/local/backends.yaml:
@@ -63,3 +68,25 @@ def server_flags(command: list[str]) -> dict[str, str]:
         flags[key] = value
         i += 1
     return flags
+
+
+@functools.cache
+def recording_rules() -> dict[str, str]:
+    """Every recording rule of deploy/prometheus/rules: name → PromQL."""
+    return {
+        rule["record"]: rule["expr"]
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+
+
+def alert_rules() -> dict[str, dict[str, Any]]:
+    """Every alert of deploy/prometheus/rules/alerts.yml by name."""
+    return {
+        rule["alert"]: rule
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
