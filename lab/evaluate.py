@@ -39,7 +39,7 @@ def arm_specs(labels: dict[str, tuple[str, str]]) -> dict[str, Any]:
 Augment = Callable[[dict[str, Any], list[str], list[str]], tuple[dict[str, Any], tuple[str, ...]]]
 
 
-def _cross_validated(
+def cross_validated(
     rows: list[Any],
     texts: dict[str, str],
     k: int,
@@ -177,6 +177,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.cv:
         print(f"==> {args.cv}-fold cross-validation over every profiled prompt (train and test splits)")
         kind = encoder_kind(policy.model.encoder)
-        cv = _cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed, kind, specs)
+        cv = cross_validated([r for r in rows if r.arm in arms], texts, args.cv, args.seed, kind, specs)
         _write_evaluation(cv, out, "evaluation-cv", f"{args.cv}-fold cross-validation (n={cv['prompts']})")
     return 0

@@ -5,7 +5,7 @@ by about half a second at equal accuracy (docs/router.md). One explanation would
 model on the prompt features cannot tell the families apart well enough. This experiment tests it:
 a one-vs-rest logistic classifier over the same prompt vector predicts the family, and its
 probabilities become extra features of every head. Cross-validated exactly as
-``llm-gateway evaluate --cv`` (:func:`lab.evaluate._cross_validated`), with no leak: in each outer
+``llm-gateway evaluate --cv`` (:func:`lab.evaluate.cross_validated`), with no leak: in each outer
 fold the classifier is fitted on the fold's training prompts only, and the training prompts get
 *inner* out-of-fold probabilities (what the heads are fitted on must look like what serving sees).
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lab import profiles
-from lab.evaluate import _cross_validated, arm_specs
+from lab.evaluate import cross_validated, arm_specs
 from router.linear import fit_logistic, predict_logistic
 from router.training import prompt_folds
 
@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     family_of = {r.prompt_id: r.task for r in data.rows}
     specs = arm_specs(data.arm_labels)
     print("==> without family features", flush=True)
-    base = _cross_validated(data.rows, data.texts, a.cv, a.seed, "none", specs)
+    base = cross_validated(data.rows, data.texts, a.cv, a.seed, "none", specs)
     print("==> with predicted family probabilities as features", flush=True)
     hook = FamilyFeatures(family_of, a.seed)
-    fam = _cross_validated(data.rows, data.texts, a.cv, a.seed, "none", specs, augment=hook)
+    fam = cross_validated(data.rows, data.texts, a.cv, a.seed, "none", specs, augment=hook)
     hits = 100 * np.mean(hook.held_out_hits)
     print(f"\nfamily classifier, held-out accuracy: {hits:.1f} % ({len(hook.families)} families)")
     for setting in SETTINGS:
