@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lab import profiles
-from lab.evaluate import cross_validated, arm_specs
+from lab.evaluate import arm_specs, cross_validated
 from router.linear import fit_logistic, predict_logistic
 from router.training import prompt_folds
 
