@@ -133,8 +133,8 @@ class Admission:
         # are all decided before any is sent, and must see each other (a burst spreads over arms)
         ex.pending = self.catalog.arms[decision.arm.name]
         ex.pending.pending += 1
-        if self.decision_log is not None and decision.predictions and asked.features is not None:
-            # the learned policy chose among several arms (not pinned)
+        if self.decision_log is not None and decision.predictions and flags.arm is None and len(arms) > 1:
+            # the learned policy chose among several arms (not pinned, not a one-arm model)
             features = self.policy.logged_features(asked.features)
             ex.trace = self.decision_log.open(ex.request_id, ex.endpoint, asked, decision, features)
         if body.get("stream") and ex.endpoint != "embeddings":
@@ -173,7 +173,9 @@ class Admission:
         started = time.perf_counter()
         prompt, features = "", None
         policy = self.embedding_policy if endpoint == "embeddings" else self.policy
-        if policy.needs_features and flags.arm is None and len(arms) > 1:
+        if policy.needs_features:
+            # a pinned arm or a one-arm model needs no choice, but its forecast feeds the arm's live
+            # corrections and a strict budget: it is made for this prompt, never an empty one
             prompt = prompt_text(body)
             if self.policy.cheap_features and len(prompt) <= _INLINE_FEATURE_CHARS:
                 features = self.policy.featurize(prompt)

@@ -360,3 +360,19 @@ async def test_finished_requests_feed_the_policys_latency_residuals(make_gateway
             r = await gw.client.post("/v1/chat/completions", json=body)
             assert r.status_code == 200
         assert sum(policy.residuals.samples(a) for a in policy.model.arms) == 2
+
+
+@pytest.mark.parametrize("route", [{}, {"arm": "qwen-coder-0.5b-plain"}], ids=["single-arm-model", "pinned-arm"])
+async def test_a_forecast_without_a_choice_is_still_made_for_the_prompt(
+    make_gateway: MakeGateway, route: dict[str, Any]
+) -> None:
+    """A single-arm model or a pinned arm needs no choice, but its forecast feeds the arm's live
+    corrections (and a strict budget): it must be made for the request's prompt, not an empty one."""
+    async with make_gateway(arms=LEARNED_ARMS, routing={"policy": "learned"}) as gw:
+        ttft = []
+        for content in ("Hi", "Summarise this report. " + "The quarterly figures rose again. " * 120):
+            body = {"model": "coder", "messages": [{"role": "user", "content": content}], "route": route}
+            r = await gw.client.post("/v1/route", json=body)
+            assert r.status_code == 200, r.text
+            ttft.append(r.json()["predictions"]["qwen-coder-0.5b-plain"]["ttft_ms"])
+        assert ttft[1] > ttft[0]
