@@ -133,7 +133,7 @@ def _featurize(policy: Any, ids: list[str], texts: dict[str, str], label: str) -
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    """Entry point of ``llm-gateway evaluate``: 0 written, 1 unusable profiles."""
+    """Entry point of ``llm-gateway evaluate``: 0 written, 1 unusable profiles, 2 unusable artifact."""
     from router.encoder import encoder_kind
     from router.evaluation import evaluate
     from router.learned import LearnedPolicy
@@ -144,7 +144,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 1
     rows, texts = data.rows, data.texts
-    policy = LearnedPolicy(artifact=args.artifact)
+    try:
+        policy = LearnedPolicy(artifact=args.artifact)
+    except ValueError as exc:  # ArtifactError, or an encoder whose extra is not installed
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
     arms = sorted(policy.model.arms)
     test_rows = [r for r in rows if r.split == "test" and r.arm in arms]
     train_rows = [r for r in rows if r.split == "train" and r.arm in arms]
