@@ -17,8 +17,9 @@ import numpy as np
 
 from lab import profiles
 from lab.charts import pareto_chart, reliability_chart
-from lab.embedding import embed, show_progress
+from lab.embedding import embed
 from lab.report import dumps, markdown
+from variants.progress import progress
 
 
 def arm_specs(labels: dict[str, tuple[str, str]]) -> dict[str, Any]:
@@ -123,12 +124,12 @@ def _featurize(policy: Any, ids: list[str], texts: dict[str, str], label: str) -
     """The policy's features of each prompt, as serving computes them, and the seconds each took."""
     features: dict[str, Any] = {}
     timings: list[float] = []
-    started = time.monotonic()
-    for n, pid in enumerate(ids, 1):
-        t0 = time.perf_counter()
-        features[pid] = policy.featurize(texts[pid])
-        timings.append(time.perf_counter() - t0)
-        show_progress(n, len(ids), label, started)
+    with progress(len(ids), label, "prompt") as bar:
+        for pid in ids:
+            t0 = time.perf_counter()
+            features[pid] = policy.featurize(texts[pid])
+            timings.append(time.perf_counter() - t0)
+            bar.update(1)
     return features, timings
 
 
