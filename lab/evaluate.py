@@ -104,19 +104,21 @@ def cross_validated(
 
 
 def _write_evaluation(result: dict[str, Any], out: Path, stem: str, title: str) -> None:
-    """``{stem}.json`` (everything, per-prompt data included), ``{stem}.md`` (the tables), ``{stem}.png``
-    (Pareto chart) and ``{stem}-reliability.png``."""
+    """``{stem}.json`` (everything, per-prompt data included), ``{stem}.png`` (Pareto chart),
+    ``{stem}-reliability.png`` and ``{stem}.md`` (the tables, the charts shown above them)."""
     (out / f"{stem}.json").write_text(dumps(result) + "\n")
-    report = markdown(result, title)
-    (out / f"{stem}.md").write_text(report)
-    points = report.split("## Router minus baseline")[0]
-    print(points.rstrip())
-    print(f"report: {out / (stem + '.md')}")
+    charts = []
     if pareto_chart(result, out / f"{stem}.png", title):
-        print(f"chart: {out / (stem + '.png')}")
+        charts.append(f"{stem}.png")
         if reliability_chart(result, out / f"{stem}-reliability.png", title):
-            print(f"reliability diagram: {out / (stem + '-reliability.png')}")
-    else:
+            charts.append(f"{stem}-reliability.png")
+    report = markdown(result, title, charts, stem)
+    (out / f"{stem}.md").write_text(report)
+    print(report.split("## Router minus baseline")[0].rstrip())
+    print(f"report: {out / (stem + '.md')}")
+    for chart in charts:
+        print(f"chart: {out / chart}")
+    if not charts:
         print("matplotlib not installed: no charts (pip install matplotlib)")
 
 
