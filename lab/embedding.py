@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from variants.progress import progress
+from lab.progress import progress
 
 
 def embed(ids: list[str], texts: dict[str, str], kind: str) -> tuple[dict[str, np.ndarray], str, tuple[str, ...]]:

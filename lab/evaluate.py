@@ -18,8 +18,8 @@ import numpy as np
 from lab import profiles
 from lab.charts import pareto_chart, reliability_chart
 from lab.embedding import embed
+from lab.progress import progress
 from lab.report import dumps, markdown
-from variants.progress import progress
 
 
 def arm_specs(labels: dict[str, tuple[str, str]]) -> dict[str, Any]:

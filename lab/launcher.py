@@ -38,7 +38,7 @@ import yaml
 
 from lab import processes
 from lab.processes import Stopped, raise_on_stop_signals
-from variants.progress import progress as _progress
+from lab.progress import progress as _progress
 
 __all__ = ["BackendSpec", "Launcher", "Running", "ServerSpec", "Stopped", "home_dir", "raise_on_stop_signals"]
 

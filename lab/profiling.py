@@ -33,9 +33,9 @@ import httpx
 from lab import profiles
 from lab.datasets import Prompt, data_versions, load_prompts
 from lab.measure import measure
+from lab.progress import progress
 from lab.scoring import score
 from lab.spec_decode import acceptance, scrape
-from variants.progress import progress
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def parse_backend_metrics(value: str) -> dict[str, str]:
 
 
 class Progress:
-    """A progress bar on stderr (:func:`variants.progress.progress`): done/total, rate, ETA, and the
+    """A progress bar on stderr (:func:`lab.progress.progress`): done/total, rate, ETA, and the
     errors and accuracy per arm so far. Redrawn in place on a terminal, a line every 30 s in a log."""
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:

@@ -1,8 +1,8 @@
-"""Progress bars for every long offline job: tqdm on stderr, readable in a terminal and in a log.
+"""Progress bars for the long jobs of the torch side: tqdm on stderr, readable in a terminal and in a log.
 
-Used here (teacher answers, layer scoring, healing steps) and by :mod:`lab` (profiling, embedding,
-evaluation, waiting for backends): one library, one behaviour. Imports only the standard library and
-tqdm (no torch), so the gateway-side lab can import it.
+Used for layer scoring, teacher answers and healing steps. ``variants`` imports no other package of
+the project, so :mod:`lab.progress` is the same code for the lab's jobs (tests/unit/test_progress.py
+keeps the two identical): one library, one behaviour.
 
 On a terminal the bar is redrawn in place (tqdm's usual display). Anywhere else (a log file, a pipe,
 CI) tqdm's in-place redraws would pile up as carriage returns on one line, so the bar is written as
