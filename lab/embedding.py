@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-import time
-
 import numpy as np
 
-
-def show_progress(done: int, total: int, label: str, started: float) -> None:
-    if not sys.stderr.isatty() and done not in (total,) and done % 50:
-        return
-    rate = done / max(time.monotonic() - started, 1e-9)
-    width = 30
-    fill = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r  {label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {rate:.0f}/s ")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+from lab.progress import progress
 
 
 def embed(ids: list[str], texts: dict[str, str], kind: str) -> tuple[dict[str, np.ndarray], str, tuple[str, ...]]:
@@ -27,8 +14,8 @@ def embed(ids: list[str], texts: dict[str, str], kind: str) -> tuple[dict[str, n
 
     encoder = load_encoder(kind)
     out: dict[str, np.ndarray] = {}
-    started = time.monotonic()
-    for n, pid in enumerate(ids, 1):
-        out[pid] = prompt_vector(encoder, texts[pid])
-        show_progress(n, len(ids), "embedding", started)
+    with progress(len(ids), "embedding", "prompt") as bar:
+        for pid in ids:
+            out[pid] = prompt_vector(encoder, texts[pid])
+            bar.update(1)
     return out, encoder.name, feature_names(encoder)

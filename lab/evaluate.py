@@ -17,7 +17,8 @@ import numpy as np
 
 from lab import profiles
 from lab.charts import pareto_chart, reliability_chart
-from lab.embedding import embed, show_progress
+from lab.embedding import embed
+from lab.progress import progress
 from lab.report import dumps, markdown
 
 
@@ -103,19 +104,21 @@ def cross_validated(
 
 
 def _write_evaluation(result: dict[str, Any], out: Path, stem: str, title: str) -> None:
-    """``{stem}.json`` (everything, per-prompt data included), ``{stem}.md`` (the tables), ``{stem}.png``
-    (Pareto chart) and ``{stem}-reliability.png``."""
+    """``{stem}.json`` (everything, per-prompt data included), ``{stem}.png`` (Pareto chart),
+    ``{stem}-reliability.png`` and ``{stem}.md`` (the tables, the charts shown above them)."""
     (out / f"{stem}.json").write_text(dumps(result) + "\n")
-    report = markdown(result, title)
-    (out / f"{stem}.md").write_text(report)
-    points = report.split("## Router minus baseline")[0]
-    print(points.rstrip())
-    print(f"report: {out / (stem + '.md')}")
+    charts = []
     if pareto_chart(result, out / f"{stem}.png", title):
-        print(f"chart: {out / (stem + '.png')}")
+        charts.append(f"{stem}.png")
         if reliability_chart(result, out / f"{stem}-reliability.png", title):
-            print(f"reliability diagram: {out / (stem + '-reliability.png')}")
-    else:
+            charts.append(f"{stem}-reliability.png")
+    report = markdown(result, title, charts, stem)
+    (out / f"{stem}.md").write_text(report)
+    print(report.split("## Router minus baseline")[0].rstrip())
+    print(f"report: {out / (stem + '.md')}")
+    for chart in charts:
+        print(f"chart: {out / chart}")
+    if not charts:
         print("matplotlib not installed: no charts (pip install matplotlib)")
 
 
@@ -123,17 +126,17 @@ def _featurize(policy: Any, ids: list[str], texts: dict[str, str], label: str) -
     """The policy's features of each prompt, as serving computes them, and the seconds each took."""
     features: dict[str, Any] = {}
     timings: list[float] = []
-    started = time.monotonic()
-    for n, pid in enumerate(ids, 1):
-        t0 = time.perf_counter()
-        features[pid] = policy.featurize(texts[pid])
-        timings.append(time.perf_counter() - t0)
-        show_progress(n, len(ids), label, started)
+    with progress(len(ids), label, "prompt") as bar:
+        for pid in ids:
+            t0 = time.perf_counter()
+            features[pid] = policy.featurize(texts[pid])
+            timings.append(time.perf_counter() - t0)
+            bar.update(1)
     return features, timings
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    """Entry point of ``llm-gateway evaluate``: 0 written, 1 unusable profiles."""
+    """Entry point of ``llm-gateway evaluate``: 0 written, 1 unusable profiles, 2 unusable artifact."""
     from router.encoder import encoder_kind
     from router.evaluation import evaluate
     from router.learned import LearnedPolicy
@@ -144,7 +147,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 1
     rows, texts = data.rows, data.texts
-    policy = LearnedPolicy(artifact=args.artifact)
+    try:
+        policy = LearnedPolicy(artifact=args.artifact)
+    except ValueError as exc:  # ArtifactError, or an encoder whose extra is not installed
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
     arms = sorted(policy.model.arms)
     test_rows = [r for r in rows if r.split == "test" and r.arm in arms]
     train_rows = [r for r in rows if r.split == "train" and r.arm in arms]

@@ -38,6 +38,7 @@ import yaml
 
 from lab import processes
 from lab.processes import Stopped, raise_on_stop_signals
+from lab.progress import progress as _progress
 
 __all__ = ["BackendSpec", "Launcher", "Running", "ServerSpec", "Stopped", "home_dir", "raise_on_stop_signals"]
 
@@ -269,10 +270,14 @@ class Launcher:
         return ended
 
     def wait_ready(self, timeout_s: float = 600.0, progress: bool = True) -> None:
-        """Block until every server answers ``/health`` 200; raise with the log tail if one dies or times out."""
+        """Block until every server answers ``/health`` 200; raise with the log tail if one dies or times out.
+
+        ``progress``: a bar on stderr (servers ready, elapsed time, the ones still loading) and a line per
+        server when it is ready."""
         pending = {r.spec.name: r for r in self.running}
         started = time.monotonic()
-        with httpx.Client(timeout=2.0) as client:
+        bar = _progress(len(pending), "starting vLLM servers", "server", disable=not progress)
+        with bar, httpx.Client(timeout=2.0) as client:
             while pending:
                 elapsed = time.monotonic() - started
                 for name, r in list(pending.items()):
@@ -282,9 +287,8 @@ class Launcher:
                         if client.get(r.url + "/health").status_code == 200:
                             del pending[name]
                             if progress:
-                                print(
-                                    f"\r  backend {name} ready on {r.url} after {elapsed:.0f} s" + " " * 20, flush=True
-                                )
+                                bar.write(f"  backend {name} ready on {r.url} after {elapsed:.0f} s", file=sys.stderr)
+                            bar.update(1)
                     except httpx.HTTPError:
                         pass
                 if not pending:
@@ -295,8 +299,8 @@ class Launcher:
                         f"backends not ready after {timeout_s:.0f} s: {names}\n"
                         + "\n".join(_tail(r.log) for r in pending.values())
                     )
-                if progress and sys.stdout.isatty():
-                    print(f"\r  waiting for {', '.join(pending)} ... {elapsed:.0f} s", end="", flush=True)
+                bar.set_postfix_str(f"loading: {', '.join(pending)}", refresh=False)
+                bar.update(0)  # redraws the elapsed time (in a log: a line every 30 s)
                 time.sleep(1.0)
 
     def stop(self, grace_s: float = 15.0) -> None:

@@ -22,7 +22,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ import httpx
 from lab import profiles
 from lab.datasets import Prompt, data_versions, load_prompts
 from lab.measure import measure
+from lab.progress import progress
 from lab.scoring import score
 from lab.spec_decode import acceptance, scrape
 
@@ -102,51 +102,27 @@ def parse_backend_metrics(value: str) -> dict[str, str]:
 
 
 class Progress:
-    """Progress on stderr: done/total, rate, ETA, errors, accuracy per arm so far. One rewritten
-    line on a terminal; otherwise a line every 5 % so logs stay short."""
+    """A progress bar on stderr (:func:`lab.progress.progress`): done/total, rate, ETA, and the
+    errors and accuracy per arm so far. Redrawn in place on a terminal, a line every 30 s in a log."""
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.total, self.done, self.errors = total, 0, 0
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.started = time.monotonic()
+        self.errors = 0
         self.correct: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        self._every = max(1, total // 20)
+        self.bar = progress(total, "profiling", "request", stream=stream)
 
     def update(self, row: dict[str, Any]) -> None:
-        self.done += 1
         if row.get("error"):
             self.errors += 1
         elif row.get("correct") is not None:
             c = self.correct[row["arm"]]
             c[0] += int(bool(row["correct"]))
             c[1] += 1
-        if self.tty or self.done % self._every == 0 or self.done == self.total:
-            self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
-            self.stream.flush()
-
-    def line(self) -> str:
-        elapsed = time.monotonic() - self.started
-        rate = self.done / max(elapsed, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        acc = "  ".join(f"{a} {c[0]}/{c[1]}" for a, c in sorted(self.correct.items()))
-        bar = "#" * int(20 * self.done / max(self.total, 1))
-        return (
-            f"[{bar:20}] {self.done}/{self.total}  {rate * 60:.1f}/min  ETA {_duration(eta)}  "
-            f"errors {self.errors}  correct: {acc or '-'} "
-        )
+        acc = " ".join(f"{a} {c[0]}/{c[1]}" for a, c in sorted(self.correct.items()))
+        self.bar.set_postfix_str(f"errors {self.errors}, correct: {acc or '-'}", refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.tty and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
+        self.bar.close()
 
 
 def summary_table(rows: list[dict[str, Any]], arms: tuple[str, ...] | None = None) -> str:
@@ -219,7 +195,7 @@ async def _measure_all(
     todo: list[tuple[Prompt, str]],
     result: RunResult,
     fh: TextIO,
-    progress: Progress,
+    tracker: Progress,
 ) -> None:
     """Measure, score and append every pair, ``opts.concurrency`` at a time per arm; a cancellation
     drops the requests in flight and marks ``result`` interrupted."""
@@ -234,7 +210,7 @@ async def _measure_all(
         result.rows.append(row)
         result.written += 1
         result.errors += row["error"] is not None
-        progress.update(row)
+        tracker.update(row)
 
     tasks = [asyncio.create_task(one(p, a)) for p, a in todo]
     try:
@@ -275,14 +251,14 @@ async def run_profile(
     )
     run = _run_record(opts)
     result = RunResult()
-    progress = Progress(len(todo), progress_stream)
+    tracker = Progress(len(todo), progress_stream)
     limits = httpx.Limits(max_connections=opts.concurrency * len(opts.arms) + 8, max_keepalive_connections=None)
     timeout = httpx.Timeout(opts.timeout_s, connect=10.0)
     async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits) as client:
         before = await scrape(client, opts.backend_metrics) if opts.backend_metrics else {}
         with profiles.open_for_append(opts.out) as fh:
-            await _measure_all(client, opts, todo, result, fh, progress)
-        progress.close()
+            await _measure_all(client, opts, todo, result, fh, tracker)
+        tracker.close()
         if opts.backend_metrics:
             after = await scrape(client, opts.backend_metrics)
             run["spec_decode"] = {"urls": opts.backend_metrics, **acceptance(before, after, result.rows)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -205,8 +206,27 @@ def _slices(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(result: dict[str, Any], title: str) -> str:
-    """The report's tables: points, differences to the baselines, budget compliance, reliability, slices."""
+CHART_ALT = {
+    "": "accuracy against mean latency of every rule, with 95 % intervals (Pareto chart)",
+    "-reliability": "reliability diagram: predicted against realised quality, and actual / predicted latency",
+}
+
+
+def chart_links(stem: str, charts: Sequence[str]) -> list[str]:
+    """Markdown image lines for the chart files ``charts`` drawn beside ``{stem}.md``."""
+    lines: list[str] = []
+    for name in charts:
+        alt = CHART_ALT.get(name.removeprefix(stem).removesuffix(".png"), "chart")
+        lines += [f"![{alt}]({name})", ""]
+    return lines
+
+
+def markdown(result: dict[str, Any], title: str, charts: Sequence[str] = (), stem: str = "evaluation") -> str:
+    """The report's tables: points, differences to the baselines, budget compliance, reliability, slices;
+    ``charts``: the PNG files drawn beside it (``{stem}.png``, ``{stem}-reliability.png``), shown before the tables."""
     sections = (_differences, _compliance, _reliability, _latency_ratio, _slices)
-    lines = _points(result, title) + [line for section in sections for line in section(result)]
+    lines = _points(result, title)
+    at = lines.index("## Points")
+    lines[at:at] = chart_links(stem, charts)
+    lines += [line for section in sections for line in section(result)]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import numpy as np
 from lab import profiles
 from lab.embedding import embed
 from router.artifact import save_artifact
+from router.encoder import NO_EMBEDDING, EncoderUnavailable, require_minilm
 
 
 def _load_profiles(paths: list[str] | None) -> profiles.Profiles | None:
@@ -42,6 +43,12 @@ def train_command(args: argparse.Namespace) -> int:
     if args.feedback and not args.from_log:
         print("llm-gateway: --feedback is joined to a decision log: give --from-log too", file=sys.stderr)
         return 2
+    if args.encoder != NO_EMBEDDING:
+        try:
+            require_minilm()
+        except EncoderUnavailable as exc:
+            print(f"llm-gateway train --encoder {args.encoder}: {exc}", file=sys.stderr)
+            return 2
     data = _load_profiles(args.profiles)
     if data is None:
         return 1

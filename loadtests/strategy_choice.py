@@ -173,6 +173,9 @@ def analyse(
     return report
 
 
+CHART_LINK = "![measured vs predicted speed-up of speculation, per task family](strategy-choice.png)"
+
+
 def markdown(report: dict[str, Any]) -> str:
     arms = report["arms"]
     out = [f"Prompts profiled on every strategy: {report['prompts']}", ""]
@@ -253,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "strategy-choice.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
+    drawn = chart(report, out / "strategy-choice.png")
+    text = (CHART_LINK + "\n\n" if drawn else "") + markdown(report)  # the report shows its chart first
     (out / "strategy-choice.md").write_text(text)
     print(text)
-    if chart(report, out / "strategy-choice.png"):
+    if drawn:
         print(f"chart: {out / 'strategy-choice.png'}")
     return 0
 

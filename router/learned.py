@@ -19,7 +19,7 @@ from router.artifact import ArtifactError, load_artifact
 from router.calibration import ResidualTracker, quantile_index
 from router.choice import _fits, choose, level_floor
 from router.decision import Arm, ArmState, Decision, NoArmAvailable, RouteFlags, RouteRequest
-from router.encoder import Encoder, encoder_kind, load_encoder
+from router.encoder import Encoder, EncoderUnavailable, encoder_kind, load_encoder
 from router.features import FEATURE_NAMES, feature_sample, prompt_features
 from router.policy import Policy, pinned_decision, register_policy
 from router.predictor import Prediction, RouterModel
@@ -120,6 +120,8 @@ class LearnedPolicy(Policy):
             return
         try:
             self.encoder = encoder or load_encoder(encoder_kind(self.model.encoder))
+        except EncoderUnavailable as exc:
+            raise ValueError(f"artifact {self.artifact}: {exc}") from None
         except (OSError, RuntimeError) as exc:
             raise ValueError(f"cannot load the prompt encoder: {exc}") from exc
         if self.encoder.name != self.model.encoder:

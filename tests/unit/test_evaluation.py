@@ -380,6 +380,8 @@ def test_the_default_settings_and_the_written_report(tmp_path: Path) -> None:
         assert heading in md
     assert (tmp_path / "evaluation.png").stat().st_size > 0
     assert (tmp_path / "evaluation-reliability.png").stat().st_size > 0
+    charts = md.split("## Points")[0]  # the report shows its charts above the tables
+    assert "](evaluation.png)" in charts and "](evaluation-reliability.png)" in charts
 
 
 def test_the_learned_policy_is_scored_through_its_own_decide() -> None:
