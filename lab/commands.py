@@ -57,7 +57,13 @@ def _profile_arguments(p: argparse.ArgumentParser) -> None:
         "--split", choices=["all", "train", "test"], default="all", help="which split of each task's prompts"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt sample (the same seed, the same prompts)")
-    p.add_argument("--concurrency", type=int, default=4, help="concurrent requests per arm")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="concurrent requests per arm; 1 with --backend-metrics: one request at a time in all, and "
+        "each row records its own spec-decode draft/accepted tokens",
+    )
     p.add_argument("--max-tokens", type=int, default=256, help="max_tokens of every profiled request")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--out", required=True, help="JSONL file (appended; finished pairs are skipped)")

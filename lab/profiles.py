@@ -16,6 +16,12 @@ request finishes::
     text           the first 2,000 characters of the answer
     prompt         the prompt text (``llm-gateway train`` embeds it)
 
+Optional (:data:`OPTIONAL_ROW_KEYS`; readers must accept rows without them)::
+
+    spec_draft_tokens, spec_accepted_tokens   this request's draft and accepted tokens, from the
+                   speculative backend's vLLM counters scraped around it: only when the profiler ran
+                   one request at a time (``--concurrency 1 --backend-metrics``, :mod:`lab.profiling`)
+
 Files are only ever appended to: a re-profiled pair's newer row replaces the older one for every
 reader (:func:`latest_good`, :func:`load`). A sidecar ``<profile>.meta.json`` records every run
 (:func:`write_meta`). :func:`load` turns files into the router's training input
@@ -41,6 +47,7 @@ ROW_KEYS = (
     "prompt_id", "task", "split", "arm", "model", "strategy", "backend", "correct", "prompt_tokens",
     "output_tokens", "ttft_s", "decode_tps", "e2e_s", "finish_reason", "error", "text", "prompt",
 )  # fmt: skip
+OPTIONAL_ROW_KEYS = ("spec_draft_tokens", "spec_accepted_tokens")  # lab.spec_decode.SPEC_COUNTERS' order
 
 
 # -- writing ----------------------------------------------------------------------------------------

@@ -11,6 +11,16 @@ requests are dropped, everything finished is on disk. A sidecar ``<out>.meta.jso
 every run: command line, seed, times, data-package versions and, with ``--backend-metrics``,
 the speculative-decoding acceptance rate per arm from the backends' vLLM counters
 (:mod:`lab.spec_decode`).
+
+Per-row acceptance: with ``--backend-metrics`` and ``--concurrency 1`` the run sends one request at a
+time, arms included, and scrapes the backends just before and just after each; the row then
+carries ``spec_draft_tokens`` and ``spec_accepted_tokens``, the deltas of the counters of the
+backend that answered it (absent for a backend without speculative counters, and for a failed
+request, whose generation may not have finished when it was cut off). vLLM's counters are
+per server, not per request, so this is exact only when no other request runs on that backend
+meanwhile: at higher concurrency (or with the arms overlapping) several requests share every delta,
+and the fields are left out rather than guessed; the run's per-arm totals in the meta file remain.
+Traffic from outside the run still mixes in: profile on a quiet stack.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from lab.datasets import Prompt, data_versions, load_prompts
 from lab.measure import measure
 from lab.progress import progress
 from lab.scoring import score
-from lab.spec_decode import acceptance, scrape
+from lab.spec_decode import acceptance, row_counters, scrape
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,11 @@ def _run_record(opts: ProfileOptions) -> dict[str, Any]:
     }
 
 
+def per_row_acceptance(opts: ProfileOptions) -> bool:
+    """Whether rows get their own spec-decode counters: backend metrics given and one request at a time."""
+    return opts.concurrency == 1 and bool(opts.backend_metrics)
+
+
 async def _measure_all(
     client: httpx.AsyncClient,
     opts: ProfileOptions,
@@ -197,13 +212,21 @@ async def _measure_all(
     fh: TextIO,
     tracker: Progress,
 ) -> None:
-    """Measure, score and append every pair, ``opts.concurrency`` at a time per arm; a cancellation
-    drops the requests in flight and marks ``result`` interrupted."""
-    sems = {a: asyncio.Semaphore(opts.concurrency) for a in opts.arms}
+    """Measure, score and append every pair, ``opts.concurrency`` at a time per arm (one at a time in
+    all, each between two counter scrapes, when :func:`per_row_acceptance`); a cancellation drops the
+    requests in flight and marks ``result`` interrupted."""
+    per_row = per_row_acceptance(opts)
+    one_slot = asyncio.Semaphore(1)
+    sems = {a: one_slot if per_row else asyncio.Semaphore(opts.concurrency) for a in opts.arms}
 
     async def one(prompt: Prompt, arm: str) -> None:
         async with sems[arm]:
+            before = await scrape(client, opts.backend_metrics) if per_row else {}
             row, text = await measure(client, opts.gateway, prompt, arm, opts.max_tokens)
+            backend = row.get("backend")
+            if per_row and row["error"] is None and backend in opts.backend_metrics:
+                after = await scrape(client, {backend: opts.backend_metrics[backend]})
+                row.update(row_counters(before, after, backend))
         if row["error"] is None:  # scored outside the slot: the arm's backend stays busy
             row["correct"] = await asyncio.to_thread(score, prompt, text)
         profiles.append(fh, row)
@@ -261,7 +284,8 @@ async def run_profile(
         tracker.close()
         if opts.backend_metrics:
             after = await scrape(client, opts.backend_metrics)
-            run["spec_decode"] = {"urls": opts.backend_metrics, **acceptance(before, after, result.rows)}
+            spec = acceptance(before, after, result.rows)
+            run["spec_decode"] = {"urls": opts.backend_metrics, "per_row": per_row_acceptance(opts), **spec}
     run.update(finished_at=_now(), interrupted=result.interrupted, rows_written=result.written, errors=result.errors)
     profiles.write_meta(profiles.meta_path(opts.out), run)
     return result

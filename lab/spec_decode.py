@@ -1,4 +1,5 @@
-"""Speculative-decoding acceptance, read from the vLLM backends' ``/metrics`` counters around a profile run."""
+"""Speculative-decoding acceptance, read from the vLLM backends' ``/metrics`` counters around a profile
+run (:func:`acceptance`) or around one request (:func:`row_counters`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections import defaultdict
 from typing import Any
 
 import httpx
+
+from lab.profiles import OPTIONAL_ROW_KEYS
 
 SPEC_COUNTERS = {
     "draft_tokens": "vllm:spec_decode_num_draft_tokens_total",
@@ -81,3 +84,23 @@ def acceptance(
             "acceptance_rate": accepted / draft if draft > 0 else None,
         }
     return {"backends": backends, "arms": arms}
+
+
+ROW_FIELDS = dict(zip(SPEC_COUNTERS, OPTIONAL_ROW_KEYS, strict=True))  # counter -> row field, in that order
+
+
+def row_counters(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], backend: str | None
+) -> dict[str, int]:
+    """One request's ``spec_draft_tokens`` and ``spec_accepted_tokens``: the deltas of ``backend``'s
+    counters between a scrape just before it and one just after, when nothing else ran on that
+    backend in between (the caller's to ensure). Empty when the backend is unknown, was not scraped,
+    a scrape failed, it has no speculative-decoding counters (a plain server), or a counter went
+    backwards (the server restarted)."""
+    b, a = before.get(backend or ""), after.get(backend or "")
+    if not b or not a or "error" in b or "error" in a:
+        return {}
+    delta = {field: a[key] - b[key] for key, field in ROW_FIELDS.items()}
+    if any(v < 0 for v in delta.values()):
+        return {}
+    return {field: round(v) for field, v in delta.items()}

@@ -5,6 +5,12 @@ with the load gauges, chat and text completions, streamed as SSE with a role chu
 a usage-only chunk (``"choices":[]``) when ``stream_options.include_usage`` is set, and
 ``data: [DONE]``. A test sets faults on a fake (``fail``, ``stream_fault``) before sending.
 
+A fake with ``spec_tokens`` = k > 0 is a speculative (n-gram) server: ``/metrics`` also carries
+vLLM's ``vllm:spec_decode_num_drafts_total``, ``..._num_draft_tokens_total`` and
+``..._num_accepted_tokens_total`` counters, moved by every generated answer in a deterministic
+way: one draft of k tokens per generated token, of which one is accepted when that token's text
+occurs in the prompt (what prompt lookup could have copied) and none otherwise.
+
 The answer is the fake's ``tokens`` (:data:`TOKENS`), cut at ``max_tokens`` (``finish_reason``
 ``length``). A continuation (a chat whose last message is a partial assistant answer with vLLM's
 ``continue_final_message: true`` and ``add_generation_prompt: false``, or a completion prompt that
@@ -63,6 +69,7 @@ EMBEDDINGS: dict[str, Any] = {
 }
 
 TOKENS = ("Hello", " world", "!")
+SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")  # vllm:spec_decode_<name>_total
 EMBEDDING_DIM = 4
 USAGE = {"prompt_tokens": 7, "total_tokens": 10, "completion_tokens": 3}
 PROMPT_TOKENS = USAGE["prompt_tokens"]
@@ -161,6 +168,8 @@ class FakeVLLM:
     spaced: bool = False  # write JSON as Python's json.dumps does ("model": "x"), not vLLM's compact form
     crlf: bool = False  # end SSE lines with CRLF (the SSE spec allows it)
     tokens: tuple[str, ...] = TOKENS  # the answer, one token per streamed event
+    spec_tokens: int = 0  # k > 0: a speculative server with spec-decode counters (module docstring)
+    spec_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPEC_COUNTERS, 0))
     requests: list[httpx.Request] = field(default_factory=list)
     streams: list[FakeStream] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -183,7 +192,25 @@ class FakeVLLM:
             "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
             "# TYPE vllm:kv_cache_usage_perc gauge\n"
             f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_usage}\n"
-        )
+        ) + (self._spec_metrics(labels) if self.spec_tokens else "")
+
+    def _spec_metrics(self, labels: str) -> str:
+        """The counters as vLLM's Prometheus client writes them (a ``_created`` sample beside each)."""
+        out = []
+        for name, value in self.spec_counts.items():
+            metric = f"vllm:spec_decode_{name}"
+            out.append(f"# HELP {metric} Speculative decoding: {name}.\n# TYPE {metric} counter\n")
+            out.append(f"{metric}_total{{{labels}}} {float(value)}\n{metric}_created{{{labels}}} 1.7e9\n")
+        return "".join(out)
+
+    def _count_spec(self, body: dict[str, Any], chat: bool, answer: Answer) -> None:
+        if not self.spec_tokens:
+            return
+        messages = body.get("messages") or [] if chat else []
+        prompt = " ".join(str(m.get("content", "")) for m in messages) if chat else str(body.get("prompt", ""))
+        self.spec_counts["num_drafts"] += len(answer.tokens)
+        self.spec_counts["num_draft_tokens"] += self.spec_tokens * len(answer.tokens)
+        self.spec_counts["num_accepted_tokens"] += sum(1 for tok in answer.tokens if tok in prompt)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -221,6 +248,7 @@ class FakeVLLM:
         chat = path == "/v1/chat/completions"
         rid = request.headers.get("x-request-id")  # vLLM names its response after it
         answer = self._answer(body, chat)
+        self._count_spec(body, chat, answer)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks = self._sse_chunks(chat, include_usage, rid, answer)
