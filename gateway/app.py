@@ -25,6 +25,7 @@ from gateway.arms import ArmCatalog
 from gateway.auth import ApiKey, KeyStore
 from gateway.backends import BackendPool
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, Unauthorized, error_response
+from gateway.lean_app import GatewayApp, internal_error
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.openapi import document_openapi
 from gateway.protocol import ModelCard, ModelList
@@ -79,7 +80,7 @@ def create_app(
             await upstream.aclose()
             await asyncio.to_thread(tracer.shutdown)
 
-    app = FastAPI(
+    app = GatewayApp(
         title="llm-gateway",
         version="0.1.0",
         lifespan=lifespan,
@@ -119,8 +120,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(GatewayError("internal gateway error; see the gateway log", code="internal_error"))
+        return internal_error(request)
 
 
 def _caller(keys: KeyStore, metrics: GatewayMetrics) -> Callable[[Request], ApiKey | None]:
@@ -135,8 +135,9 @@ def _caller(keys: KeyStore, metrics: GatewayMetrics) -> Callable[[Request], ApiK
     return caller
 
 
-def _generation_routes(app: FastAPI, proxy: Proxy, keys: KeyStore) -> None:
-    """The OpenAI-compatible generation endpoints, the dry run and feedback: dispatch to :class:`Proxy`."""
+def _generation_routes(app: GatewayApp, proxy: Proxy, keys: KeyStore) -> None:
+    """The OpenAI-compatible generation endpoints, the dry run and feedback: dispatch to :class:`Proxy`.
+    Chat and text completions are also served beneath FastAPI (:mod:`gateway.lean_app`)."""
     caller = _caller(keys, app.state.metrics)
 
     @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible), streaming or not")
@@ -146,6 +147,9 @@ def _generation_routes(app: FastAPI, proxy: Proxy, keys: KeyStore) -> None:
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible), streaming or not")
     async def completions(request: Request) -> Response:
         return await proxy.handle("completions", request, caller(request))
+
+    app.serve_directly("/v1/chat/completions", chat_completions)
+    app.serve_directly("/v1/completions", completions)
 
     @app.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible), from an arm that serves them")
     async def embeddings(request: Request) -> Response:

@@ -61,6 +61,18 @@ _HEADERS = [
 ]
 
 
+class OpenStream:
+    """Whether a stream's response is open (started, not yet ended). :class:`gateway.server.DrainCutoff`
+    puts one in the ASGI scope under :attr:`KEY`; the relay keeps it up to date, so that no wrapper
+    has to watch every message the stream sends."""
+
+    KEY = "gateway.open_stream"
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = False
+
+
 class RelayResponse(Response):
     """An ASGI response that relays ``call`` (a stream whose headers have arrived) and accounts for it.
 
@@ -95,14 +107,21 @@ class RelayResponse(Response):
         self.sent: list[bytes] | None = [] if resumer is not None and resumer.retains else None
         self.seam: Seam | None = None  # rewrites a continuation's events
         self.comments: list[bytes] | None = None  # x-route-resumed lines, sent before [DONE]
+        self.started = False  # the response's start was sent (gateway.lean_app reads it)
+        self.complete = False  # [DONE] was sent, with the end of the response
+        self.stream: OpenStream | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.stream = scope.get(OpenStream.KEY)
+
         raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
         relay = asyncio.ensure_future(self._relay(send, raw_headers))
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
         try:
             done, _ = await asyncio.wait((relay, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if relay not in done:
+            if relay not in done and self.complete:
+                await relay  # the client has the whole answer; the upstream is read to its end
+            elif relay not in done:
                 self.outcome.disconnected = True
                 relay.cancel()
                 with contextlib.suppress(asyncio.CancelledError, OSError):
@@ -125,6 +144,8 @@ class RelayResponse(Response):
 
     def _process(self, events: list[bytes], now: float) -> bytes:
         out = self.outcome
+        if self.complete:
+            return b""  # nothing after [DONE] reaches the client
         keep: list[bytes] = []
         for ev in events:
             if not ev.startswith(b"data:"):
@@ -200,19 +221,38 @@ class RelayResponse(Response):
             keep.append(self.rename.event(usage_event(self.head, usage)))
 
     async def _relay(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        if self.stream is not None:
+            self.stream.open = True
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         out = self.outcome
         while await self._pump(send) and self.resumer is not None and await self._resume(self.resumer):
             pass
+        if self.complete:
+            return
         if out.error is not None and not out.saw_done:
             await send({"type": "http.response.body", "body": error_event(out.error), "more_body": True})
+        self._end()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, send: Send, data: bytes) -> None:
+        """Send ``data``; once it holds ``[DONE]``, as the end of the response (one write, not two)."""
+        done = self.outcome.saw_done
+        if done:
+            self._end()
+        await send({"type": "http.response.body", "body": data, "more_body": not done})
+        if self.sent is not None:
+            self.sent.append(data)
+
+    def _end(self) -> None:
+        self.complete = True
+        if self.stream is not None:
+            self.stream.open = False
 
     async def _pump(self, send: Send) -> bool:
         """Relay the current call to its end; ``True`` when its backend died (read error, idle timeout,
         end without ``[DONE]``): the stream may be resumed."""
         out = self.outcome
-        sent = self.sent
         splitter = EventSplitter()
         try:
             async for chunk in self.call.chunks():
@@ -221,16 +261,12 @@ class RelayResponse(Response):
                     continue
                 data = self._process(events, time.perf_counter())
                 if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-                    if sent is not None:
-                        sent.append(data)
+                    await self._write(send, data)
                 if self.broken:
                     return False
             events = splitter.end()
             if events is not None and (data := self._process(events, time.perf_counter())):
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-                if sent is not None:
-                    sent.append(data)
+                await self._write(send, data)
             if not out.saw_done and out.error is None:
                 out.error = UpstreamError(
                     "upstream stream ended without [DONE]; the answer is incomplete", kind="protocol"

@@ -22,9 +22,10 @@ from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import GatewayError
+from gateway.relay import OpenStream
 from gateway.sse import error_event
 
 log = logging.getLogger("gateway.server")
@@ -47,20 +48,11 @@ class DrainCutoff:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = {"sse": False, "open": False}
-
-        async def tracked(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                ctype = dict(message.get("headers") or ()).get(b"content-type", b"")
-                state["sse"] = state["open"] = ctype.startswith(b"text/event-stream")
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                state["open"] = False
-            await send(message)
-
+        stream = scope[OpenStream.KEY] = OpenStream()  # kept up to date by the relay
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, send)
         except asyncio.CancelledError:
-            if state["sse"] and state["open"]:
+            if stream.open:
                 event = error_event(ShutDown("the gateway shut down before the answer was complete"))
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": event, "more_body": False})
