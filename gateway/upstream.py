@@ -156,14 +156,52 @@ class _CappedConnector(aiohttp.TCPConnector):
         super()._release(key, protocol, should_close=should_close)
 
 
-class _AiohttpResponse(UpstreamResponse):
-    __slots__ = ("_deadline", "_limit_s", "_resp", "content_type", "status")
+class _IdleTimer:
+    """``idle_s`` for a streamed body without moving a timer at every read, as aiohttp's ``sock_read``
+    does (a cancel and a new timer per chunk): the reader notes when it starts waiting and when it
+    stops; the one timer, when it fires, fails the body with aiohttp's own read-timeout error if the
+    reader has waited ``idle_s`` for a chunk, and otherwise re-arms itself. Time the relay spends
+    with a chunk (a slow client) is not idle time."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, deadline: float | None = None, limit_s: float = 0.0) -> None:
+    __slots__ = ("content", "handle", "idle_s", "loop", "waiting_since")
+
+    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.content, self.idle_s = content, idle_s
+        self.waiting_since: float | None = self.loop.time()
+        self.handle: asyncio.TimerHandle | None = self.loop.call_at(self.waiting_since + idle_s, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        since = self.waiting_since
+        if since is not None and now - since >= self.idle_s:
+            self.handle = None
+            self.content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+            return
+        self.handle = self.loop.call_at((now if since is None else since) + self.idle_s, self._check)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+class _AiohttpResponse(UpstreamResponse):
+    __slots__ = ("_deadline", "_idle", "_limit_s", "_resp", "content_type", "status")
+
+    def __init__(
+        self, resp: aiohttp.ClientResponse, deadline: float | None = None, limit_s: float = 0.0, idle_s: float = 0.0
+    ) -> None:
         self._resp = resp
         self._deadline, self._limit_s = deadline, limit_s  # loop time by which read() must be done
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "application/json")
+        self._idle: _IdleTimer | None = None
+        conn = resp.connection
+        if idle_s and conn is not None and conn.protocol is not None:
+            # the body's idle timeout is ours from here (aiohttp's, armed at the headers, is not re-armed)
+            conn.protocol.read_timeout = None
+            self._idle = _IdleTimer(resp.content, idle_s)
 
     async def read(self) -> bytes:
         try:
@@ -176,17 +214,29 @@ class _AiohttpResponse(UpstreamResponse):
             raise _whole_answer_timeout(self._limit_s) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
+        content, idle = self._resp.content, self._idle
         try:
+            if idle is None:
+                while chunk := await content.readany():
+                    yield chunk
+                return
+            time = idle.loop.time
             while True:
+                idle.waiting_since = time()
                 chunk = await content.readany()
+                idle.waiting_since = None
                 if not chunk:
                     return
                 yield chunk
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _aiohttp_error(exc) from None
+        finally:
+            if idle is not None:
+                idle.stop()
 
     async def aclose(self) -> None:
+        if self._idle is not None:
+            self._idle.stop()
         resp = self._resp
         if resp.content.at_eof():
             resp.release()
@@ -206,6 +256,7 @@ class AiohttpUpstream(Upstream):
             total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
         )
         self._whole_s = timeouts.first_byte_s
+        self._idle_s = timeouts.idle_s
         self._urls: dict[str, URL] = {}
 
     async def start(self) -> None:
@@ -250,7 +301,7 @@ class AiohttpUpstream(Upstream):
                     raise _aiohttp_error(exc) from None
         except TimeoutError:
             raise _whole_answer_timeout(self._whole_s) from None
-        return _AiohttpResponse(resp, deadline, self._whole_s)
+        return _AiohttpResponse(resp, deadline, self._whole_s, self._idle_s if stream else 0.0)
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
         if self._session is None:

@@ -7,6 +7,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -19,10 +20,12 @@ JSON = b'{"ok":true}'
 
 @dataclass
 class Server:
-    """A tiny HTTP/1.1 server: ``/json`` answers at once, ``/stream`` sends 3 chunks ``gap`` s apart,
-    ``/silent`` sends headers then nothing, ``/close`` drops the connection without answering."""
+    """A tiny HTTP/1.1 server: ``/json`` answers at once, ``/stream`` sends ``count`` chunks ``gap`` s
+    apart, ``/silent`` sends headers then nothing, ``/stall`` two chunks then nothing, ``/close`` drops
+    the connection without answering."""
 
     gap: float = 0.0
+    count: int = 3
     connections: int = 0
     open_now: int = 0
     stream_closed_early: asyncio.Event = field(default_factory=asyncio.Event)
@@ -53,7 +56,9 @@ class Server:
                 await writer.drain()
                 if path == b"/silent":
                     await asyncio.sleep(30)
-                for i in range(3):
+                for i in range(self.count):
+                    if path == b"/stall" and i == 2:
+                        await asyncio.sleep(30)
                     data = b"data: %d\n\n" % i
                     writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                     try:
@@ -129,6 +134,62 @@ async def test_idle_stream_times_out(server: Server, client: AiohttpUpstream) ->
             pass
     await resp.aclose()
     assert info.value.kind == "timeout" and not info.value.connecting
+
+
+async def test_silence_mid_stream_times_out(server: Server) -> None:
+    up = AiohttpUpstream(TimeoutSettings(connect_s=1.0, first_byte_s=1.0, idle_s=0.3))
+    await up.start()
+    try:
+        resp = await up.post(f"http://127.0.0.1:{server.port}/stall", b"{}", {}, stream=True)
+        got = []
+        with pytest.raises(UpstreamTimeout) as info:
+            async for chunk in resp.chunks():
+                got.append(chunk)
+        await resp.aclose()
+    finally:
+        await up.aclose()
+    assert b"".join(got) == b"data: 0\n\ndata: 1\n\n"
+    assert info.value.kind == "timeout" and not info.value.connecting
+
+
+async def test_a_slow_reader_is_not_an_idle_upstream(server: Server) -> None:
+    """Time the relay holds a chunk (a slow client) does not count towards ``idle_s``."""
+    up = AiohttpUpstream(TimeoutSettings(connect_s=1.0, first_byte_s=1.0, idle_s=0.2))
+    await up.start()
+    try:
+        resp = await up.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
+        got = []
+        async for chunk in resp.chunks():
+            got.append(chunk)
+            await asyncio.sleep(0.35)
+        await resp.aclose()
+    finally:
+        await up.aclose()
+    assert b"".join(got) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+async def test_a_stream_arms_no_timer_per_chunk(
+    server: Server, client: AiohttpUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle timeout costs one timer per stream, not a cancel and a new timer per read."""
+    server.count, server.gap = 30, 0.005
+    loop = asyncio.get_running_loop()
+    timers = 0
+    for name in ("call_later", "call_at"):
+        original = getattr(loop, name)
+
+        def counted(when: float, callback: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            nonlocal timers
+            timers += "timeout" in repr(callback).lower() or "_check" in repr(callback)  # the client's timers
+            return _original(when, callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, name, counted)
+    resp = await client.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
+    before = timers
+    got = [chunk async for chunk in resp.chunks()]
+    await resp.aclose()
+    assert len(got) == 30
+    assert timers - before <= 3
 
 
 async def test_refused_connection_is_a_connect_error(client: AiohttpUpstream) -> None:
