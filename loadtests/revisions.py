@@ -62,9 +62,10 @@ async def _measure(
     for _, t in gws.values():  # first connections, lazy imports, the router's first decisions
         await run_round(t, 200, a.conc, stream=True)
         await run_round(t, 200, a.conc, stream=False)
-    res: dict[str, dict[str, list[float]]] = {m: {r: [] for r in refs} for m in MODES}
+    modes = a.modes.split(",")
+    res: dict[str, dict[str, list[float]]] = {m: {r: [] for r in refs} for m in modes}
     for rnd in range(a.rounds):
-        for mode in MODES:
+        for mode in modes:
             routed, stream = mode.startswith("auto"), mode.endswith("stream")
             for ref in refs if rnd % 2 == 0 else refs[::-1]:
                 pid, t = gws[(ref, routed)]
@@ -139,15 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per mode")
     ap.add_argument("--n", type=int, default=2000, help="requests per round, revision and mode")
     ap.add_argument("--conc", type=int, default=16, help="concurrent requests")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens per streamed answer (the fake upstream's)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--artifact", default="local", help="router/artifacts/<name> of each revision, for model auto")
     ap.add_argument("--out", help="write the JSON results here")
     a = ap.parse_args(argv)
+    if unknown := set(a.modes.split(",")) - set(MODES):
+        ap.error(f"unknown modes: {', '.join(sorted(unknown))}")
     refs = list(dict.fromkeys(a.refs))
     names = {r: (describe() if r == WORKTREE else describe(r)) for r in refs}
     with tempfile.TemporaryDirectory(prefix="revisions-") as d:
         tmp = Path(d)
         try:
-            upstream, _ = start_fake(tmp, served_model="smol-served")
+            upstream, _ = start_fake(tmp, served_model="smol-served", tokens=a.tokens)
             gws = _targets(refs, tmp, upstream, a.artifact)
             res = asyncio.run(_measure(refs, gws, a))
         finally:

@@ -48,3 +48,11 @@ def test_held_out_prompts_do_not_see_their_own_family_labels() -> None:
     b, _ = FamilyFeatures(flipped, seed=0)(vectors, ids[:60], ids[60:])
     for i in ids:
         np.testing.assert_allclose(a[i], b[i])
+
+
+def test_revisions_refuses_an_unknown_mode_before_starting_anything() -> None:
+    from loadtests.revisions import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["HEAD", "--modes", "auto-stream,bogus"])
+    assert info.value.code == 2
