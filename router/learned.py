@@ -179,8 +179,7 @@ class LearnedPolicy(Policy):
             factor = self.residuals.factor(name, q, margins.arm_overall(name, q))
             base = plain.get(s.arm.model) if s.arm.strategy.kind != "plain" else None
             lossless = base is not None and s.arm.strategy.kind == "speculative"
-            preds[name] = replace(
-                p,
+            preds[name] = p.replaced(
                 # speculation is verified token by token by the same model: the plain arm's answer,
                 # so its quality (learned on more rows) stands for both
                 quality=base.quality if lossless and base is not None else p.quality,

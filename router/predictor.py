@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,6 +65,20 @@ class Prediction:
             out["live_ttft_ratio"] = round(self.live_ttft_ratio, 3)
             out["live_speed_ratio"] = round(self.live_speed_ratio, 3)
         return out
+
+    def replaced(self, **changes: Any) -> Prediction:
+        """``dataclasses.replace(self, **changes)`` without its look at every field on each call (it runs
+        per arm on every routed request, at several microseconds a call). ``TypeError`` for a name that is
+        not a field."""
+        if not changes.keys() <= _PREDICTION_FIELDS:
+            raise TypeError(f"not fields of Prediction: {sorted(changes.keys() - _PREDICTION_FIELDS)}")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
+
+_PREDICTION_FIELDS = frozenset(f.name for f in fields(Prediction))
 
 
 @dataclass(frozen=True)
@@ -204,5 +219,5 @@ class RouterModel:
                 quality_z = math.log(r / (1.0 - r))
             p = arm.forecast(quality_z, z[c + 1], z[c + 2], kchars, max_tokens, ttft_ratio, speed_ratio, slow)
             calibrate = maps.get(name)
-            out[name] = p if calibrate is None else replace(p, quality=calibrate(p.quality))
+            out[name] = p if calibrate is None else p.replaced(quality=calibrate(p.quality))
         return out

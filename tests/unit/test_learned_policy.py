@@ -431,3 +431,19 @@ def test_a_speculative_arm_has_its_plain_siblings_quality() -> None:
     assert preds["spec"].quality == preds["small"].quality == pytest.approx(0.2)
     alone = policy.predict(req, [ArmState(arm=spec)])
     assert alone["spec"].quality == pytest.approx(0.9)  # no sibling among the candidates: its own head
+
+
+def test_prediction_replaced_is_dataclasses_replace() -> None:
+    """The per-request fast copy gives what ``dataclasses.replace`` gives, and refuses unknown names."""
+    import dataclasses
+
+    from router.predictor import Prediction
+
+    p = Prediction(0.5, 100.0, 0.1, 30.0, 3.0, latency_bound_s=4.0, live_speed_ratio=1.2)
+    for changes in ({}, {"quality": 0.7}, {"latency_bound_s": None, "speedup": 1.5, "ttft_bound_s": 0.3}):
+        q = p.replaced(**changes)
+        assert q == dataclasses.replace(p, **changes) and q is not p
+        assert type(q) is Prediction and hash(q) == hash(dataclasses.replace(p, **changes))
+    assert p.quality == 0.5, "the original is unchanged"
+    with pytest.raises(TypeError, match="qualty"):
+        p.replaced(qualty=0.1)
