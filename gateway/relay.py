@@ -159,7 +159,9 @@ class RelayResponse(Response):
                     self._made_up_usage(keep)
                 keep.append(ev)
                 continue
-            if not (ev.startswith(b"data: {") or ev.startswith(b"data:{")) or not ev.rstrip().endswith(b"}"):
+            if not (ev.startswith(b"data: {") or ev.startswith(b"data:{")) or not (
+                ev.endswith(b"}") or ev.rstrip().endswith(b"}")
+            ):
                 # not a JSON object: end here rather than pass it (or a [DONE] after it) on as valid
                 out.error = UpstreamError(
                     "upstream sent a malformed SSE event; the answer is incomplete", kind="protocol"
@@ -185,7 +187,6 @@ class RelayResponse(Response):
                 )
                 keep.append(ev)
                 continue
-            ev = self.rename.event(ev)
             if is_token_event(ev):
                 if out.first_token_at is None:
                     out.first_token_at = now
@@ -196,7 +197,8 @@ class RelayResponse(Response):
             keep.append(ev)
         if not keep:
             return b""
-        return SEP.join(keep) + SEP
+        keep.append(b"")  # the last event's terminator
+        return self.rename.events(SEP.join(keep))  # once per read, not per event
 
     def _usage(self, ev: bytes) -> bytes:
         """Take the usage of the usage chunk ``ev``; a PDR stream's is summed with its earlier stages'."""

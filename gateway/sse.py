@@ -90,6 +90,11 @@ class Rename:
         """``event`` (compact JSON) with its first ``"model":"served"`` renamed."""
         return event.replace(self.needle, self.replacement, 1)
 
+    def events(self, data: bytes) -> bytes:
+        """Compact JSON events (SSE framing included) with each one's ``"model":"served"`` renamed: one
+        replace over all of them (the needle cannot occur unescaped inside a JSON string)."""
+        return data.replace(self.needle, self.replacement)
+
     def body(self, content: bytes, doc: dict[str, Any]) -> bytes:
         """A whole answer: ``content`` as received, ``doc`` the same parsed. Compact JSON is renamed in
         place (bytes kept as they are); any other spelling is re-encoded from ``doc``."""

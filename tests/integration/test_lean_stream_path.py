@@ -161,3 +161,21 @@ async def test_the_drain_cutoff_sees_an_open_stream_without_wrapping_its_message
     await asyncio.wait_for(gw.app(scope, receive, send), 5)
     assert seen[0] is True and all(seen[:-1]), "open from the start of the response"
     assert stream.open is False, "closed with its last message"
+
+
+async def test_events_of_one_read_leave_in_one_message_each_renamed(
+    gw: Gateway, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = upstreams["b1"]
+    chunks = fake._sse_chunks
+    monkeypatch.setattr(fake, "_sse_chunks", lambda *args: [b"".join(chunks(*args))])  # the whole stream, one read
+    body = compact(request_body("chat", stream=True, stream_options={"include_usage": True}))
+    sent = await _call(gw, _scope("/v1/chat/completions", body), body)
+
+    [message] = [m for m in sent if m["type"] == "http.response.body"]
+    assert message["more_body"] is False
+    events = message["body"].split(b"\n\n")
+    assert events[-2:] == [b"data: [DONE]", b""]
+    for ev in events[:-2]:
+        assert b'"model":"smol"' in ev and b"smol-served" not in ev, ev
+    assert gw.metric("gateway_requests_total", **SERIES, status="200") == 1

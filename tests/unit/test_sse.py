@@ -99,3 +99,17 @@ def test_usage_is_read_summed_and_made_up() -> None:
         "choices": [],
         "usage": before,
     }
+
+
+def test_rename_events_renames_every_event_of_a_read_and_no_text() -> None:
+    r = Rename("smol-served", "smol")
+    text = '{\\"model\\":\\"smol-served\\"}'  # the needle inside a JSON string is escaped: left alone
+    data = (
+        b'data: {"id":"a","model":"smol-served","choices":[{"delta":{"content":"x"}}]}\n\n'
+        b'data: {"id":"a","model":"smol-served","choices":[{"delta":{"content":"' + text.encode() + b'"}}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    out = r.events(data)
+    assert out.count(b'"model":"smol"') == 2 and b'"model":"smol-served"' not in out
+    assert text.encode() in out
+    assert r.events(out) == out
