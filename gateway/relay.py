@@ -110,13 +110,14 @@ class RelayResponse(Response):
         self.started = False  # the response's start was sent (gateway.lean_app reads it)
         self.complete = False  # [DONE] was sent, with the end of the response
         self.stream: OpenStream | None = None
+        self.watcher: asyncio.Task[None] | None = None  # the request's disconnect watcher, if it has one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.stream = scope.get(OpenStream.KEY)
 
         raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
         relay = asyncio.ensure_future(self._relay(send, raw_headers))
-        watcher = asyncio.ensure_future(self._watch_disconnect(receive))
+        watcher = self.watcher or asyncio.ensure_future(self._watch_disconnect(receive))
         try:
             done, _ = await asyncio.wait((relay, watcher), return_when=asyncio.FIRST_COMPLETED)
             if relay not in done and self.complete:

@@ -27,12 +27,13 @@ from gateway.auth import ApiKey
 from gateway.backends import BackendPool
 from gateway.calls import Calls
 from gateway.decision_log import DecisionLog
-from gateway.disconnect import unless_disconnected
+from gateway.disconnect import stop, unless_disconnected, watch_disconnect
 from gateway.errors import GatewayError, error_response
 from gateway.feedback import FeedbackLog, RouteLog
 from gateway.feedback_endpoint import feedback_response
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import Endpoint
+from gateway.relay import RelayResponse
 from gateway.request_id import RequestIds
 from gateway.request_log import RequestLog
 from gateway.settings import Settings
@@ -82,7 +83,17 @@ class Proxy:
             await self.admission.admit(ex, request)
             assert ex.decision is not None
             run = self.executors[ex.decision.arm.name].run(ex)
-            return await unless_disconnected(run, request.receive)  # a client gone cancels the wait
+            watcher = watch_disconnect(request.receive)
+            try:
+                response = await unless_disconnected(run, watcher)  # a client gone cancels the wait
+            except BaseException:
+                await stop(watcher)
+                raise
+            if isinstance(response, RelayResponse):
+                response.watcher = watcher  # the relay goes on watching with it
+            else:
+                await stop(watcher)
+            return response
         except GatewayError as exc:
             self.accounting.refused(ex, exc.status, exc)
             exc.headers["x-request-id"] = ex.request_id

@@ -179,3 +179,25 @@ async def test_events_of_one_read_leave_in_one_message_each_renamed(
     for ev in events[:-2]:
         assert b'"model":"smol"' in ev and b"smol-served" not in ev, ev
     assert gw.metric("gateway_requests_total", **SERIES, status="200") == 1
+
+
+async def test_a_stream_has_one_disconnect_watcher(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait for the upstream's headers and the relay watch the client with the same task."""
+    import gateway.disconnect
+    import gateway.relay
+
+    watchers = 0
+    original = gateway.disconnect._disconnected
+
+    async def counted(receive: Any) -> None:
+        nonlocal watchers
+        watchers += 1
+        await original(receive)
+
+    monkeypatch.setattr(gateway.disconnect, "_disconnected", counted)
+    monkeypatch.setattr(gateway.relay.RelayResponse, "_watch_disconnect", staticmethod(counted))
+    body = compact(request_body("chat", stream=True))
+    sent = await _call(gw, _scope("/v1/chat/completions", body), body)
+    assert sent[-1]["body"].endswith(b"data: [DONE]\n\n")
+    assert watchers == 1
+    assert gw.metric("gateway_requests_total", **SERIES, status="200") == 1
