@@ -193,7 +193,11 @@ class Admission:
             ) from None
         if record:
             self.metrics.decision(
-                decision.arm.model, decision.arm.strategy.label, decision.reason, time.perf_counter() - started
+                decision.arm.model,
+                decision.arm.strategy.label,
+                decision.reason,
+                time.perf_counter() - started,
+                decision.family,
             )
         return decision, req
 

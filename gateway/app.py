@@ -59,6 +59,9 @@ def create_app(
         for backend in live.backends:
             metrics.arm_info(live.arm.name, live.arm.model, live.strategy_label, backend)
     policy = settings.routing.build([live.arm for live in catalog.generation_arms()])
+    metrics.known_families(
+        policy.task_families, {(live.arm.model, live.strategy_label) for live in catalog.generation_arms()}
+    )
     upstream: Upstream = (
         AiohttpUpstream(settings.timeouts) if transport is None else HttpxUpstream(settings.timeouts, transport)
     )

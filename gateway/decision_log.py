@@ -11,8 +11,8 @@ with the ratings of ``POST /v1/feedback`` to learn from real traffic. Fields:
   when ``feedback.store_prompts`` is true;
 * the decision: ``flags`` (the caller's :class:`~router.decision.RouteFlags`), ``predictions``
   (every candidate arm's forecast, :meth:`~router.predictor.Prediction.as_dict`), ``arm`` (the
-  arm chosen), ``reason``, ``propensity`` (the probability the policy had of choosing it: below 1
-  when it explores, ``routing.params.explore``);
+  arm chosen), ``reason``, ``family`` (the predicted task family, or null), ``propensity`` (the
+  probability the policy had of choosing it: below 1 when it explores, ``routing.params.explore``);
 * what happened: ``served_arm`` and ``backend`` (who answered; another arm than ``arm`` after a
   failover, ``null`` when nobody did), ``status`` (HTTP status; 499: the client went away),
   ``ttft_s`` (streams only), ``output_tokens``, ``latency_s`` (received to last byte) and
@@ -136,6 +136,7 @@ class DecisionRecord:
             "predictions": {name: p.as_dict() for name, p in decision.predictions.items()},
             "arm": decision.arm.name,
             "reason": decision.reason,
+            "family": decision.family,
             "propensity": decision.propensity,
             "served_arm": served_arm,
             "backend": backend,

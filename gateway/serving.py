@@ -109,6 +109,7 @@ class Proxy:
             "strategy": live.strategy_label,
             "backends": list(live.backends),
             "reason": decision.reason,
+            "family": decision.family,
             "explanation": decision.explanation,
             "ranked": [a.name for a in decision.ranked],
             "predictions": {name: p.as_dict() for name, p in decision.predictions.items()},
