@@ -157,8 +157,7 @@ def _generation_routes(app: FastAPI, proxy: Proxy, keys: KeyStore) -> None:
 
     @app.post("/v1/feedback", summary="Rate an answer by its id; recorded as JSONL with its routing decision")
     async def feedback(request: Request) -> Response:
-        caller(request)
-        return await proxy.feedback(request)
+        return await proxy.feedback(request, caller(request))
 
 
 def _service_routes(

@@ -161,6 +161,31 @@ class RateLimiter:
         return Charge(tokens, estimate)
 
 
+class PerMinute:
+    """A requests-per-minute budget per name, for endpoints outside a key's own ``rpm`` (feedback).
+    Call from the event loop only; the names must be bounded (configured key names)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, name: str, rpm: int, what: str) -> None:
+        """Take one from ``name``'s budget of ``rpm`` a minute, or raise :class:`RateLimited` (429 with
+        ``Retry-After``); ``what`` names the budget in the message."""
+        now = self.clock()
+        bucket = self._buckets.get(name)
+        if bucket is None or bucket.capacity != rpm:
+            bucket = self._buckets[name] = TokenBucket(rpm, now)
+        bucket.refill(now)
+        if (wait := bucket.wait_s(1)) > 0:
+            raise RateLimited(
+                f"Rate limit reached for {what}: limit {rpm} per minute. Try again in {math.ceil(wait)}s.",
+                limit="requests",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
+        bucket.add(-1)
+
+
 def token_count(value: Any) -> int:
     """A token count from an upstream ``usage`` field: the value if it is a non-negative integer, else 0
     (an upstream's ``"12"``, ``null``, ``-1`` or ``[]`` must not fail the request or a metric)."""

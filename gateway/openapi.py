@@ -101,7 +101,16 @@ def document_openapi(app: FastAPI, auth: bool, models: list[str], arms: list[str
         }
         fb = paths["/v1/feedback"]["post"]
         fb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("FeedbackRequest")}}}
-        fb["responses"].update(_errors({"400": "Invalid rating", "404": "Feedback recording is off"}))
+        fb["responses"].update(
+            _errors(
+                {
+                    "400": "Invalid rating",
+                    "404": "Feedback recording is off, or no answer with this id is known for this key",
+                    "413": "Body larger than 32 KiB",
+                    "429": "The caller's feedback budget is spent (Retry-After)",
+                }
+            )
+        )
         emb = paths["/v1/embeddings"]["post"]
         emb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("EmbeddingRequest")}}}
         emb["responses"].update(
