@@ -204,10 +204,10 @@ class Admission:
         except FlagError as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         if flags.arm is not None and not any(a.arm.name == flags.arm for a in arms):
-            param = "route.arm" if flags.arm not in self.catalog.arms else "model"
+            # one answer whether the arm exists for another model or key or not at all: no oracle
             raise InvalidRequest(
                 f"unknown arm '{flags.arm}' for model '{body['model']}'; arms: " + ", ".join(a.arm.name for a in arms),
-                param=param,
+                param="route.arm",
             )
         return flags
 
