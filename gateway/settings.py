@@ -193,6 +193,11 @@ class StreamingSettings(_Strict):
     resume_deadline_s: float = Field(
         10.0, gt=0, le=600, description="From the failure until the continuation's response headers; then give up."
     )
+    max_event_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest upstream SSE event relayed; a larger one ends the stream (error event, [DONE]).",
+    )
 
 
 class ApiKeySettings(_Strict):
