@@ -10,6 +10,7 @@
     ├── RouteUnmeetableError         422     invalid_request_error   route_unmeetable (route.strict; param named)
     ├── RateLimited                  429     requests / tokens       rate_limit_exceeded (+Retry-After)
     ├── NoHealthyBackend             503     service_unavailable     no_healthy_backend (+Retry-After)
+    ├── ShutDown                     503     service_unavailable     shutting_down (drain timed out)
     ├── UpstreamError                502/504 upstream_error          upstream_<kind>
     └── UpstreamHTTPError            4xx as upstream (429 keeps Retry-After); 5xx: 502 upstream_http_5xx
 
@@ -114,6 +115,14 @@ class NoHealthyBackend(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "no_healthy_backend"
+
+
+class ShutDown(GatewayError):
+    """The drain timeout (``server.drain_timeout_s``) cut the request off (gateway/server.py)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
 
 
 class UpstreamError(GatewayError):

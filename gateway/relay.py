@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Accounting, Outcome
 from gateway.calls import Call, upstream_error
-from gateway.errors import UpstreamError
+from gateway.errors import ShutDown, UpstreamError
 from gateway.limits import token_count
 from gateway.resume import Resumer, Seam
 from gateway.sse import (
@@ -117,6 +117,13 @@ class RelayResponse(Response):
                 relay.result()
         except OSError:
             self.outcome.disconnected = True
+        except asyncio.CancelledError:  # the drain timed out (gateway/server.py): the relay ends first
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await relay
+            if self.outcome.error is None:
+                self.outcome.error = ShutDown("the gateway shut down before the answer was complete")
+            raise
         finally:
             watcher.cancel()
             await self.call.aclose()
