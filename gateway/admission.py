@@ -27,7 +27,7 @@ from gateway.auth import ApiKey
 from gateway.backends import BackendPool
 from gateway.decision_log import DecisionLog, DecisionRecord
 from gateway.errors import InvalidRequest, ModelNotFound, NoHealthyBackend, RouteUnmeetableError
-from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens
+from gateway.limits import Charge, RateLimiter, check_caps, check_message_count, estimate_tokens
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint, prompt_text
 from gateway.request_body import read_body, validation_error
@@ -158,6 +158,7 @@ class Admission:
     ) -> tuple[list[LiveArm], RouteFlags]:
         """Validate ``body``, check the caps and the key's models; the arms it may use and the caller's
         routing flags."""
+        check_message_count(body, self.settings.limits)
         try:
             _MODELS[endpoint].model_validate(body)
         except ValidationError as exc:

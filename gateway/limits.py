@@ -63,6 +63,12 @@ def check_caps(body: dict[str, Any], limits: LimitSettings) -> None:
     n = body.get("n")
     if n is not None and n > limits.max_n:
         raise InvalidRequest(f"n: {n} is more than this gateway allows ({limits.max_n})", param="n", reason="n")
+    check_message_count(body, limits)
+
+
+def check_message_count(body: dict[str, Any], limits: LimitSettings) -> None:
+    """The ``limits.max_messages`` cap alone: cheap, so admission checks it before validating the
+    messages one by one (100,000 of them took 1.7 s of the event loop to validate)."""
     messages = body.get("messages")
     if isinstance(messages, list) and len(messages) > limits.max_messages:
         raise InvalidRequest(
