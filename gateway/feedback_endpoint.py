@@ -24,6 +24,7 @@ from gateway.auth import ApiKey
 from gateway.errors import GatewayError, InvalidRequest, error_response
 from gateway.feedback import FeedbackLog, RouteLog
 from gateway.limits import PerMinute
+from gateway.metrics import GatewayMetrics
 from gateway.protocol import FEEDBACK_MAX_BODY_BYTES, FeedbackRequest
 from gateway.request_body import read_body, validation_error
 from gateway.settings import FeedbackSettings
@@ -42,8 +43,10 @@ class FeedbackEndpoint:
         max_body_bytes: int,
         routes: RouteLog | None,
         feedback_log: FeedbackLog | None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.max_body_bytes = min(max_body_bytes, FEEDBACK_MAX_BODY_BYTES)
         self.routes = routes
         self.feedback_log = feedback_log
@@ -54,6 +57,8 @@ class FeedbackEndpoint:
         try:
             rating, line = await self._record(request, key)
         except GatewayError as exc:
+            if exc.reason is not None and self.metrics is not None:  # a spent budget, a body too large
+                self.metrics.rejected(exc.reason, key.name if key is not None else None)
             return error_response(exc)
         except ClientDisconnect:
             return Response(status_code=499)

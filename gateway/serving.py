@@ -66,7 +66,7 @@ class Proxy:
             else None
         )
         feedback_log = FeedbackLog(fb.path) if fb.path else None
-        self.feedback = FeedbackEndpoint(fb, settings.server.max_body_bytes, routes, feedback_log)
+        self.feedback = FeedbackEndpoint(fb, settings.server.max_body_bytes, routes, feedback_log, metrics)
         path = settings.routing.decision_log
         decision_log = (
             DecisionLog(path, store_prompts=fb.store_prompts, on_error=metrics.decision_log_error) if path else None

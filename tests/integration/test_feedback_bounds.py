@@ -116,6 +116,7 @@ async def test_feedback_has_its_own_per_key_rate_limit(make_gateway: MakeGateway
         assert [r.status_code for r in codes] == [200, 200, 429]
         err = codes[2].json()["error"]
         assert err["code"] == "rate_limit_exceeded" and int(codes[2].headers["retry-after"]) >= 1
+        assert gw.metric("gateway_rejected_requests_total", reason="rate_limit_requests", key="team-a") == 1
         # another key has its own budget (its rating of an unknown id is a 404, not a 429)
         other = await gw.client.post("/v1/feedback", json={"id": "x", "rating": 1}, headers=B)
         assert other.status_code == 404
