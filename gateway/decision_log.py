@@ -34,9 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from gateway.jsonl import append_line
+from gateway.jsonl import append_line, encode_line
 from router import Decision, RouteRequest
 
 log = logging.getLogger("gateway.decision_log")
@@ -75,7 +73,7 @@ class DecisionLog:
     def write(self, line: dict[str, Any]) -> bool:
         """Append ``line`` as one JSON line; ``False`` (logged, counted, never raised) if that fails."""
         try:
-            append_line(self.path, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+            append_line(self.path, encode_line(line))
         except Exception as exc:  # never fail the request over its log line
             self.errors += 1
             if self.errors == 1 or self.errors % 1000 == 0:
