@@ -6,7 +6,8 @@ solving) costs CPU on every request and a wrapper call on every message a stream
 :class:`GatewayApp` answers a POST to either exact path itself, with the handler the FastAPI route
 has, and leaves everything else to FastAPI (which still declares both routes, for the OpenAPI
 document and for whatever this does not match: another method, a path with a trailing slash, an app
-under a ``root_path``).
+under a ``root_path``). What the drain cutoff needs to know of the response
+(:mod:`gateway.response_state`) is kept without wrapping the stream's ``send``.
 
 What the request needs is kept, with the same results as through FastAPI: the handler authenticates
 (401 before the body is read) and :meth:`gateway.serving.Proxy.handle` does the rest (body limit,
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway import response_state
 from gateway.errors import GatewayError, error_response
 
 log = logging.getLogger("gateway.app")
@@ -59,7 +61,8 @@ class GatewayApp(FastAPI):
             if handler is not None:
                 await _serve(handler, scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        state = response_state.of(scope)
+        await super().__call__(scope, receive, send if state is None else state.tracking(send))
 
 
 async def _serve(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,6 +74,8 @@ async def _serve(handler: Handler, scope: Scope, receive: Receive, send: Send) -
     except Exception:
         await internal_error(request)(scope, receive, send)
         raise
+    if (state := response_state.of(scope)) is not None and getattr(response, "started", None) is None:
+        state.started = True  # a plain response sends its start first thing (a stream says so itself)
     try:
         await response(scope, receive, send)
     except Exception:

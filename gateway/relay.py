@@ -10,17 +10,19 @@ JSON, normalised once per event: :func:`gateway.sse.compact`).
 A PDR stream passes ``usage_before`` (its earlier stages' usage): the usage chunk then carries the
 sum, and one is made up before ``[DONE]`` if the upstream sent none.
 
-Failure after the first byte — a read error, an idle timeout, a stream that ends without
-``[DONE]``, a ``data:`` event that is not a JSON object (checked by its first and last byte, not
-parsed) — becomes an SSE error event followed by ``data: [DONE]``: the client always learns
-that the answer is incomplete — unless the backend died (read error, idle timeout, end without
-``[DONE]``) and a :class:`gateway.resume.Resumer` continues the answer on another backend of the arm:
-then the continuation is relayed into the same stream through a :class:`gateway.resume.Seam` (one
-``id``, one role chunk, the whole answer's usage) and an SSE comment before ``[DONE]`` says so. Only
-a stream that may be resumed keeps what it sends (one list append per write, no parsing); the text is
-read back from it when a resume is asked for. A client disconnect cancels the relay and closes the upstream
-response, so vLLM aborts the generation. When the relay ends, for any reason, the call is closed
-and :meth:`gateway.accounting.Accounting.finish` gets the :class:`~gateway.accounting.Outcome`.
+Failure after the first byte — a read error, an idle timeout, a stream that ends without ``[DONE]``,
+a ``data:`` event that is not a JSON object (checked by its first and last byte, not parsed), an
+event larger than ``streaming.max_event_bytes`` (never buffered past it) — becomes an SSE error
+event followed by ``data: [DONE]``: the client always learns that the answer is incomplete — unless
+the backend died (read error, idle timeout, end without ``[DONE]``) and a
+:class:`gateway.resume.Resumer` continues the answer on another backend of the arm: then the
+continuation is relayed into the same stream through a :class:`gateway.resume.Seam` (one ``id``, one
+role chunk, the whole answer's usage) and an SSE comment before ``[DONE]`` says so. Only a stream
+that may be resumed keeps what it sends (one list append per write, no parsing); the text is read
+back from it when a resume is asked for. A client disconnect cancels the relay and closes the
+upstream response, so vLLM aborts the generation. When the relay ends, for any reason, the call is
+closed and :meth:`gateway.accounting.Accounting.finish` gets the
+:class:`~gateway.accounting.Outcome`.
 """
 
 from __future__ import annotations
@@ -33,15 +35,19 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway import response_state
 from gateway.accounting import Accounting, Outcome
 from gateway.calls import Call, upstream_error
-from gateway.errors import UpstreamError
+from gateway.errors import ShutDown, UpstreamError
 from gateway.limits import token_count
+from gateway.response_state import ResponseState
 from gateway.resume import Resumer, Seam
 from gateway.sse import (
     DONE,
+    MAX_EVENT_BYTES,
     SEP,
     EventSplitter,
+    EventTooLarge,
     Rename,
     compact,
     error_event,
@@ -61,18 +67,6 @@ _HEADERS = [
 ]
 
 
-class OpenStream:
-    """Whether a stream's response is open (started, not yet ended). :class:`gateway.server.DrainCutoff`
-    puts one in the ASGI scope under :attr:`KEY`; the relay keeps it up to date, so that no wrapper
-    has to watch every message the stream sends."""
-
-    KEY = "gateway.open_stream"
-    __slots__ = ("open",)
-
-    def __init__(self) -> None:
-        self.open = False
-
-
 class RelayResponse(Response):
     """An ASGI response that relays ``call`` (a stream whose headers have arrived) and accounts for it.
 
@@ -90,8 +84,10 @@ class RelayResponse(Response):
         outcome: Outcome,
         usage_before: dict[str, int] | None = None,
         resumer: Resumer | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.call = call
+        self.max_event_bytes = max_event_bytes
         self.status_code = 200
         self.background = None
         self.route_headers = headers
@@ -109,11 +105,11 @@ class RelayResponse(Response):
         self.comments: list[bytes] | None = None  # x-route-resumed lines, sent before [DONE]
         self.started = False  # the response's start was sent (gateway.lean_app reads it)
         self.complete = False  # [DONE] was sent, with the end of the response
-        self.stream: OpenStream | None = None
+        self.state: ResponseState | None = None
         self.watcher: asyncio.Task[None] | None = None  # the request's disconnect watcher, if it has one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.stream = scope.get(OpenStream.KEY)
+        self.state = response_state.of(scope)
 
         raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
         relay = asyncio.ensure_future(self._relay(send, raw_headers))
@@ -131,6 +127,13 @@ class RelayResponse(Response):
                 relay.result()
         except OSError:
             self.outcome.disconnected = True
+        except asyncio.CancelledError:  # the drain timed out (gateway/server.py): the relay ends first
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await relay
+            if self.outcome.error is None:
+                self.outcome.error = ShutDown("the gateway shut down before the answer was complete")
+            raise
         finally:
             watcher.cancel()
             await self.call.aclose()
@@ -225,8 +228,8 @@ class RelayResponse(Response):
 
     async def _relay(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
-        if self.stream is not None:
-            self.stream.open = True
+        if self.state is not None:
+            self.state.started = self.state.open = True
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         out = self.outcome
         while await self._pump(send) and self.resumer is not None and await self._resume(self.resumer):
@@ -249,14 +252,14 @@ class RelayResponse(Response):
 
     def _end(self) -> None:
         self.complete = True
-        if self.stream is not None:
-            self.stream.open = False
+        if self.state is not None:
+            self.state.open = False
 
     async def _pump(self, send: Send) -> bool:
         """Relay the current call to its end; ``True`` when its backend died (read error, idle timeout,
         end without ``[DONE]``): the stream may be resumed."""
         out = self.outcome
-        splitter = EventSplitter()
+        splitter = EventSplitter(self.max_event_bytes)
         try:
             async for chunk in self.call.chunks():
                 events = splitter.feed(chunk)
@@ -278,6 +281,13 @@ class RelayResponse(Response):
         except UpstreamIOError as exc:
             out.error = upstream_error(exc, self.call.backend.name, "stream")
             return True
+        except EventTooLarge:  # a protocol fault, not a dead backend: ended here, never resumed
+            out.error = UpstreamError(
+                f"upstream sent an SSE event larger than streaming.max_event_bytes ({self.max_event_bytes}); "
+                "the answer is incomplete",
+                kind="protocol",
+            )
+            self.broken = True
         return False
 
     async def _resume(self, resumer: Resumer) -> bool:

@@ -24,22 +24,18 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import GatewayError
-from gateway.relay import OpenStream
+from gateway.errors import ShutDown, error_response
+from gateway.response_state import KEY, ResponseState
 from gateway.sse import error_event
 
 log = logging.getLogger("gateway.server")
 
 
-class ShutDown(GatewayError):
-    status = 503
-    type = "service_unavailable"
-    code = "shutting_down"
-
-
 class DrainCutoff:
     """ASGI middleware: a stream still open when the drain timeout cancels it ends with an SSE
-    error event (``shutting_down``) and ``data: [DONE]`` instead of a bare connection close."""
+    error event (``shutting_down``) and ``data: [DONE]`` instead of a bare connection close; a
+    request whose answer had not started gets a 503 ``shutting_down`` envelope. Either way the
+    request's task then ends normally (the relay has stopped writing: gateway/relay.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -48,14 +44,21 @@ class DrainCutoff:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        stream = scope[OpenStream.KEY] = OpenStream()  # kept up to date by the relay
+        state = scope[KEY] = ResponseState()  # kept by the app (gateway/response_state.py)
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
-            if stream.open:
-                event = error_event(ShutDown("the gateway shut down before the answer was complete"))
+            # uvicorn cancels what still runs when the drain times out; what we end here ends cleanly
+            # (no traceback in the log), what we cannot end (a plain body half sent) is re-raised
+            cut = ShutDown("the gateway shut down before the answer was complete")
+            if state.open:
                 with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": event, "more_body": False})
+                    await send({"type": "http.response.body", "body": error_event(cut), "more_body": False})
+                return
+            if not state.started:
+                with contextlib.suppress(Exception):
+                    await error_response(cut)(scope, receive, send)
+                return
             raise
 
 

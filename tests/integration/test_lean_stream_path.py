@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fake_vllm import Gateway, MakeGateway, Upstreams, compact, request_body
 
-from gateway.relay import OpenStream
+from gateway.response_state import KEY, ResponseState
 
 SERIES = {"model": "smol", "strategy": "plain", "endpoint": "chat"}
 
@@ -148,19 +148,34 @@ async def test_an_exception_after_the_stream_started_is_not_answered_with_a_500(
 async def test_the_drain_cutoff_sees_an_open_stream_without_wrapping_its_messages(gw: Gateway) -> None:
     body = compact(request_body("chat", stream=True))
     scope = _scope("/v1/chat/completions", body)
-    stream = scope[OpenStream.KEY] = OpenStream()
-    seen: list[bool] = []
+    state = scope[KEY] = ResponseState()
+    seen: list[tuple[bool, bool]] = []
 
     async def receive() -> dict[str, Any]:
         await asyncio.sleep(0)
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
-        seen.append(stream.open)
+        seen.append((state.started, state.open))
 
     await asyncio.wait_for(gw.app(scope, receive, send), 5)
-    assert seen[0] is True and all(seen[:-1]), "open from the start of the response"
-    assert stream.open is False, "closed with its last message"
+    assert seen[0] == (True, True) and all(seen[:-1]), "open from the start of the response"
+    assert (state.started, state.open) == (True, False), "closed with its last message"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload"),
+    [("POST", "/v1/chat/completions", request_body("chat")), ("GET", "/v1/models", None)],
+)
+async def test_a_plain_answer_is_seen_started_on_either_path(
+    gw: Gateway, method: str, path: str, payload: dict[str, Any] | None
+) -> None:
+    body = compact(payload) if payload is not None else b""
+    scope = _scope(path, body, method)
+    state = scope[KEY] = ResponseState()
+    sent = await _call(gw, scope, body)
+    assert sent[0]["status"] == 200
+    assert (state.started, state.open) == (True, False)
 
 
 async def test_events_of_one_read_leave_in_one_message_each_renamed(

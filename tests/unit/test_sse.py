@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.sse import EventSplitter, Rename, compact, is_spaced, summed, usage_event, usage_of
+from gateway.sse import EventSplitter, EventTooLarge, Rename, compact, is_spaced, summed, usage_event, usage_of
 
 STREAM = b'data: {"a":1}\n\ndata: {"b":2}\n\n: ping\n\ndata: [DONE]\n\n'
 EVENTS = [b'data: {"a":1}', b'data: {"b":2}', b": ping", b"data: [DONE]"]
@@ -113,3 +113,15 @@ def test_rename_events_renames_every_event_of_a_read_and_no_text() -> None:
     assert out.count(b'"model":"smol"') == 2 and b'"model":"smol-served"' not in out
     assert text.encode() in out
     assert r.events(out) == out
+
+
+def test_the_splitter_refuses_an_event_larger_than_its_limit() -> None:
+    small = EventSplitter(max_event_bytes=16)
+    assert small.feed(b"data: 1\n\ndata: 2") == [b"data: 1"]
+    with pytest.raises(EventTooLarge):  # still arriving: never buffered past the limit
+        small.feed(b"x" * 20)
+    whole = EventSplitter(max_event_bytes=16)
+    with pytest.raises(EventTooLarge):  # complete within one read
+        whole.feed(b"data: " + b"x" * 20 + b"\n\ndata: 2\n\n")
+    ok = EventSplitter(max_event_bytes=16)
+    assert ok.feed(b"data: 1\n\n" * 10) == [b"data: 1"] * 10  # a long read of small events is fine
