@@ -47,6 +47,8 @@ def internal_error(request: Request) -> Response:
 class GatewayApp(FastAPI):
     """FastAPI plus a direct path for the generation endpoints (see the module docstring)."""
 
+    keeps_response_state = True  # gateway.server.DrainCutoff need not wrap its send
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.direct: dict[str, Handler] = {}  # exact path of a POST → its handler

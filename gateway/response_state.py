@@ -1,10 +1,11 @@
 """What :class:`gateway.server.DrainCutoff` must know of a request's response when the drain timeout
 cancels it: whether it started, and whether it is a stream still open.
 
-``DrainCutoff`` puts a :class:`ResponseState` in the ASGI scope under :data:`KEY`. The generation
-endpoints' own path (:mod:`gateway.lean_app`) and the relay (:mod:`gateway.relay`) keep it up to date
-themselves, so that no wrapper sits between a stream and the server for every message it sends;
-every other route goes through FastAPI with its ``send`` wrapped by :meth:`ResponseState.tracking`.
+``DrainCutoff`` puts a :class:`ResponseState` in the ASGI scope under :data:`KEY`. In the gateway's
+app (``keeps_response_state``) the generation endpoints' own path (:mod:`gateway.lean_app`) and the
+relay (:mod:`gateway.relay`) keep it up to date themselves, so that no wrapper sits between a stream
+and the server for every message it sends; every other route goes through FastAPI with its ``send``
+wrapped by :meth:`ResponseState.tracking`, as is any other app's.
 
 Async-safety: one per request, touched by that request's tasks only.
 """

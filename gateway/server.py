@@ -39,14 +39,16 @@ class DrainCutoff:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # an app that keeps the state itself (gateway.lean_app.GatewayApp) spares every message a wrapper
+        self.wrap = not getattr(app, "keeps_response_state", False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope[KEY] = ResponseState()  # kept by the app (gateway/response_state.py)
+        state = scope[KEY] = ResponseState()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, state.tracking(send) if self.wrap else send)
         except asyncio.CancelledError:
             # uvicorn cancels what still runs when the drain times out; what we end here ends cleanly
             # (no traceback in the log), what we cannot end (a plain body half sent) is re-raised

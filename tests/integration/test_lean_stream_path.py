@@ -216,3 +216,13 @@ async def test_a_stream_has_one_disconnect_watcher(gw: Gateway, monkeypatch: pyt
     assert sent[-1]["body"].endswith(b"data: [DONE]\n\n")
     assert watchers == 1
     assert gw.metric("gateway_requests_total", **SERIES, status="200") == 1
+
+
+async def test_the_drain_cutoff_wraps_no_message_of_the_gateway_app(gw: Gateway) -> None:
+    from gateway.server import DrainCutoff
+
+    async def other(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    assert DrainCutoff(gw.app).wrap is False, "the gateway app keeps the response state itself"
+    assert DrainCutoff(other).wrap is True
