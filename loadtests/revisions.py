@@ -39,7 +39,9 @@ MODES = ("pinned-stream", "auto-stream", "auto-plain")
 WORKTREE = "WORKTREE"
 
 
-def _targets(refs: list[str], tmp: Path, upstream: str, artifact: str) -> dict[tuple[str, bool], tuple[int, Target]]:
+def _targets(
+    refs: list[str], tmp: Path, upstream: str, artifact: str, tokens: int
+) -> dict[tuple[str, bool], tuple[int, Target]]:
     """Start the two gateways of every revision; (revision, routed) → (pid, target)."""
     out: dict[tuple[str, bool], tuple[int, Target]] = {}
     for i, ref in enumerate(refs):
@@ -51,7 +53,7 @@ def _targets(refs: list[str], tmp: Path, upstream: str, artifact: str) -> dict[t
                 tmp, upstream, model="smol", served_model="smol-served", routed=art, log_level="warning",
                 name=name, source=source,
             )  # fmt: skip
-            out[(ref, routed)] = (p.pid, Target(name, url, "auto" if routed else "smol", {}, 16))
+            out[(ref, routed)] = (p.pid, Target(name, url, "auto" if routed else "smol", {}, tokens))
     return out
 
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per mode")
     ap.add_argument("--n", type=int, default=2000, help="requests per round, revision and mode")
     ap.add_argument("--conc", type=int, default=16, help="concurrent requests")
-    ap.add_argument("--tokens", type=int, default=16, help="tokens per streamed answer (the fake upstream's)")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens per answer (the fake's, and max_tokens)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--artifact", default="local", help="router/artifacts/<name> of each revision, for model auto")
     ap.add_argument("--out", help="write the JSON results here")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         try:
             upstream, _ = start_fake(tmp, served_model="smol-served", tokens=a.tokens)
-            gws = _targets(refs, tmp, upstream, a.artifact)
+            gws = _targets(refs, tmp, upstream, a.artifact, a.tokens)
             res = asyncio.run(_measure(refs, gws, a))
         finally:
             PROCS.stop_all()
