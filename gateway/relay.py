@@ -3,7 +3,9 @@
 :class:`RelayResponse` is the ASGI response of every stream, single-call or PDR. For each upstream
 read it takes the complete events (:class:`gateway.sse.EventSplitter`), rewrites the served model
 name to the public one, drops the usage-only chunk when the client did not ask for usage,
-timestamps token events for TTFT / inter-token latency, and writes what it has in one ASGI message.
+timestamps token events for TTFT / inter-token latency, and writes what it has in one ASGI message;
+the message that holds ``[DONE]`` ends the response (one write with the chunked terminator), and
+nothing after ``[DONE]`` is relayed (the upstream is still read to its end, for its connection).
 JSON is parsed only for the usage chunk (and for every event of an upstream that writes spaced
 JSON, normalised once per event: :func:`gateway.sse.compact`).
 

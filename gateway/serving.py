@@ -2,14 +2,14 @@
 
 One direction for a generation request::
 
-    app → Proxy.handle → admission (body, flags, caps, budget, router decision)
+    app (gateway.lean_app) → Proxy.handle → admission (body, flags, caps, budget, router decision)
         → executors[arm] (gateway.strategies: single, pdr) → calls → upstream
         → a whole answer, or the relay (gateway.relay, using gateway.sse) for a stream
         → accounting.finish (metrics, pool, live arm stats, policy, token charge, decision log)
 
 A request that no arm answers (refused, or every upstream attempt failed) is accounted for here and
 answered with an OpenAI error; a client that leaves while the gateway waits cancels the upstream
-call (:func:`gateway.disconnect.unless_disconnected`).
+call (:func:`gateway.disconnect.unless_disconnected`; a stream's relay goes on with the same watcher).
 """
 
 from __future__ import annotations
