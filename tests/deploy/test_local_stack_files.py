@@ -14,7 +14,7 @@ import yaml
 
 from gateway.arms import ArmCatalog
 from gateway.settings import load_settings
-from lab.launcher import BackendSpec
+from lab.launcher import BackendSpec, Launcher
 
 LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "local"
 STACKS = [
@@ -22,6 +22,7 @@ STACKS = [
     ("backends-strategies.yaml", "gateway-strategies.yaml"),
     ("backends-healed.yaml", "gateway-healed.yaml"),
     ("backends-full.yaml", "gateway-full.yaml"),
+    ("backends-llamacpp.yaml", "gateway-llamacpp.yaml"),
 ]
 
 
@@ -35,6 +36,8 @@ def test_gateway_backends_match_the_servers(backends: str, gateway: str) -> None
     for b in settings.backends:
         assert str(b.url).rstrip("/") == f"http://127.0.0.1:{servers[b.name].port}", b.name
         assert b.served_model == servers[b.name].served_model, b.name
+        assert b.health_path == servers[b.name].health_path, b.name
+        assert b.scrape_metrics == (servers[b.name].engine == "vllm"), "only vLLM has vLLM's /metrics"
 
 
 @pytest.mark.parametrize(("backends", "gateway"), STACKS)
@@ -65,6 +68,27 @@ def test_strategies_stack_has_three_speculative_lengths_and_a_variant() -> None:
     assert [a["strategy"]["kind"] for a in arms].count("plain") == 1
 
 
+def test_the_llamacpp_stack_adds_a_pinned_only_llamacpp_arm_to_the_default_one() -> None:
+    default = yaml.safe_load((LOCAL / "gateway.yaml").read_text())
+    stack = yaml.safe_load((LOCAL / "gateway-llamacpp.yaml").read_text())
+    extra = [a for a in stack["arms"] if a not in default["arms"]]
+    assert [(a["name"], a.get("pinned_only")) for a in extra] == [("smollm2-llamacpp", True)]
+    assert stack["routing"] == default["routing"], "the shipped artifact routes the vLLM arms as before"
+    spec = BackendSpec.load(LOCAL / "backends-llamacpp.yaml", home=Path("/home"))
+    server = next(s for s in spec.servers if s.engine == "llamacpp")
+    assert server.python == Path("/home/llamacpp-venv/bin/python") and server.model.suffix == ".gguf"
+    command = Launcher(spec, Path("/tmp")).command(server)
+    assert command[1:3] == ["-m", "llama_cpp.server"] and "--enforce-eager" not in command, "vLLM flags stay off"
+    assert command[command.index("--interrupt_requests") + 1] == "False", "one request must not cut another"
+
+
+def test_an_unknown_engine_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "backends.yaml"
+    path.write_text("python: p\nservers: [{name: a, port: 1, model: m, served_model: s, engine: tgi}]\n")
+    with pytest.raises(ValueError, match="unknown engine"):
+        BackendSpec.load(path, home=tmp_path)
+
+
 def test_only_selects_servers_in_file_order() -> None:
     spec = BackendSpec.load(LOCAL / "backends-strategies.yaml", home=Path("/home"))
     assert [s.name for s in spec.only(["smol-skip4", "smol-plain"]).servers] == ["smol-plain", "smol-skip4"]
@@ -78,7 +102,7 @@ def test_only_selects_servers_in_file_order() -> None:
 def test_each_stacks_policy_accepts_its_arms(backends: str, gateway: str) -> None:
     """A learned stack's artifact has a predictor for every arm it serves (start-up would refuse it)."""
     settings = load_settings(LOCAL / gateway, environ={})
-    policy = settings.routing.build([live.arm for live in ArmCatalog(settings).arms.values()])
+    policy = settings.routing.build([live.arm for live in ArmCatalog(settings).generation_arms()])
     assert policy.name == settings.routing.policy
 
 
