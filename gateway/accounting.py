@@ -104,6 +104,7 @@ class Accounting:
                 backend=backends,
                 reason=reason,
                 prompt=prompt_text(ex.body),
+                key=ex.key.name if ex.key is not None else None,
             )
         if backend is not None:
             ex.span.relay(backend.name)

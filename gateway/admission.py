@@ -27,7 +27,7 @@ from gateway.auth import ApiKey
 from gateway.backends import BackendPool
 from gateway.decision_log import DecisionLog, DecisionRecord
 from gateway.errors import InvalidRequest, ModelNotFound, NoHealthyBackend, RouteUnmeetableError
-from gateway.limits import Charge, RateLimiter, check_caps, estimate_tokens
+from gateway.limits import Charge, RateLimiter, check_caps, check_message_count, estimate_tokens
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint, prompt_text
 from gateway.request_body import read_body, validation_error
@@ -158,6 +158,7 @@ class Admission:
     ) -> tuple[list[LiveArm], RouteFlags]:
         """Validate ``body``, check the caps and the key's models; the arms it may use and the caller's
         routing flags."""
+        check_message_count(body, self.settings.limits)
         try:
             _MODELS[endpoint].model_validate(body)
         except ValidationError as exc:
@@ -195,7 +196,11 @@ class Admission:
             ) from None
         if record:
             self.metrics.decision(
-                decision.arm.model, decision.arm.strategy.label, decision.reason, time.perf_counter() - started
+                decision.arm.model,
+                decision.arm.strategy.label,
+                decision.reason,
+                time.perf_counter() - started,
+                decision.family,
             )
         return decision, req
 
@@ -206,10 +211,10 @@ class Admission:
         except FlagError as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         if flags.arm is not None and not any(a.arm.name == flags.arm for a in arms):
-            param = "route.arm" if flags.arm not in self.catalog.arms else "model"
+            # one answer whether the arm exists for another model or key or not at all: no oracle
             raise InvalidRequest(
                 f"unknown arm '{flags.arm}' for model '{body['model']}'; arms: " + ", ".join(a.arm.name for a in arms),
-                param=param,
+                param="route.arm",
             )
         return flags
 

@@ -26,7 +26,7 @@ from gateway.auth import ApiKey, KeyStore
 from gateway.backends import BackendPool
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, Unauthorized, error_response
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.openapi import document_openapi
+from gateway.openapi import document_openapi, schema_routes
 from gateway.protocol import ModelCard, ModelList
 from gateway.serving import Proxy
 from gateway.settings import Settings
@@ -59,6 +59,9 @@ def create_app(
         for backend in live.backends:
             metrics.arm_info(live.arm.name, live.arm.model, live.strategy_label, backend)
     policy = settings.routing.build([live.arm for live in catalog.generation_arms()])
+    metrics.known_families(
+        policy.task_families, {(live.arm.model, live.strategy_label) for live in catalog.generation_arms()}
+    )
     upstream: Upstream = (
         AiohttpUpstream(settings.timeouts) if transport is None else HttpxUpstream(settings.timeouts, transport)
     )
@@ -79,17 +82,21 @@ def create_app(
             await upstream.aclose()
             await asyncio.to_thread(tracer.shutdown)
 
+    keys = KeyStore(settings.auth)
+    pages: dict[str, Any] = {"openapi_url": None, "docs_url": None, "redoc_url": None} if keys.enabled else {}
     app = FastAPI(
         title="llm-gateway",
         version="0.1.0",
         lifespan=lifespan,
         description="OpenAI-compatible gateway that routes each request to a model and decoding strategy.",
+        **pages,  # with keys, the schema pages are the gateway's own (gateway.openapi.schema_routes)
     )
     app.state.settings, app.state.pool, app.state.catalog, app.state.metrics = settings, pool, catalog, metrics
     app.state.proxy = proxy
     app.state.draining = False  # set on SIGTERM by gateway.server: /ready answers 503 from then on
-    keys = KeyStore(settings.auth)
     document_openapi(app, auth=keys.enabled, models=catalog.public_models(), arms=list(catalog.arms))
+    if keys.enabled:
+        schema_routes(app, _caller(keys, metrics), lambda key: _visible_to(catalog, key))
 
     _error_handlers(app)
     _generation_routes(app, proxy, keys)
@@ -121,6 +128,11 @@ def _error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(GatewayError("internal gateway error; see the gateway log", code="internal_error"))
+
+
+def _visible_to(catalog: ArmCatalog, key: ApiKey) -> tuple[list[str], list[str]]:
+    """The public models and the arm names ``key`` may use."""
+    return key.visible(catalog.public_models()), [n for n, live in catalog.arms.items() if key.allows(live.arm.model)]
 
 
 def _caller(keys: KeyStore, metrics: GatewayMetrics) -> Callable[[Request], ApiKey | None]:
@@ -157,8 +169,7 @@ def _generation_routes(app: FastAPI, proxy: Proxy, keys: KeyStore) -> None:
 
     @app.post("/v1/feedback", summary="Rate an answer by its id; recorded as JSONL with its routing decision")
     async def feedback(request: Request) -> Response:
-        caller(request)
-        return await proxy.feedback(request)
+        return await proxy.feedback(request, caller(request))
 
 
 def _service_routes(

@@ -9,7 +9,7 @@ what failed                             gateway error                           
 ======================================  ==========================================  ==================
 connect, send, headers (timeout)        ``upstream_timeout`` 504                    failure (its kind)
 connect, send, headers (other)          ``upstream_<kind>`` 502                     failure (its kind)
-status >= 500                           :class:`UpstreamHTTPError` (as upstream)    failure ``http_5xx``
+status >= 500                           :class:`UpstreamHTTPError` 502              failure ``http_5xx``
 status 4xx                              :class:`UpstreamHTTPError` (passed through)  ``http_4xx`` counted
 reading a whole body                    ``upstream_timeout`` 504 / ``_stream`` 502  failure
 a body that is not a JSON object        ``upstream_protocol`` 502                   failure ``protocol``
@@ -180,4 +180,4 @@ class Calls:
         else:
             self.metrics.upstream_error(backend.name, "http_4xx")
         attempt.failed("http_5xx" if resp.status >= 500 else "http_4xx", resp.status)
-        raise UpstreamHTTPError(resp.status, content)
+        raise UpstreamHTTPError(resp.status, content, backend.name, resp.retry_after)

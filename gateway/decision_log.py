@@ -11,8 +11,8 @@ with the ratings of ``POST /v1/feedback`` to learn from real traffic. Fields:
   when ``feedback.store_prompts`` is true;
 * the decision: ``flags`` (the caller's :class:`~router.decision.RouteFlags`), ``predictions``
   (every candidate arm's forecast, :meth:`~router.predictor.Prediction.as_dict`), ``arm`` (the
-  arm chosen), ``reason``, ``propensity`` (the probability the policy had of choosing it: below 1
-  when it explores, ``routing.params.explore``);
+  arm chosen), ``reason``, ``family`` (the predicted task family, or null), ``propensity`` (the
+  probability the policy had of choosing it: below 1 when it explores, ``routing.params.explore``);
 * what happened: ``served_arm`` and ``backend`` (who answered; another arm than ``arm`` after a
   failover, ``null`` when nobody did), ``status`` (HTTP status; 499: the client went away),
   ``ttft_s`` (streams only), ``output_tokens``, ``latency_s`` (received to last byte) and
@@ -34,9 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from gateway.jsonl import append_line
+from gateway.jsonl import append_line, encode_line
 from router import Decision, RouteRequest
 
 log = logging.getLogger("gateway.decision_log")
@@ -75,7 +73,7 @@ class DecisionLog:
     def write(self, line: dict[str, Any]) -> bool:
         """Append ``line`` as one JSON line; ``False`` (logged, counted, never raised) if that fails."""
         try:
-            append_line(self.path, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+            append_line(self.path, encode_line(line))
         except Exception as exc:  # never fail the request over its log line
             self.errors += 1
             if self.errors == 1 or self.errors % 1000 == 0:
@@ -136,6 +134,7 @@ class DecisionRecord:
             "predictions": {name: p.as_dict() for name, p in decision.predictions.items()},
             "arm": decision.arm.name,
             "reason": decision.reason,
+            "family": decision.family,
             "propensity": decision.propensity,
             "served_arm": served_arm,
             "backend": backend,

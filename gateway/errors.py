@@ -10,8 +10,9 @@
     ├── RouteUnmeetableError         422     invalid_request_error   route_unmeetable (route.strict; param named)
     ├── RateLimited                  429     requests / tokens       rate_limit_exceeded (+Retry-After)
     ├── NoHealthyBackend             503     service_unavailable     no_healthy_backend (+Retry-After)
+    ├── ShutDown                     503     service_unavailable     shutting_down (drain timed out)
     ├── UpstreamError                502/504 upstream_error          upstream_<kind>
-    └── UpstreamHTTPError            as upstream (4xx passed through)
+    └── UpstreamHTTPError            4xx as upstream (429 keeps Retry-After); 5xx: 502 upstream_http_5xx
 
 Handlers raise these; :func:`error_response` renders them. Once a stream has started an error
 becomes an SSE ``data:`` event followed by ``data: [DONE]`` (:func:`gateway.sse.error_event`).
@@ -20,6 +21,7 @@ Upstream failures become these in one place, :mod:`gateway.calls`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -115,6 +117,14 @@ class NoHealthyBackend(GatewayError):
     code = "no_healthy_backend"
 
 
+class ShutDown(GatewayError):
+    """The drain timeout (``server.drain_timeout_s``) cut the request off (gateway/server.py)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
+
+
 class UpstreamError(GatewayError):
     """The upstream could not be reached, timed out, or broke the protocol."""
 
@@ -128,13 +138,28 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamHTTPError(GatewayError):
-    """The upstream answered with an error status; its message is kept."""
+    """The upstream answered with an error status ``upstream_status``; its message is kept.
 
-    def __init__(self, status: int, payload: bytes) -> None:
+    A 4xx is passed through as it is (a 429 with its ``Retry-After`` when that is well-formed); a 5xx
+    becomes a 502 ``upstream_error`` / ``upstream_http_5xx`` whose message names the backend and the
+    upstream status: a 500 from the gateway would read as its own bug."""
+
+    def __init__(self, status: int, payload: bytes, backend: str = "upstream", retry_after: str | None = None) -> None:
         message, etype, param, code = _parse_upstream_error(payload, status)
+        self.upstream_status = status
+        if status >= 500:
+            super().__init__(f"backend '{backend}' answered HTTP {status}: {message}", code="upstream_http_5xx")
+            self.status, self.type = 502, "upstream_error"
+            return
         super().__init__(message, param=param, code=code)
         self.status = status
         self.type = etype
+        if status == 429 and retry_after is not None and _RETRY_AFTER.fullmatch(retry_after):
+            self.headers["retry-after"] = retry_after
+
+
+#: a ``Retry-After`` worth passing on: delay-seconds or an HTTP date
+_RETRY_AFTER = re.compile(r"[0-9]{1,10}|[A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT")
 
 
 def _parse_upstream_error(payload: bytes, status: int) -> tuple[str, str, str | None, Any]:

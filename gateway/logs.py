@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Literal
 
-import orjson
+from gateway.jsonl import encode_line
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
             doc.update(fields)
         if record.exc_info:
             doc["traceback"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        return encode_line(doc, default=str)[:-1].decode()
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]

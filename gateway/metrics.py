@@ -188,6 +188,12 @@ class GatewayMetrics:
             ["model", "strategy", "reason"],
             registry=r,
         )
+        self._family_decisions = Counter(
+            "gateway_routing_family_decisions_total",
+            "Routing decisions by the prompt's predicted task family (the router artifact's families) and chosen arm.",
+            ["family", "model", "strategy"],
+            registry=r,
+        )
         self._decision_seconds = Histogram(
             "gateway_router_decision_seconds", "Time the router took to decide.", buckets=DECISION_BUCKETS, registry=r
         )
@@ -303,9 +309,18 @@ class GatewayMetrics:
     def upstream_error(self, backend: str, kind: str) -> None:
         self._upstream_errors.labels(backend, kind).inc()
 
-    def decision(self, model: str, strategy: str, reason: str, seconds: float) -> None:
+    def decision(self, model: str, strategy: str, reason: str, seconds: float, family: str | None = None) -> None:
         self._decisions.labels(model, strategy, reason).inc()
         self._decision_seconds.observe(seconds)
+        if family is not None:
+            self._family_decisions.labels(family, model, strategy).inc()
+
+    def known_families(self, families: Iterable[str], arms: Iterable[tuple[str, str]]) -> None:
+        """Export ``gateway_routing_family_decisions_total`` at zero for every family and (model,
+        strategy); call once at start-up, like :meth:`known_labels`."""
+        for family in families:
+            for model, strategy in arms:
+                self._family_decisions.labels(family, model, strategy)
 
     def rejected(self, reason: str, key: str | None) -> None:
         """``key`` is the key's configured *name* (never the key); ``None`` when there is none."""

@@ -5,14 +5,22 @@ FastAPI cannot infer their schema; :func:`document_openapi` adds it to the gener
 without changing how requests are handled: request bodies from :mod:`gateway.protocol`, the
 ``route`` field and ``x-route-*`` headers, every error status with OpenAI's envelope, and, when
 API keys are configured, the ``Authorization: Bearer`` / ``x-api-key`` security schemes.
+
+The document lists the deployment's public models and arm names. With API keys configured,
+``/openapi.json``, ``/docs`` and ``/redoc`` need a key (:func:`schema_routes`) and the document
+served lists only the caller's models and their arms (:func:`trimmed`), as ``/v1/models`` does.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import HTMLResponse, JSONResponse
 
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse, FeedbackRequest
 from router.flags import HEADERS
@@ -101,7 +109,16 @@ def document_openapi(app: FastAPI, auth: bool, models: list[str], arms: list[str
         }
         fb = paths["/v1/feedback"]["post"]
         fb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("FeedbackRequest")}}}
-        fb["responses"].update(_errors({"400": "Invalid rating", "404": "Feedback recording is off"}))
+        fb["responses"].update(
+            _errors(
+                {
+                    "400": "Invalid rating",
+                    "404": "Feedback recording is off, or no answer with this id is known for this key",
+                    "413": "Body larger than 32 KiB",
+                    "429": "The caller's feedback budget is spent (Retry-After)",
+                }
+            )
+        )
         emb = paths["/v1/embeddings"]["post"]
         emb["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref("EmbeddingRequest")}}}
         emb["responses"].update(
@@ -134,3 +151,40 @@ def document_openapi(app: FastAPI, auth: bool, models: list[str], arms: list[str
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def trimmed(schema: dict[str, Any], models: list[str], arms: list[str]) -> dict[str, Any]:
+    """A copy of the whole document that lists only ``models`` and ``arms`` (a key's)."""
+    doc = copy.deepcopy(schema)
+    components = doc["components"]["schemas"]
+    for name in _GENERATION.values():
+        components[name]["properties"]["model"]["enum"] = models
+    components["RouteOptions"]["properties"]["arm"]["anyOf"][0]["enum"] = arms
+    return doc
+
+
+def schema_routes(
+    app: FastAPI, caller: Callable[[Request], Any], visible: Callable[[Any], tuple[list[str], list[str]]]
+) -> None:
+    """With API keys on: ``/openapi.json``, ``/docs`` and ``/redoc`` need a key (401 otherwise) and the
+    document lists ``visible(key)`` = (models, arms) only; one trimmed copy is kept per key name.
+    (FastAPI's own routes must be off: ``FastAPI(openapi_url=None, docs_url=None, redoc_url=None)``.)"""
+    cache: dict[str, dict[str, Any]] = {}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(request: Request) -> JSONResponse:
+        key = caller(request)
+        doc = cache.get(key.name)
+        if doc is None:
+            doc = cache[key.name] = trimmed(app.openapi(), *visible(key))
+        return JSONResponse(doc)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        caller(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        caller(request)
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")

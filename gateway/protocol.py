@@ -17,9 +17,18 @@ chat ``top_logprobs`` >= 0 (-1: all) and only with ``logprobs: true``, completio
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 # the endpoints requests are served on: /v1/chat/completions, /v1/completions, /v1/embeddings
@@ -125,6 +134,12 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+#: a feedback label's name or value
+Label = Annotated[str, StringConstraints(max_length=64)]
+#: the largest ``POST /v1/feedback`` body read (413 past it): a rating at its limits takes a few KiB
+FEEDBACK_MAX_BODY_BYTES = 32 * 1024
+
+
 class FeedbackRequest(BaseModel):
     """A caller's rating of one answer (``POST /v1/feedback``)."""
 
@@ -135,7 +150,11 @@ class FeedbackRequest(BaseModel):
     )
     rating: float = Field(ge=0, le=1, allow_inf_nan=False, description="1 = good answer, 0 = bad.")
     comment: str | None = Field(None, max_length=4096)
-    labels: dict[str, str] | None = Field(None, max_length=32, description="Free-form tags, e.g. {'task': 'maths'}.")
+    labels: dict[Label, Label] | None = Field(
+        None,
+        max_length=16,
+        description="Free-form tags, e.g. {'task': 'maths'}: at most 16, names and values of at most 64 characters.",
+    )
 
 
 class ModelCard(BaseModel):

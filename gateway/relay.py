@@ -14,18 +14,20 @@ tokens estimated as for a rate limit (:func:`gateway.limits.estimate_prompt_toke
 earlier stages' usage instead), marked by an ``: x-usage-estimated`` comment and counted in
 ``gateway_estimated_usage_total``, so token metrics and charges still settle.
 
-Failure after the first byte — a read error, an idle timeout, a stream that ends without
-``[DONE]``, a ``[DONE]`` before any choice had a ``finish_reason`` (a truncated answer, whatever
-the upstream), a ``data:`` event that is not a JSON object (checked by its first and last byte, not
-parsed) — becomes an SSE error event followed by ``data: [DONE]``: the client always learns
-that the answer is incomplete — unless the backend died (read error, idle timeout, end without
-``[DONE]``) and a :class:`gateway.resume.Resumer` continues the answer on another backend of the arm:
-then the continuation is relayed into the same stream through a :class:`gateway.resume.Seam` (one
-``id``, one role chunk, the whole answer's usage) and an SSE comment before ``[DONE]`` says so. Only
-a stream that may be resumed keeps what it sends (one list append per write, no parsing); the text is
-read back from it when a resume is asked for. A client disconnect cancels the relay and closes the upstream
-response, so vLLM aborts the generation. When the relay ends, for any reason, the call is closed
-and :meth:`gateway.accounting.Accounting.finish` gets the :class:`~gateway.accounting.Outcome`.
+Failure after the first byte — a read error, an idle timeout, a stream that ends without ``[DONE]``,
+a ``[DONE]`` before any choice had a ``finish_reason`` (a truncated answer, whatever the upstream), a
+``data:`` event that is not a JSON object (checked by its first and last byte, not parsed), an
+event larger than ``streaming.max_event_bytes`` (never buffered past it) — becomes an SSE error
+event followed by ``data: [DONE]``: the client always learns that the answer is incomplete — unless
+the backend died (read error, idle timeout, end without ``[DONE]``) and a
+:class:`gateway.resume.Resumer` continues the answer on another backend of the arm: then the
+continuation is relayed into the same stream through a :class:`gateway.resume.Seam` (one ``id``, one
+role chunk, the whole answer's usage) and an SSE comment before ``[DONE]`` says so. Only a stream
+that may be resumed keeps what it sends (one list append per write, no parsing); the text is read
+back from it when a resume is asked for. A client disconnect cancels the relay and closes the
+upstream response, so vLLM aborts the generation. When the relay ends, for any reason, the call is
+closed and :meth:`gateway.accounting.Accounting.finish` gets the
+:class:`~gateway.accounting.Outcome`.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Accounting, Outcome
 from gateway.calls import Call, upstream_error
-from gateway.errors import UpstreamError
+from gateway.errors import ShutDown, UpstreamError
 from gateway.limits import estimate_prompt_tokens, token_count
 from gateway.resume import Resumer, Seam
 from gateway.sse import (
     DONE,
+    MAX_EVENT_BYTES,
     SEP,
     EventSplitter,
+    EventTooLarge,
     Rename,
     compact,
     error_data,
@@ -85,8 +89,10 @@ class RelayResponse(Response):
         outcome: Outcome,
         usage_before: dict[str, int] | None = None,
         resumer: Resumer | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.call = call
+        self.max_event_bytes = max_event_bytes
         self.status_code = 200
         self.background = None
         self.route_headers = headers
@@ -120,6 +126,13 @@ class RelayResponse(Response):
                 relay.result()
         except OSError:
             self.outcome.disconnected = True
+        except asyncio.CancelledError:  # the drain timed out (gateway/server.py): the relay ends first
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await relay
+            if self.outcome.error is None:
+                self.outcome.error = ShutDown("the gateway shut down before the answer was complete")
+            raise
         finally:
             watcher.cancel()
             await self.call.aclose()
@@ -238,7 +251,7 @@ class RelayResponse(Response):
         end without ``[DONE]``): the stream may be resumed."""
         out = self.outcome
         sent = self.sent
-        splitter = EventSplitter()
+        splitter = EventSplitter(self.max_event_bytes)
         try:
             async for chunk in self.call.chunks():
                 events = splitter.feed(chunk)
@@ -264,6 +277,13 @@ class RelayResponse(Response):
         except UpstreamIOError as exc:
             out.error = upstream_error(exc, self.call.backend.name, "stream")
             return True
+        except EventTooLarge:  # a protocol fault, not a dead backend: ended here, never resumed
+            out.error = UpstreamError(
+                f"upstream sent an SSE event larger than streaming.max_event_bytes ({self.max_event_bytes}); "
+                "the answer is incomplete",
+                kind="protocol",
+            )
+            self.broken = True
         return False
 
     async def _resume(self, resumer: Resumer) -> bool:

@@ -24,21 +24,17 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import ShutDown, error_response
 from gateway.sse import error_event
 
 log = logging.getLogger("gateway.server")
 
 
-class ShutDown(GatewayError):
-    status = 503
-    type = "service_unavailable"
-    code = "shutting_down"
-
-
 class DrainCutoff:
     """ASGI middleware: a stream still open when the drain timeout cancels it ends with an SSE
-    error event (``shutting_down``) and ``data: [DONE]`` instead of a bare connection close."""
+    error event (``shutting_down``) and ``data: [DONE]`` instead of a bare connection close; a
+    request whose answer had not started gets a 503 ``shutting_down`` envelope. Either way the
+    request's task then ends normally (the relay has stopped writing: gateway/relay.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,10 +43,11 @@ class DrainCutoff:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = {"sse": False, "open": False}
+        state = {"sse": False, "open": False, "started": False}
 
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
+                state["started"] = True
                 ctype = dict(message.get("headers") or ()).get(b"content-type", b"")
                 state["sse"] = state["open"] = ctype.startswith(b"text/event-stream")
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -60,10 +57,17 @@ class DrainCutoff:
         try:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
+            # uvicorn cancels what still runs when the drain times out; what we end here ends cleanly
+            # (no traceback in the log), what we cannot end (a plain body half sent) is re-raised
+            cut = ShutDown("the gateway shut down before the answer was complete")
             if state["sse"] and state["open"]:
-                event = error_event(ShutDown("the gateway shut down before the answer was complete"))
                 with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": event, "more_body": False})
+                    await send({"type": "http.response.body", "body": error_event(cut), "more_body": False})
+                return
+            if not state["started"]:
+                with contextlib.suppress(Exception):
+                    await error_response(cut)(scope, receive, send)
+                return
             raise
 
 

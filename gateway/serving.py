@@ -30,7 +30,7 @@ from gateway.decision_log import DecisionLog
 from gateway.disconnect import unless_disconnected
 from gateway.errors import GatewayError, error_response
 from gateway.feedback import FeedbackLog, RouteLog
-from gateway.feedback_endpoint import feedback_response
+from gateway.feedback_endpoint import FeedbackEndpoint
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import Endpoint
 from gateway.request_id import RequestIds
@@ -60,8 +60,13 @@ class Proxy:
         self.policy = policy
         self.metrics = metrics
         fb = settings.feedback
-        routes = RouteLog(fb.remember, store_prompts=fb.store_prompts) if fb.path else None
-        self.feedback_log = FeedbackLog(fb.path) if fb.path else None
+        routes = (
+            RouteLog(fb.remember, store_prompts=fb.store_prompts, prompt_memory_bytes=fb.prompt_memory_bytes)
+            if fb.path
+            else None
+        )
+        feedback_log = FeedbackLog(fb.path) if fb.path else None
+        self.feedback = FeedbackEndpoint(fb, settings.server.max_body_bytes, routes, feedback_log, metrics)
         path = settings.routing.decision_log
         decision_log = (
             DecisionLog(path, store_prompts=fb.store_prompts, on_error=metrics.decision_log_error) if path else None
@@ -109,15 +114,10 @@ class Proxy:
             "strategy": live.strategy_label,
             "backends": list(live.backends),
             "reason": decision.reason,
+            "family": decision.family,
             "explanation": decision.explanation,
             "ranked": [a.name for a in decision.ranked],
             "predictions": {name: p.as_dict() for name, p in decision.predictions.items()},
             "decision_ms": round((time.perf_counter() - started) * 1000, 3),
         }
         return Response(orjson.dumps(doc), media_type="application/json")
-
-    async def feedback(self, request: Request) -> Response:
-        """``POST /v1/feedback``: see :func:`gateway.feedback_endpoint.feedback_response`."""
-        return await feedback_response(
-            request, self.accounting.routes, self.feedback_log, self.settings.server.max_body_bytes
-        )

@@ -203,6 +203,11 @@ class StreamingSettings(_Strict):
     resume_deadline_s: float = Field(
         10.0, gt=0, le=600, description="From the failure until the continuation's response headers; then give up."
     )
+    max_event_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest upstream SSE event relayed; a larger one ends the stream (error event, [DONE]).",
+    )
 
 
 class ApiKeySettings(_Strict):
@@ -234,6 +239,13 @@ class FeedbackSettings(_Strict):
     path: str | None = Field(None, description="JSONL file for ratings; unset: the endpoint answers 404.")
     remember: int = Field(10000, ge=0, le=1_000_000, description="Recent decisions kept in memory to join.")
     store_prompts: bool = Field(False, description="Write the prompt text with each rating (else its sha256).")
+    prompt_memory_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="With store_prompts: memory for the remembered prompts; the oldest lose their text first.",
+    )
+    rpm: int = Field(120, ge=1, description="Ratings per minute per API key (its own budget, not the key's rpm).")
+    anonymous_rpm: int = Field(300, ge=1, description="Ratings per minute shared by every caller without a key.")
 
 
 class LimitSettings(_Strict):

@@ -31,24 +31,41 @@ DONE = b"data: [DONE]"
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
+#: default of ``streaming.max_event_bytes``: the largest upstream SSE event relayed
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class EventTooLarge(Exception):
+    """An upstream SSE event (complete or still arriving) is larger than the splitter's limit."""
+
+
 class EventSplitter:
-    """Complete SSE events (without their blank-line terminator) from the reads of one stream."""
+    """Complete SSE events (without their blank-line terminator) from the reads of one stream.
 
-    __slots__ = ("buf", "cr")
+    An event longer than ``max_event_bytes``, complete or not, raises :class:`EventTooLarge`: an
+    incomplete one is never buffered past the limit (plus one read)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("buf", "cr", "limit")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.buf = b""
         self.cr = False  # the last read ended with CR: it may be half of a CRLF
+        self.limit = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[bytes] | None:
-        """The events completed by ``chunk``, or ``None`` while the current one is incomplete."""
+        """The events completed by ``chunk``, or ``None`` while the current one is incomplete.
+        Raises :class:`EventTooLarge`."""
         if self.cr or b"\r" in chunk:
             chunk = self._lf(chunk)
         buf = self.buf + chunk if self.buf else chunk
         if SEP not in buf:
+            if len(buf) > self.limit:
+                raise EventTooLarge(len(buf))
             self.buf = buf
             return None
         *events, rest = buf.split(SEP)
+        if len(buf) > self.limit and (len(rest) > self.limit or any(len(e) > self.limit for e in events)):
+            raise EventTooLarge(len(buf))
         if any(not ev or ev[0] == 10 for ev in events):  # a run of blank lines ends one event, not several
             events = [stripped for ev in events if (stripped := ev.lstrip(b"\n"))]
         self.buf = rest.lstrip(b"\n") if rest[:1] == b"\n" else rest

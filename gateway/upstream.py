@@ -86,6 +86,7 @@ class UpstreamResponse(abc.ABC):
 
     status: int
     content_type: str
+    retry_after: str | None  # the response's Retry-After header, if any
 
     @abc.abstractmethod
     async def read(self) -> bytes:
@@ -157,13 +158,14 @@ class _CappedConnector(aiohttp.TCPConnector):
 
 
 class _AiohttpResponse(UpstreamResponse):
-    __slots__ = ("_deadline", "_limit_s", "_resp", "content_type", "status")
+    __slots__ = ("_deadline", "_limit_s", "_resp", "content_type", "retry_after", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, deadline: float | None = None, limit_s: float = 0.0) -> None:
         self._resp = resp
         self._deadline, self._limit_s = deadline, limit_s  # loop time by which read() must be done
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "application/json")
+        self.retry_after = resp.headers.get("retry-after")
 
     async def read(self) -> bytes:
         try:
@@ -282,13 +284,14 @@ def _httpx_error(exc: httpx.HTTPError) -> UpstreamIOError:
 
 
 class _HttpxResponse(UpstreamResponse):
-    __slots__ = ("_deadline", "_limit_s", "_resp", "content_type", "status")
+    __slots__ = ("_deadline", "_limit_s", "_resp", "content_type", "retry_after", "status")
 
     def __init__(self, resp: httpx.Response, deadline: float | None = None, limit_s: float = 0.0) -> None:
         self._resp = resp
         self._deadline, self._limit_s = deadline, limit_s
         self.status = resp.status_code
         self.content_type = resp.headers.get("content-type", "application/json")
+        self.retry_after = resp.headers.get("retry-after")
 
     async def read(self) -> bytes:
         try:

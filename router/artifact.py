@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from router.calibration import Isotonic, LatencyMargins
+from router.families import FamilyClassifier
 from router.predictor import ArmModel, Calibration, RouterModel
 
 FORMAT = "llm-gateway-router/2"
@@ -39,6 +40,8 @@ def save_artifact(model: RouterModel, directory: str | Path, metadata: dict[str,
     for name, arm in model.arms.items():
         for piece in _PIECES:
             arrays[f"arm:{name}:{piece}"] = getattr(arm, piece)
+    if model.families is not None:
+        arrays["family_w"] = model.families.weights
     if model.knn_x is not None:
         arrays["knn_x"] = model.knn_x
         for name, labels in model.knn_y.items():
@@ -68,6 +71,8 @@ def save_artifact(model: RouterModel, directory: str | Path, metadata: dict[str,
         },
         "metadata": metadata,
     }
+    if model.families is not None:
+        doc["families"] = list(model.families.names)
     path = out / "router.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path
@@ -138,6 +143,7 @@ def load_artifact(directory: str | Path, encoder: str | None = None, arms: Itera
         )
         if set(calibration.accuracy_levels) != {"low", "medium", "high"}:
             raise ArtifactError(f"{directory}: accuracy_levels must name low, medium and high")
+        families = _families(doc, arrays, dim, directory)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ArtifactError):
             raise
@@ -157,4 +163,18 @@ def load_artifact(directory: str | Path, encoder: str | None = None, arms: Itera
         calibration=calibration,
         knn_x=arrays.get("knn_x"),
         knn_y={n: arrays[f"knn_y:{n}"] for n, m in models.items() if m.quality_knn_k},
+        families=families,
     )
+
+
+def _families(
+    doc: dict[str, Any], arrays: dict[str, np.ndarray], dim: int, directory: str | Path
+) -> FamilyClassifier | None:
+    """The optional task-family classifier (absent in artifacts trained before it existed)."""
+    names = doc.get("families")
+    if names is None:
+        return None
+    weights = arrays.get("family_w")
+    if not isinstance(names, list) or weights is None or weights.shape != (dim + 1, len(names)):
+        raise ArtifactError(f"{directory}: the task-family classifier does not match its {len(names or [])} names")
+    return FamilyClassifier(names=tuple(str(n) for n in names), weights=weights)

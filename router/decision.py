@@ -94,6 +94,8 @@ class Decision:
     policies only) holds each candidate's forecast; ``explanation`` is a sentence for humans.
     ``propensity``: the probability the policy had of choosing ``arm`` (1 for a deterministic
     choice; less when the policy explores), what off-policy learning weighs a logged outcome by.
+    ``family``: which of the artifact's task families the prompt most likely belongs to
+    (:mod:`router.families`), for per-family metrics; ``None`` when the policy has no classifier.
     """
 
     arm: Arm
@@ -102,6 +104,7 @@ class Decision:
     predictions: Mapping[str, Prediction] = field(default_factory=dict)
     explanation: str = ""
     propensity: float = 1.0
+    family: str | None = None  # the prompt's most likely task family (learned policies with one; reporting only)
 
 
 class NoArmAvailable(Exception):

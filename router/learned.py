@@ -201,18 +201,21 @@ class LearnedPolicy(Policy):
         return value
 
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
+        if request.features is None:
+            request = replace(request, features=self.featurize(request.prompt))
+        family = self.model.family(request.features[0])
         pinned = pinned_decision(request, candidates)
         if pinned is not None:
             # the pinned arm's forecast too: its stream is then compared with it like any other
             # (the live corrections), and a dry run shows it
             state = next(s for s in candidates if s.arm == pinned.arm)
-            return replace(pinned, predictions=self.predict(request, [state]))
+            return replace(pinned, predictions=self.predict(request, [state]), family=family)
         healthy = [s for s in candidates if s.healthy]
         if not healthy:
             raise NoArmAvailable("no candidate arm has a healthy backend")
         preds = self.predict(request, healthy)
         floor = self.accuracy_floor(request.flags.accuracy, preds)
-        decision = choose(request.flags, healthy, preds, floor, self.weight)
+        decision = replace(choose(request.flags, healthy, preds, floor, self.weight), family=family)
         if self.explore > 0:
             return self._explored(decision, request.flags, healthy, floor)
         return decision
@@ -236,6 +239,10 @@ class LearnedPolicy(Policy):
         ranked = (pick, *(a for a in greedy.ranked if a != pick))
         why = f"explored: drew {pick.name} from the {len(feasible)} arms that meet the flags (greedy {greedy.arm.name})"
         return replace(greedy, arm=pick, reason="explore", ranked=ranked, explanation=why, propensity=share)
+
+    @property
+    def task_families(self) -> tuple[str, ...]:
+        return () if self.model.families is None else self.model.families.names
 
     @property
     def weight(self) -> float:

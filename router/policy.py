@@ -44,6 +44,11 @@ class Policy(ABC):
         a later training run can use as the prompt's vector, or ``None`` (nothing worth logging)."""
         return None
 
+    @property
+    def task_families(self) -> tuple[str, ...]:
+        """The task families :attr:`Decision.family` can name (a fixed set: a metric label); none here."""
+        return ()
+
     @abstractmethod
     def decide(self, request: RouteRequest, candidates: Sequence[ArmState]) -> Decision:
         """Return the decision; raise :class:`NoArmAvailable` if nothing can serve (and

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from router import neighbours
 from router.calibration import Isotonic, LatencyMargins
+from router.families import FamilyClassifier
 from router.linear import Array
 
 
@@ -160,6 +161,11 @@ class RouterModel:
     calibration: Calibration
     knn_x: Array | None = None  # standardised training prompts, for arms whose quality head is kNN
     knn_y: dict[str, Array] = field(default_factory=dict)  # per such arm: 1/0 per training prompt, NaN unlabelled
+    families: FamilyClassifier | None = None  # the predicted task family, for reporting (router/families.py)
+
+    def family(self, x: NDArray[np.floating]) -> str | None:
+        """The most likely task family of the standardised prompt vector ``x``; ``None`` without a classifier."""
+        return None if self.families is None else self.families.predict(np.asarray(x, dtype=np.float64))
 
     def standardise(self, raw: NDArray[np.floating]) -> Array:
         return np.asarray((raw - self.mean) / self.std, dtype=np.float64)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from router import neighbours
+from router.families import fit_families, held_out_accuracy
 from router.linear import Array, fit_logistic, fit_ridge, log_loss, predict_linear, predict_logistic
 from router.predictor import ArmModel, RouterModel
 from router.prompt_ids import group_of
@@ -362,6 +363,8 @@ def train(
             knn_y[arm] = labels
     calibration, cal_report = calibrate([r for r in rows if r.prompt_id in x_of], oof, sorted(arms))
     uses_knn = any(m.quality_knn_k for m in arms.values())
+    family_of = {r.prompt_id: r.task for r in rows if r.prompt_id in x_of}
+    families = fit_families(x_of, family_of, [i for i in ids if i in family_of])
     model = RouterModel(
         encoder=encoder,
         feature_names=tuple(feature_names),
@@ -371,6 +374,7 @@ def train(
         calibration=calibration,
         knn_x=np.stack([x_of[i] for i in ids]) if uses_knn else None,
         knn_y={a: y for a, y in knn_y.items() if arms[a].quality_knn_k} if uses_knn else {},
+        families=families,
     )
     report = {
         "arms": {k: vars(v) for k, v in reports.items()},
@@ -379,4 +383,10 @@ def train(
         "seed": seed,
         "folds": folds,
     }
+    if families is not None:
+        in_fold = {i: fold_of[i] for i in ids if i in family_of}
+        report["families"] = {
+            "names": list(families.names),
+            "held_out_accuracy": held_out_accuracy(x_of, family_of, in_fold, folds),
+        }
     return model, report

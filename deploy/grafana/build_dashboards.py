@@ -456,6 +456,11 @@ def strategies() -> Panel:
         f"sum by (strategy) (rate(gateway_routing_decisions_total{{{model}}}[{RATE}]))"
         f" / ignoring (strategy) group_left sum(rate(gateway_routing_decisions_total{{{model}}}[{RATE}]))"
     )
+    family_share = (
+        f"sum by (family, strategy) (rate(gateway_routing_family_decisions_total{{{model}}}[{RATE}]))"
+        f" / ignoring (strategy) group_left"
+        f" sum by (family) (rate(gateway_routing_family_decisions_total{{{model}}}[{RATE}]))"
+    )
     panels: list[Panel] = [
         row("Side by side: one column per strategy ($strategy)"),
         repeated(
@@ -598,6 +603,16 @@ def strategies() -> Panel:
             "Answered requests per second (all statuses).",
             targets((f"sum by (strategy) (rate(gateway_requests_total{{{model}}}[{RATE}]))", "{{strategy}}")),
             "reqps",
+        ),
+        timeseries(
+            "Strategy chosen per task family (predicted)",
+            "Within each task family the router's artifact recognises in the prompt (code edits, maths, multiple "
+            "choice, chat, ...), the share of decisions by strategy: does it pick the speculative length per prompt "
+            "kind? Learned policy only; the family is a prediction (router/families.py).",
+            targets((family_share, "{{family}} / {{strategy}}")),
+            "percentunit",
+            w=24,
+            maximum=1,
         ),
     ]
     return dashboard(

@@ -97,5 +97,12 @@ class PDR:
         out.stage_started = refine_started
         rename = Rename.of(backend.settings.served_model, model)
         return RelayResponse(
-            call, ex.route_headers(live, backends), rename, not ex.wants_usage, self.s.accounting, out, runner.usage
+            call,
+            ex.route_headers(live, backends),
+            rename,
+            not ex.wants_usage,
+            self.s.accounting,
+            out,
+            runner.usage,
+            max_event_bytes=self.s.settings.streaming.max_event_bytes,
         )

@@ -133,4 +133,13 @@ class Single:
             ex.body,
             ex.request_id,
         )
-        return RelayResponse(call, headers, rename, not ex.wants_usage, s.accounting, out, resumer=resumer)
+        return RelayResponse(
+            call,
+            headers,
+            rename,
+            not ex.wants_usage,
+            s.accounting,
+            out,
+            resumer=resumer,
+            max_event_bytes=s.settings.streaming.max_event_bytes,
+        )

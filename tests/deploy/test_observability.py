@@ -168,7 +168,7 @@ def gateway_exposition() -> dict[str, frozenset[str]]:
     m.inflight("b").inc()
     m.set_backend_up("b", True)
     m.upstream_error("b", "timeout")
-    m.decision("m", "plain", "least-loaded", 0.001)
+    m.decision("m", "plain", "least-loaded", 0.001, family="gsm8k")
     rejected = getattr(m, "rejected", None)  # newer than the rest; keep this test independent of it
     if rejected is not None:
         rejected("rate_limit_requests", "team-a")

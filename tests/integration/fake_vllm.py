@@ -160,6 +160,7 @@ class FakeVLLM:
     kv_usage: float = 0.0
     fail: str | int | None = None
     fail_body: bytes = b""
+    fail_headers: dict[str, str] = field(default_factory=dict)  # sent with an HTTP-status ``fail``
     stream_fault: str | None = None
     stream_fault_after: int = 0
     split_every: int | None = None  # re-chunk the SSE body into pieces of this many bytes
@@ -238,7 +239,7 @@ class FakeVLLM:
             self.streams.append(stream)
             return httpx.Response(200, headers={"content-type": "application/json"}, stream=stream)
         if isinstance(self.fail, int):
-            return httpx.Response(self.fail, content=self.fail_body)
+            return httpx.Response(self.fail, content=self.fail_body, headers=self.fail_headers)
         body = json.loads(request.content)
         if body.get("model") != self.served_model:
             msg = f"The model `{body.get('model')}` does not exist. Valid aliases: {self.served_model}."

@@ -376,3 +376,18 @@ async def test_a_forecast_without_a_choice_is_still_made_for_the_prompt(
             assert r.status_code == 200, r.text
             ttft.append(r.json()["predictions"]["qwen-coder-0.5b-plain"]["ttft_ms"])
         assert ttft[1] > ttft[0]
+
+
+async def test_routed_requests_are_counted_per_predicted_task_family(make_gateway: MakeGateway) -> None:
+    """The shipped artifact recognises the prompt's task family; the gateway counts decisions by it."""
+    async with make_gateway(arms=LEARNED_ARMS, routing={"policy": "learned"}) as gw:
+        question = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+        question += "How many clips did Natalia sell altogether in April and May?\n\n"
+        question += "Solve the problem step by step, briefly. Finish with a line of the form 'The answer is N.'"
+        r = await gw.client.post(
+            "/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": question}]}
+        )
+        assert r.status_code == 200, r.text
+        model, strategy = r.headers["x-route-model"], r.headers["x-route-strategy"]
+        assert gw.metric("gateway_routing_family_decisions_total", family="gsm8k", model=model, strategy=strategy) == 1
+        assert gw.metric("gateway_routing_family_decisions_total", family="rename", model=model, strategy=strategy) == 0

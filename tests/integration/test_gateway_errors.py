@@ -145,7 +145,7 @@ async def test_pinned_arm_of_another_model_is_400(gw: Gateway) -> None:
 
     assert r.status_code == 400
     err = envelope(r)
-    assert err["param"] == "model"
+    assert err["param"] == "route.arm"  # as for an arm that does not exist (no existence oracle)
     assert "coder-spec" in err["message"]
 
 

@@ -107,7 +107,11 @@ async def test_a_backend_that_passes_health_but_hangs_on_requests_leaves_service
 
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
-    [("connect", 503, "no_healthy_backend"), ("read_timeout", 504, "upstream_timeout"), (503, 503, 503)],
+    [
+        ("connect", 503, "no_healthy_backend"),
+        ("read_timeout", 504, "upstream_timeout"),
+        (503, 502, "upstream_http_5xx"),
+    ],
 )
 async def test_every_backend_of_the_arm_failing_is_an_error_envelope(
     gw: Gateway, upstreams: Upstreams, fault: str | int, status: int, code: str | int
@@ -122,7 +126,7 @@ async def test_every_backend_of_the_arm_failing_is_an_error_envelope(
     err = r.json()["error"]
     assert err["code"] == code
     if fault == 503:
-        assert err["message"] == "b2 overloaded", "the last upstream's own message"
+        assert err["message"] == "backend 'b2' answered HTTP 503: b2 overloaded", "the last upstream's own message"
     else:
         assert "b2" in err["message"]
     if fault == "connect":  # refused: known down, as if marked unhealthy (issue 17)

@@ -178,6 +178,20 @@ async def test_tokens_per_minute_are_corrected_with_the_real_usage(make_gateway:
         assert gw.metric("gateway_rejected_requests_total", reason="rate_limit_tokens", key="team-a") == 1
 
 
+async def test_tools_count_against_tokens_per_minute(make_gateway: MakeGateway) -> None:
+    """14 requests carrying 410 kB of tools each were all admitted at once against tpm 3000."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"description": "d" * 410_000}}}
+    keys = {"keys": [{"name": "team-a", "sha256": hash_key(KEY_A), "tpm": 3000}]}
+    async with make_gateway(auth=keys, server={"max_body_bytes": 1_000_000}) as gw:
+        body = request_body("chat", max_tokens=5, tools=[tool])
+        codes = [
+            (await gw.client.post("/v1/chat/completions", json=body, headers=BEARER_A)).status_code for _ in range(14)
+        ]
+        assert codes[0] == 200  # a full bucket admits one request larger than a minute's budget
+        assert codes[1:] == [429] * 13
+        assert len(gw.upstreams["b1"].generation_bodies) + len(gw.upstreams["b2"].generation_bodies) == 1
+
+
 async def test_a_request_that_fails_upstream_gives_its_tokens_back(make_gateway: MakeGateway) -> None:
     keys = {"keys": [{"name": "team-a", "sha256": hash_key(KEY_A), "tpm": 100}]}
     async with make_gateway(auth=keys) as gw:

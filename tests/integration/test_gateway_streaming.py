@@ -168,3 +168,29 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(gw: Gateway, ups
     assert gw.metric("gateway_inflight_requests", backend="b1") == 0
     assert gw.metric("gateway_upstream_errors_total", backend="b1", kind="stream") == 0  # exported at 0 from start-up
     assert gw.metric("gateway_backend_up", backend="b1") == 1, "a client leaving is not the backend's fault"
+
+
+@pytest.mark.parametrize("split_every", [None, 300], ids=["one-read", "many-reads"])
+async def test_an_oversized_sse_event_ends_the_stream_instead_of_buffering(
+    make_gateway: MakeGateway, upstreams: Upstreams, split_every: int | None
+) -> None:
+    """issue 18 #9: one 64 MB upstream event was buffered whole (memory 82 -> 215 MB, /health stalled)."""
+    fake = upstreams["b1"]
+    fake.tokens, fake.split_every = ("Hello", "x" * 5000, "!"), split_every
+
+    async with make_gateway(streaming={"max_event_bytes": 1024}) as gw:
+        r = await gw.generate(stream=True)
+        assert r.status_code == 200
+        events = gw.events(r)
+        assert [e["choices"][0]["delta"] for e in events[:2]] == [
+            {"role": "assistant", "content": ""},
+            {"content": "Hello"},
+        ]
+        error = events[2]["error"]
+        assert (error["type"], error["code"]) == ("upstream_error", "upstream_protocol")
+        assert "streaming.max_event_bytes (1024)" in error["message"] and "incomplete" in error["message"]
+        assert events[3:] == ["[DONE]"]
+        assert "x" * 1000 not in r.text
+        assert fake.streams[0].closed and not upstreams["b2"].generation_bodies  # not resumed elsewhere
+        assert gw.metric("gateway_requests_total", **SERIES, status="502") == 1
+        assert gw.metric("gateway_inflight_requests", backend="b1") == 0

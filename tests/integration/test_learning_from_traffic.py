@@ -137,7 +137,8 @@ async def test_ratings_that_contradict_the_artifact_change_the_decision_after_tr
                 },
             )
             assert rated.status_code == 200
-        await gw.client.post("/v1/feedback", json={"id": "chatcmpl-unknown", "rating": 1.0})
+        unknown = await gw.client.post("/v1/feedback", json={"id": "chatcmpl-unknown", "rating": 1.0})
+        assert unknown.status_code == 404  # refused, not written
     assert set(served) == {a["name"] for a in ARMS}  # exploration reached every arm
     lines = log_lines(log)
     assert len(lines) == 90 and any(line["reason"] == "explore" for line in lines)
@@ -151,7 +152,7 @@ async def test_ratings_that_contradict_the_artifact_change_the_decision_after_tr
     )
     assert rc == 0
     meta = json.loads((artifact / "router.json").read_text())["metadata"]
-    assert meta["decision_log"]["rated_rows"] == 90 and meta["decision_log"]["unmatched_ratings"] == 1
+    assert meta["decision_log"]["rated_rows"] == 90 and meta["decision_log"]["unmatched_ratings"] == 0
 
     retrained = {"policy": "learned", "params": {"artifact": str(artifact)}}
     async with make_gateway(arms=ARMS, routing=retrained) as gw:

@@ -132,7 +132,14 @@ class Stack:
         cmd += ["--backends", str(self.tmp / "backends.yaml"), "--log-dir", str(self.log_dir)]
         with (self.tmp / "launcher.log").open("ab") as log:
             proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # the default SIGHUP action even when the tests run under nohup (an ignored one stays ignored)
+                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
             )
         self.launchers.append(proc)
         wait_until("both fake servers up", lambda: len(self.pids()) == len(SERVERS) or proc.poll() is not None)

@@ -154,3 +154,7 @@ def test_a_stream_longer_than_the_drain_timeout_is_ended_visibly(
     error = json.loads(lines[-2][6:])["error"]
     assert (error["type"], error["code"]) == ("service_unavailable", "shutting_down"), error
     assert len(lines) < 60  # cut well before the upstream's 100 chunks
+    assert gateway.stderr is not None
+    log = gateway.stderr.read().decode(errors="replace")
+    # issue 18 #9: the relay task outlived the cut and wrote after the response had completed
+    assert "Unexpected ASGI message" not in log and "Traceback" not in log, log[-3000:]

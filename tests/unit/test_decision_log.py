@@ -58,6 +58,7 @@ def test_a_line_holds_the_decision_and_the_outcome(tmp_path: Path) -> None:
         "predictions": {name: p.as_dict() for name, p in PREDICTIONS.items()},
         "arm": "good",
         "reason": "explore",
+        "family": None,
         "propensity": 0.25,
         "served_arm": "good",
         "backend": "b2",

@@ -15,7 +15,11 @@ from lab.processes import Stopped, raise_on_stop_signals
 
 @pytest.fixture(autouse=True)
 def restore_handlers() -> Iterator[None]:
+    """Each test starts from the default SIGTERM/SIGHUP actions, whatever the runner inherited (under
+    ``nohup`` SIGHUP is ignored, and an ignored SIGHUP rightly stays ignored)."""
     saved = {sig: signal.getsignal(sig) for sig in processes.STOP_SIGNALS}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.auth import ApiKey
@@ -64,6 +66,36 @@ def test_without_a_max_tokens_cap_any_value_passes() -> None:
 )
 def test_estimate(body: dict[str, Any], tokens: int) -> None:
     assert estimate_tokens(body, LIMITS) == tokens
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "description": "d" * 4000}}}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tools", [TOOL]),
+        ("functions", [TOOL["function"]]),
+        ("response_format", {"type": "json_schema", "json_schema": {"schema": {"description": "d" * 4000}}}),
+        ("guided_json", {"description": "d" * 4000}),  # any structured extra the upstream may read
+        ("tool_choice", {"type": "function", "function": {"name": "f" * 4000}}),
+    ],
+)
+def test_the_estimate_counts_structured_fields_at_their_serialized_size(field: str, value: Any) -> None:
+    text = {"messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 10}
+    extra = len(orjson.dumps(value))
+    assert extra > 4000
+    assert estimate_tokens({**text, field: value}, LIMITS) == 10 + 10 + math.ceil(extra / 4)
+
+
+def test_the_estimate_counts_non_text_message_content() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 40_000}}
+    parts = [{"type": "text", "text": "x" * 40}, image]
+    body = {"messages": [{"role": "user", "content": parts}], "max_tokens": 10}
+    assert estimate_tokens(body, LIMITS) == 10 + 10 + math.ceil(len(orjson.dumps(image)) / 4)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "a" * 8000}}
+    calls = {"messages": [{"role": "assistant", "content": None, "tool_calls": [call]}], "max_tokens": 10}
+    assert estimate_tokens(calls, LIMITS) == math.ceil(len(orjson.dumps([call])) / 4) + 10
 
 
 class Clock:

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.sse import (
     EventSplitter,
+    EventTooLarge,
     Rename,
     compact,
     has_finish,
@@ -146,3 +147,15 @@ def test_role_only_empty_and_usage_chunks_are_no_tokens(event: bytes, token: boo
 )
 def test_a_finish_reason_is_told_from_null_and_from_text(event: bytes, finish: bool) -> None:
     assert has_finish(event) is finish
+
+
+def test_the_splitter_refuses_an_event_larger_than_its_limit() -> None:
+    small = EventSplitter(max_event_bytes=16)
+    assert small.feed(b"data: 1\n\ndata: 2") == [b"data: 1"]
+    with pytest.raises(EventTooLarge):  # still arriving: never buffered past the limit
+        small.feed(b"x" * 20)
+    whole = EventSplitter(max_event_bytes=16)
+    with pytest.raises(EventTooLarge):  # complete within one read
+        whole.feed(b"data: " + b"x" * 20 + b"\n\ndata: 2\n\n")
+    ok = EventSplitter(max_event_bytes=16)
+    assert ok.feed(b"data: 1\n\n" * 10) == [b"data: 1"] * 10  # a long read of small events is fine
