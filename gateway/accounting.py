@@ -46,7 +46,8 @@ class Outcome:
     ``live`` is the arm that answered (``None``: refused or failed before any did, ``error`` saying
     why). ``backend``: the backend of a relayed stream (its end goes to the pool); ``backends``: the
     name(s) for the decision log. ``usage``: the answer's (a PDR answer's summed over its stages);
-    ``stream_tokens``: completion tokens of the streamed call alone (for tokens/s). Times are
+    ``usage_estimated``: ``usage`` was made up (the upstream sent none); ``stream_tokens``: completion tokens
+    of the streamed call alone (for tokens/s). Times are
     ``time.perf_counter()`` values.
     """
 
@@ -56,6 +57,7 @@ class Outcome:
     backend: Backend | None = None
     backends: str | None = None
     usage: dict[str, Any] | None = None
+    usage_estimated: bool = False  # a stream whose upstream sent no usage: ``usage`` was made up (relay)
     stream_tokens: int = 0
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -146,6 +148,8 @@ class Accounting:
         if usage is not None:
             completion = token_count(usage.get("completion_tokens"))
             metrics.observe_usage(series, token_count(usage.get("prompt_tokens")), completion)
+            if out.usage_estimated:
+                metrics.estimated_usage(live.arm.model, live.strategy_label)
         if status < 400:
             if out.backend is not None:
                 self.pool.report_success(out.backend)

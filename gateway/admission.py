@@ -111,8 +111,8 @@ class Admission:
         self.metrics = metrics
         self.decision_log = decision_log
         self.limiter = RateLimiter()
-        # embeddings are not routed on the prompt: least-loaded (or pinned) among the model's arms
-        self.embedding_policy = LeastLoadedPolicy()
+        # embeddings and pinned-only arms are not routed on the prompt: least-loaded (or pinned) among the arms
+        self.plain_policy = LeastLoadedPolicy()
 
     async def admit(self, ex: Exchange, request: Request) -> None:
         """Fill ``ex`` with the body, the decision, the charge and the trace; raise a
@@ -165,7 +165,8 @@ class Admission:
             raise validation_error(exc, body) from None
         check_caps(body, self.settings.limits)
         arms = self._arms(body["model"], key, endpoint)
-        return arms, self._flags(body, request, arms)
+        flags = self._flags(body, request, arms)
+        return self.catalog.routable(arms, flags.arm), flags
 
     async def _decide(
         self, body: dict[str, Any], arms: list[LiveArm], flags: RouteFlags, record: bool = True, endpoint: str = ""
@@ -173,7 +174,8 @@ class Admission:
         """The policy's decision among ``arms``, and what it was asked (prompt, flags, features)."""
         started = time.perf_counter()
         prompt, features = "", None
-        policy = self.embedding_policy if endpoint == "embeddings" else self.policy
+        plain = endpoint == "embeddings" or self.catalog.needs_no_policy(arms)
+        policy = self.plain_policy if plain else self.policy
         if policy.needs_features:
             # a pinned arm or a one-arm model needs no choice, but its forecast feeds the arm's live
             # corrections and a strict budget: it is made for this prompt, never an empty one

@@ -109,13 +109,16 @@ class ArmCatalog:
 
     ``arms`` holds every arm; ``by_model`` and :meth:`generation_arms` those that serve chat or text
     completions (the routing policy's arms); arms that serve ``embeddings`` (``arms[].endpoints``)
-    are found by :meth:`candidates` for that endpoint and never by ``auto``.
+    are found by :meth:`candidates` for that endpoint and never by ``auto``. ``pinned_only`` arms
+    (``arms[].pinned_only``) are left out of :meth:`generation_arms` and, by :meth:`routable`, of
+    every choice a request does not pin.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.arms: dict[str, LiveArm] = {}
         self.by_model: dict[str, list[LiveArm]] = {}
         self._serving: dict[str, dict[str, list[LiveArm]]] = {e: {} for e in ("chat", "completions", "embeddings")}
+        self.pinned_only = frozenset(a.name for a in settings.arms if a.pinned_only)
         for a in settings.arms:
             arm = Arm(name=a.name, model=a.model, strategy=a.build_strategy())
             live = LiveArm(arm, a.backends, ttl_s=settings.routing.live_ttl_s, affinity=a.affinity)
@@ -128,8 +131,21 @@ class ArmCatalog:
 
     def generation_arms(self) -> list[LiveArm]:
         """The arms that serve chat or completions (configuration order): the routing policy's arms."""
-        names = {live.arm.name for arms in self.by_model.values() for live in arms}
+        names = {live.arm.name for arms in self.by_model.values() for live in arms} - self.pinned_only
         return [live for name, live in self.arms.items() if name in names]
+
+    def routable(self, arms: list[LiveArm], pinned: str | None) -> list[LiveArm]:
+        """``arms`` less the pinned-only ones a request pinning ``pinned`` (an arm name, or ``None``) may not
+        get: all of them unless it pins one, or unless they are all the model has (its name pins them)."""
+        if not self.pinned_only or (pinned is not None and pinned in self.pinned_only):
+            return arms
+        kept = [live for live in arms if live.arm.name not in self.pinned_only]
+        return kept if kept or pinned is not None else arms
+
+    def needs_no_policy(self, arms: Sequence[LiveArm]) -> bool:
+        """Whether ``arms`` (after :meth:`routable`) holds a pinned-only arm: the routing policy does not
+        know it, so the choice is least-loaded (or the pin)."""
+        return any(live.arm.name in self.pinned_only for live in arms)
 
     def public_models(self) -> list[str]:
         """Every public model (generation models first, then embedding models), and ``auto``."""

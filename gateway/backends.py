@@ -1,7 +1,7 @@
 """Upstream backends: their health and load, and the least-loaded choice within a pool.
 
-A background task polls every backend's ``/health`` and, for vLLM servers, the load gauges on
-``/metrics`` (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+A background task polls every backend's ``/health`` (``backends[].health_path``) and, for vLLM
+servers, the load gauges on ``/metrics`` (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
 ``vllm:kv_cache_usage_perc``). Request handlers report failures as they see them
 (:meth:`BackendPool.report_failure`): a refused connection takes a backend out at once; timeouts
 and 5xx take it out after ``health.unhealthy_after`` in a row. A backend that is down comes back
@@ -281,10 +281,11 @@ class BackendPool:
         """One health check (and load scrape) of ``backend``; never raises."""
         timeout = self._health.timeout_s
         try:
-            status, _ = await self._upstream.get(backend.base_url + "/health", backend.auth_header, timeout)
+            path = backend.settings.health_path
+            status, _ = await self._upstream.get(backend.base_url + path, backend.auth_header, timeout)
             ok = status == 200
             if not ok:
-                backend.last_error = f"/health returned {status}"
+                backend.last_error = f"{path} returned {status}"
             if ok and backend.settings.scrape_metrics:
                 status, content = await self._upstream.get(backend.base_url + "/metrics", backend.auth_header, timeout)
                 if status == 200:

@@ -78,13 +78,18 @@ def check_message_count(body: dict[str, Any], limits: LimitSettings) -> None:
         )
 
 
-def estimate_tokens(body: dict[str, Any], limits: LimitSettings) -> int:
-    """Up-front token charge of a validated body (see the module docstring)."""
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """Prompt tokens of a validated body, estimated: the number of token ids, else (prompt characters +
+    serialized structured fields) / 4."""
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
-        prompt_tokens = sum(len(p) if isinstance(p, list) else 1 for p in prompt)
-    else:
-        prompt_tokens = math.ceil((len(prompt_text(body)) + _non_text_chars(body)) / 4)
+        return sum(len(p) if isinstance(p, list) else 1 for p in prompt)
+    return math.ceil((len(prompt_text(body)) + _non_text_chars(body)) / 4)
+
+
+def estimate_tokens(body: dict[str, Any], limits: LimitSettings) -> int:
+    """Up-front token charge of a validated body (see the module docstring)."""
+    prompt_tokens = estimate_prompt_tokens(body)
     completion = body.get("max_completion_tokens") or body.get("max_tokens") or limits.assumed_completion_tokens
     return prompt_tokens + int(completion) * int(body.get("n") or 1)
 

@@ -238,6 +238,13 @@ class GatewayMetrics:
             ["arm", "outcome"],
             registry=r,
         )
+        self._estimated_usage = Counter(
+            "gateway_estimated_usage_total",
+            "Streams whose upstream sent no usage chunk (not every OpenAI-compatible server does): their token "
+            "counts were made up, completion tokens from the token events, prompt tokens estimated.",
+            ["model", "strategy"],
+            registry=r,
+        )
         self._decision_log_errors = Counter(
             "gateway_decision_log_errors_total",
             "Decision-log lines (routing.decision_log) that could not be written; the requests were answered.",
@@ -337,6 +344,9 @@ class GatewayMetrics:
     def pdr_stage(self, model: str, strategy: str, stage: str, seconds: float) -> None:
         """One finished stage of a PDR request (``stage``: draft, distill or refine)."""
         self._pdr_stage.labels(model, strategy, stage).observe(seconds)
+
+    def estimated_usage(self, model: str, strategy: str) -> None:
+        self._estimated_usage.labels(model, strategy).inc()
 
     def decision_log_error(self) -> None:
         """One decision-log line was lost (the write failed)."""

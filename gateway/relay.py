@@ -10,10 +10,15 @@ JSON is parsed only for the usage chunk (and for every event of an upstream that
 JSON, normalised once per event: :func:`gateway.sse.compact`).
 
 A PDR stream passes ``usage_before`` (its earlier stages' usage): the usage chunk then carries the
-sum, and one is made up before ``[DONE]`` if the upstream sent none.
+sum. An upstream that sends no usage chunk (not every OpenAI-compatible server does: llama.cpp's
+does not) gets one made up before ``[DONE]``: completion tokens counted from the token events, prompt
+tokens estimated as for a rate limit (:func:`gateway.limits.estimate_prompt_tokens`; a PDR stream's
+earlier stages' usage instead), marked by an ``: x-usage-estimated`` comment and counted in
+``gateway_estimated_usage_total``, so token metrics and charges still settle.
 
 Failure after the first byte — a read error, an idle timeout, a stream that ends without ``[DONE]``,
-a ``data:`` event that is not a JSON object (checked by its first and last byte, not parsed), an
+a ``[DONE]`` before any choice had a ``finish_reason`` (a truncated answer, whatever the upstream), a
+``data:`` event that is not a JSON object (checked by its first and last byte, not parsed), an
 event larger than ``streaming.max_event_bytes`` (never buffered past it) — becomes an SSE error
 event followed by ``data: [DONE]``: the client always learns that the answer is incomplete — unless
 the backend died (read error, idle timeout, end without ``[DONE]``) and a
@@ -41,7 +46,7 @@ from gateway import response_state
 from gateway.accounting import Accounting, Outcome
 from gateway.calls import Call, upstream_error
 from gateway.errors import ShutDown, UpstreamError
-from gateway.limits import token_count
+from gateway.limits import estimate_prompt_tokens, token_count
 from gateway.response_state import ResponseState
 from gateway.resume import Resumer, Seam
 from gateway.sse import (
@@ -52,7 +57,9 @@ from gateway.sse import (
     EventTooLarge,
     Rename,
     compact,
+    error_data,
     error_event,
+    has_finish,
     is_spaced,
     is_token_event,
     summed,
@@ -100,6 +107,8 @@ class RelayResponse(Response):
         self.usage_before = usage_before
         self.spaced: bool | None = None  # decided on the first JSON event
         self.head: bytes | None = None  # the first token event (a made-up usage chunk copies its id)
+        self.tokens = 0  # token events relayed (a made-up usage counts them)
+        self.finished = False  # a choice's finish_reason was relayed
         self.broken = False
         self.resumer = resumer
         self.sent: list[bytes] | None = [] if resumer is not None and resumer.retains else None
@@ -159,9 +168,15 @@ class RelayResponse(Response):
                 continue
             if ev.startswith(DONE):
                 out.saw_done = True
+                if not self.finished and out.error is None:
+                    out.error = UpstreamError(
+                        "upstream ended the stream before any finish_reason; the answer is incomplete",
+                        kind="protocol",
+                    )
+                    keep.append(error_data(out.error))
                 if self.comments is not None:
                     keep += self.comments
-                if self.usage_before is not None and out.usage is None:
+                if out.usage is None and out.error is None:
                     self._made_up_usage(keep)
                 keep.append(ev)
                 continue
@@ -193,7 +208,10 @@ class RelayResponse(Response):
                 )
                 keep.append(ev)
                 continue
+            if not self.finished and has_finish(ev):
+                self.finished = True
             if is_token_event(ev):
+                self.tokens += 1
                 if out.first_token_at is None:
                     out.first_token_at = now
                     self.head = ev
@@ -222,10 +240,17 @@ class RelayResponse(Response):
         return ev
 
     def _made_up_usage(self, keep: list[bytes]) -> None:
-        """A PDR stream whose upstream sent no usage: its earlier stages' usage is all that is known."""
-        assert self.usage_before is not None
-        self.outcome.usage = usage = dict(self.usage_before)
+        """The upstream sent no usage: completion tokens counted from the token events, prompt tokens
+        estimated (a PDR stream: its earlier stages' usage plus the tokens counted here)."""
+        out = self.outcome
+        before = self.usage_before
+        if before is None:
+            before = {"prompt_tokens": estimate_prompt_tokens(out.exchange.body or {})}
+        out.usage = usage = summed(before, {"completion_tokens": self.tokens})
+        out.stream_tokens = self.tokens
+        out.usage_estimated = True
         if not self.strip_usage:
+            keep.append(b": x-usage-estimated")
             keep.append(self.rename.event(usage_event(self.head, usage)))
 
     async def _relay(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:

@@ -8,15 +8,16 @@ one JSON line (:mod:`gateway.logs`)::
      "request_id": "...", "endpoint": "chat", "key": "team-a", "model": "smol", "arm": "smol-plain",
      "strategy": "plain", "backend": "b1", "reason": "single-arm", "status": 200, "error": null,
      "stream": true, "latency_s": 0.8, "ttft_s": 0.12, "tokens_per_s": 41.3,
-     "prompt_tokens": 7, "completion_tokens": 3}
+     "prompt_tokens": 7, "completion_tokens": 3, "usage_estimated": false}
 
 ``key`` is the API key's configured name (never the key; ``null`` without auth); ``model`` the
 public model of the arm that answered (else of the arm chosen, else the one asked for);
 ``arm``/``strategy``/``backend`` who answered (``null`` when nobody did); ``reason`` the routing
 reason (``failover`` when another arm answered); ``error`` the error ``code`` of a failed request;
 ``ttft_s``/``tokens_per_s`` for streams only; token counts from the answer's usage (``null`` when
-unknown). Not the decision log (``routing.decision_log``, for training): that one
-holds the router's features and forecasts, this one what an operator greps for.
+unknown; ``usage_estimated`` when a stream's upstream sent none and the gateway made them up). Not the
+decision log (``routing.decision_log``, for training): that one holds the router's features and
+forecasts, this one what an operator greps for.
 
 Off in ``text`` mode (nothing is built): the access log (``--access-log``) is the text equivalent.
 """
@@ -79,4 +80,5 @@ def record(
         "tokens_per_s": round(tps, 3) if tps is not None else None,
         "prompt_tokens": token_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None,
         "completion_tokens": token_count(usage.get("completion_tokens")) if isinstance(usage, dict) else None,
+        "usage_estimated": out.usage_estimated,
     }

@@ -51,6 +51,11 @@ class BackendSettings(_Strict):
     served_model: str = Field(min_length=1, description="The model name the upstream server answers to.")
     api_key: str | None = Field(None, description="Sent upstream as a Bearer token, if set.")
     scrape_metrics: bool = Field(True, description="Read vLLM load gauges from the upstream /metrics.")
+    health_path: str = Field(
+        "/health",
+        pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$",
+        description="Polled for health (200: up). vLLM: /health; a server without one, e.g. llama.cpp's: /v1/models.",
+    )
 
     @property
     def base_url(self) -> str:
@@ -84,6 +89,11 @@ class ArmSettings(_Strict):
         default_factory=lambda: list[ArmEndpoint](["chat", "completions"]),
         min_length=1,
         description="What the arm's backends serve; embeddings: /v1/embeddings (a plain arm, routed least-loaded).",
+    )
+    pinned_only: bool = Field(
+        False,
+        description="Served only when a request pins it (route.arm / x-route-arm), or names a model only such arms "
+        "serve; never chosen by the routing policy, so a learned artifact need not know it.",
     )
 
     @field_validator("endpoints")
@@ -333,6 +343,8 @@ class Settings(_Strict):
                     problems.append(f"arms[{i}].strategy.{param}: '{target}' does not serve chat")
         if not any(a.generates for a in self.arms):
             problems.append("arms: no arm serves chat or completions")
+        elif not any(a.generates and not a.pinned_only for a in self.arms):
+            problems.append("arms: every arm serving chat or completions is pinned_only; the router needs one")
         problems += self._key_problems()
         if problems:
             raise ValueError("; ".join(problems))

@@ -5,7 +5,8 @@ and by the non-streaming strategies for the model rename.
 
 * :class:`EventSplitter` turns upstream reads into complete events. Events end with a blank line;
   CRLF and lone CR line ends (the SSE spec allows both) are normalised to LF, including a CRLF cut
-  between two reads. vLLM writes LF only, and then the splitter does one ``in`` test per read.
+  between two reads; extra blank lines between events (llama.cpp's server ends each with ``\n\n\r\n``)
+  are dropped. vLLM writes LF only, and then the splitter does one ``in`` test per read.
 * :class:`Rename` rewrites the served model name to the public one. Fast path: a bytes replace of
   vLLM's compact ``"model":"served"`` (a quoted ``"model":`` cannot occur unescaped inside a string).
 * :func:`is_spaced` / :func:`compact`: an upstream that writes JSON with spaces (``"model": "x"``,
@@ -62,14 +63,19 @@ class EventSplitter:
                 raise EventTooLarge(len(buf))
             self.buf = buf
             return None
-        *events, self.buf = buf.split(SEP)
-        if len(buf) > self.limit and (len(self.buf) > self.limit or any(len(e) > self.limit for e in events)):
+        *events, rest = buf.split(SEP)
+        if len(buf) > self.limit and (len(rest) > self.limit or any(len(e) > self.limit for e in events)):
             raise EventTooLarge(len(buf))
+        if any(not ev or ev[0] == 10 for ev in events):  # a run of blank lines ends one event, not several
+            events = [stripped for ev in events if (stripped := ev.lstrip(b"\n"))]
+        self.buf = rest.lstrip(b"\n") if rest[:1] == b"\n" else rest
         return events
 
     def end(self) -> list[bytes] | None:
         """At the end of the stream: the event a final lone CR completes, if any."""
         if not self.cr:
+            if not self.buf.strip(b"\n"):
+                self.buf = b""  # blank lines after the last event
             return None
         self.cr = False
         return self.feed(b"\n")
@@ -183,12 +189,32 @@ def summed(total: dict[str, int], usage: Any) -> dict[str, int]:
     return out
 
 
+_NOT_TOKENS = (
+    b'"choices":[]',  # the usage chunk
+    b'"content":""',  # vLLM's role chunk, an empty delta
+    b'"text":""',  # an empty completion chunk (often the one with the finish_reason)
+    b'"delta":{}',  # a finish_reason-only chat chunk (llama.cpp)
+    b'"delta":{"role":"assistant"}',  # a role chunk without content (llama.cpp)
+)
+
+
 def is_token_event(event: bytes) -> bool:
-    """Whether a compact JSON chunk carries generated text: the chat role chunk (``"content":""``) and
-    the usage chunk (``"choices":[]``) do not."""
-    return b'"choices":[]' not in event and b'"content":""' not in event and b'"text":""' not in event
+    """Whether a compact JSON chunk carries generated text (or a tool call): role-only, empty and
+    usage-only chunks do not, so TTFT and inter-token latency count from real tokens."""
+    return not any(marker in event for marker in _NOT_TOKENS)
+
+
+def has_finish(event: bytes) -> bool:
+    """Whether a compact JSON chunk sets a ``finish_reason`` (``"finish_reason":null`` does not; the bytes
+    cannot occur unescaped inside a string)."""
+    return b'"finish_reason":"' in event
+
+
+def error_data(exc: GatewayError) -> bytes:
+    """The ``data:`` event (without its blank line) carrying ``exc``'s envelope."""
+    return b"data: " + orjson.dumps(exc.body())
 
 
 def error_event(exc: GatewayError) -> bytes:
     """An error after the stream started: one ``data:`` event with the envelope, then ``[DONE]``."""
-    return b"data: " + orjson.dumps(exc.body()) + b"\n\ndata: [DONE]\n\n"
+    return error_data(exc) + b"\n\ndata: [DONE]\n\n"

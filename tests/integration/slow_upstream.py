@@ -38,7 +38,8 @@ def build(chunks: int, delay_s: float) -> Starlette:
 
         async def events() -> AsyncIterator[bytes]:
             for i in range(chunks):
-                choice = {"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}
+                finish = "stop" if i == chunks - 1 else None
+                choice = {"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": finish}
                 yield sse({**head, "choices": [choice]})
                 await asyncio.sleep(delay_s)
             usage = {"prompt_tokens": 3, "completion_tokens": chunks, "total_tokens": chunks + 3}

@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from gateway.backends import BREAKER_KINDS, Backend, BackendPool, parse_vllm_load
 from gateway.metrics import GatewayMetrics
@@ -313,3 +314,32 @@ async def test_timed_out_health_checks_spare_a_backend_that_keeps_answering() ->
         await pool.check(b)
         await pool.check(b)
         assert not b.healthy
+
+
+async def test_a_backend_without_health_is_checked_on_its_health_path_and_not_scraped() -> None:
+    """llama.cpp's server has no /health and no /metrics: health_path /v1/models, scrape_metrics off."""
+    seen: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200 if request.url.path == "/v1/models" else 404)
+
+    settings = BackendSettings(
+        name="llama",
+        url="http://llama.test:8000",  # type: ignore[arg-type]
+        served_model="m",
+        health_path="/v1/models",
+        scrape_metrics=False,
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
+        pool = BackendPool(
+            [settings], HealthSettings(), HttpxUpstream(TimeoutSettings(), client=client), GatewayMetrics()
+        )
+        await pool.check(pool.backends["llama"])
+    assert pool.backends["llama"].healthy and seen == ["/v1/models"]
+
+
+@pytest.mark.parametrize("path", ["v1/models", "/v1/models?x=1", "/a b", ""])
+def test_a_health_path_is_an_absolute_path(path: str) -> None:
+    with pytest.raises(ValidationError, match="health_path"):
+        BackendSettings(name="a", url="http://a.test", served_model="m", health_path=path)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ GOLDEN = {
     "gateway_arm_info": ("gauge", ("arm", "backend", "model", "strategy")),
     "gateway_failovers_total": ("counter", ("model", "strategy")),
     "gateway_decision_log_errors_total": ("counter", ()),
+    "gateway_estimated_usage_total": ("counter", ("model", "strategy")),
 }
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
@@ -54,6 +55,7 @@ def exercised() -> str:
     m.arm_info("smol-spec", "smol", "speculative-ngram-k4", "b1")
     m.failover("smol", "plain")
     m.decision_log_error()
+    m.estimated_usage("smol", "plain")
     return m.exposition().decode()
 
 

@@ -8,7 +8,18 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.sse import EventSplitter, EventTooLarge, Rename, compact, is_spaced, summed, usage_event, usage_of
+from gateway.sse import (
+    EventSplitter,
+    EventTooLarge,
+    Rename,
+    compact,
+    has_finish,
+    is_spaced,
+    is_token_event,
+    summed,
+    usage_event,
+    usage_of,
+)
 
 STREAM = b'data: {"a":1}\n\ndata: {"b":2}\n\n: ping\n\ndata: [DONE]\n\n'
 EVENTS = [b'data: {"a":1}', b'data: {"b":2}', b": ping", b"data: [DONE]"]
@@ -31,6 +42,13 @@ def pieces(raw: bytes, size: int) -> list[bytes]:
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
 def test_events_split_on_any_line_end_across_any_reads(line_end: bytes, size: int) -> None:
     raw = STREAM.replace(b"\n", line_end)
+    assert split(pieces(raw, size)) == EVENTS
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000])
+def test_extra_blank_lines_between_events_are_dropped(size: int) -> None:
+    # llama.cpp's server (sse-starlette) ends every event with "\n\n\r\n": three line ends
+    raw = b"".join(e + b"\n\n\r\n" for e in EVENTS)
     assert split(pieces(raw, size)) == EVENTS
 
 
@@ -113,6 +131,36 @@ def test_rename_events_renames_every_event_of_a_read_and_no_text() -> None:
     assert out.count(b'"model":"smol"') == 2 and b'"model":"smol-served"' not in out
     assert text.encode() in out
     assert r.events(out) == out
+
+
+@pytest.mark.parametrize(
+    ("event", "token"),
+    [
+        (b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}', True),
+        (b'data: {"choices":[{"index":0,"text":" the","finish_reason":null}]}', True),
+        (b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t"}]}}]}', True),
+        (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}', False),  # vLLM
+        (b'data: {"choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}', False),  # llama.cpp
+        (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', False),  # llama.cpp
+        (b'data: {"choices":[{"index":0,"text":"","finish_reason":"length"}]}', False),
+        (b'data: {"choices":[],"usage":{"total_tokens":3}}', False),
+    ],
+)
+def test_role_only_empty_and_usage_chunks_are_no_tokens(event: bytes, token: bool) -> None:
+    assert is_token_event(event) is token
+
+
+@pytest.mark.parametrize(
+    ("event", "finish"),
+    [
+        (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', True),
+        (b'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}', False),
+        (b'data: {"choices":[{"index":0,"delta":{"content":"\\"finish_reason\\":\\"stop"}}]}', False),
+        (b'data: {"choices":[],"usage":{"total_tokens":3}}', False),
+    ],
+)
+def test_a_finish_reason_is_told_from_null_and_from_text(event: bytes, finish: bool) -> None:
+    assert has_finish(event) is finish
 
 
 def test_the_splitter_refuses_an_event_larger_than_its_limit() -> None:
