@@ -184,6 +184,10 @@ async def test_tools_count_against_tokens_per_minute(make_gateway: MakeGateway) 
     keys = {"keys": [{"name": "team-a", "sha256": hash_key(KEY_A), "tpm": 3000}]}
     async with make_gateway(auth=keys, server={"max_body_bytes": 1_000_000}) as gw:
         body = request_body("chat", max_tokens=5, tools=[tool])
+        # a stopped clock: no refill between requests, however slowly a loaded machine runs them (the
+        # first answer's usage gives back all but 10 of its estimate, 0.2 s of refill from admitting
+        # the next request whole)
+        gw.app.state.proxy.admission.limiter.clock = lambda: 1000.0
         codes = [
             (await gw.client.post("/v1/chat/completions", json=body, headers=BEARER_A)).status_code for _ in range(14)
         ]

@@ -102,8 +102,9 @@ def test_humaneval_memory_bomb_fails() -> None:
 def test_humaneval_growing_memory_is_stopped() -> None:
     started = time.monotonic()
     grow = "def add(a, b):\n    x = []\n    while True:\n        x.append(bytearray(1 << 20))\n"
-    assert run_humaneval(PROBLEM, grow, timeout_s=10.0) is False
-    assert time.monotonic() - started < 10
+    # stopped by the memory limit, not the (generous, so a loaded machine cannot fail it) time limit
+    assert run_humaneval(PROBLEM, grow, timeout_s=60.0) is False
+    assert time.monotonic() - started < 60
 
 
 def test_humaneval_prompt_imports_and_helpers_stay_in_scope() -> None:
