@@ -244,7 +244,7 @@ def test_a_stream_whose_replica_is_sigkilled_is_continued_on_the_other_one(stack
     client = stack.client(http_client=httpx.Client(transport=tee, timeout=120))
     kill_after, before, parts, ids, usage, finish = 20, "", [], set(), None, None
     with client.chat.completions.with_streaming_response.create(**body) as response:
-        victim = response.headers["x-route-backend"]
+        victim, request_id = response.headers["x-route-backend"], response.headers["x-request-id"]
         for chunk in response.parse():
             ids.add(chunk.id)
             usage = chunk.usage or usage
@@ -277,3 +277,20 @@ def test_a_stream_whose_replica_is_sigkilled_is_continued_on_the_other_one(stack
     assert parted is None or parted > seam_chars
     after = stack.metric(stack.gateway, "gateway_stream_resumes_total", arm=ARM, outcome="resumed")
     assert after == resumed_before + 1
+
+    # its trace: the dead replica's attempt, the continuation's attempt on the other one, and that
+    # replica's own llm_request span under it (the killed server never exported one)
+    deadline = time.monotonic() + 30
+    while not (roots := [s for s in list(stack.sink.spans) if s.attributes.get("gateway.request_id") == request_id]):
+        assert time.monotonic() < deadline, "the request's span never arrived"
+        time.sleep(0.25)
+    spans = stack.trace(roots[0].trace_id, {"relay", "llm_request"})
+    first, second = sorted(
+        (s for s in spans if s.name == "upstream POST /v1/chat/completions"), key=lambda s: s.start_ns
+    )
+    assert (first.attributes["gateway.backend"], first.attributes["gateway.upstream.resume"]) == (victim, False)
+    assert second.attributes["gateway.backend"] == comment.group(1) and second.attributes["gateway.upstream.resume"]
+    assert second.attributes["gateway.upstream.request_id"] == f"{request_id}-r1"
+    relay = _one(spans, "relay")
+    assert relay.attributes["gateway.stream.resumes"] == 1 and "resume" in relay.events
+    assert [s.parent_id for s in spans if s.name == "llm_request"] == [second.span_id]
