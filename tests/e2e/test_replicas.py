@@ -112,6 +112,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sink.stop()
 
 
+def tree(spans: list[ReceivedSpan]) -> str:
+    """The spans as an indented tree (start after the earliest span, duration, service), for the test output."""
+    t0 = min(s.start_ns for s in spans)
+    ids = {s.span_id for s in spans}
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for s in sorted((s for s in spans if s.parent_id == parent), key=lambda s: s.start_ns):
+            start, took = (s.start_ns - t0) / 1e6, (s.end_ns - s.start_ns) / 1e6
+            lines.append(f"{'  ' * depth}{s.name} [{s.resource.get('service.name')}] +{start:.1f} ms, {took:.1f} ms")
+            walk(s.span_id, depth + 1)
+
+    for root in {s.parent_id for s in spans if s.parent_id not in ids}:
+        walk(root, 0)
+    return "\n".join(lines)
+
+
 def _one(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
     found = [s for s in spans if s.name == name]
     assert len(found) == 1, f"{name}: {len(found)} spans in {[s.name for s in spans]}"
@@ -162,7 +179,9 @@ def test_a_client_trace_holds_the_gateways_spans_and_vllms_own_under_the_attempt
     assert vllm.parent_id == attempt.span_id, "vLLM's span joins the trace under the gateway's attempt"
     assert vllm.resource.get("service.name") != "gateway-e2e"
     assert vllm.attributes["gen_ai.usage.completion_tokens"] == usage.completion_tokens
-    print(f"\ntrace {CLIENT_TRACE}: " + ", ".join(f"{s.name} ({s.resource.get('service.name')})" for s in spans))
+    print(f"\ntrace {CLIENT_TRACE}:\n{tree(spans)}")
+    for s in spans:
+        print(f"  {s.name}: {s.attributes}")
 
 
 def _opening(nonce: int) -> str:
