@@ -115,6 +115,15 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     def ms(q: float) -> float | None:
         return round(pct(times, q) * 1000, 1) if times else None
 
+    # how far past the seam a completed answer that is not identical parts from the uninterrupted one
+    # (0 or less: at or before the seam, which would be a seam fault rather than numerics)
+    gaps = [
+        r.diverge_at - r.seam_at for r in runs if r.completed and r.diverge_at is not None and r.seam_at is not None
+    ]
+    by_prompt: dict[int, list[int]] = {}
+    for r in runs:
+        by_prompt.setdefault(r.prompt, [0, 0])[0] += bool(r.identical)
+        by_prompt[r.prompt][1] += 1
     return {
         "answers": n,
         "completed_share": share("completed"),
@@ -126,6 +135,10 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "resume_ms_p99": ms(0.99),
         "resume_ms_max": round(max(times) * 1000, 1) if times else None,
         "errors": sorted({r.error for r in runs if r.error}),
+        "parted_chars_after_seam_min": min(gaps) if gaps else None,
+        "parted_chars_after_seam_p50": pct([float(g) for g in gaps], 0.5) if gaps else None,
+        "parted_at_or_before_seam": sum(g <= 0 for g in gaps),
+        "identical_by_prompt": {str(k): f"{v[0]}/{v[1]}" for k, v in sorted(by_prompt.items())},
     }
 
 
@@ -157,6 +170,15 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         "Intervals: Wilson score, 95 %.",
     ]
+    if summary.get("parted_chars_after_seam_min") is not None:
+        lines += [
+            "",
+            f"Answers not identical part from the uninterrupted one {summary['parted_chars_after_seam_p50']:.0f} "
+            f"characters after the seam at the median (at least {summary['parted_chars_after_seam_min']}; "
+            f"{summary['parted_at_or_before_seam']} at or before it). Identical, by prompt: "
+            + ", ".join(f"{k}: {v}" for k, v in summary["identical_by_prompt"].items())
+            + ".",
+        ]
     if summary["errors"]:
         lines += ["", "Errors seen: " + "; ".join(f"`{e}`" for e in summary["errors"])]
     return "\n".join(lines) + "\n"

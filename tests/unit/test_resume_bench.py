@@ -93,3 +93,21 @@ def test_read_stream_collects_text_comments_and_errors() -> None:
     assert s.comments == [": x-route-resumed backend=b at_tokens=1 resume_ms=5"]
     err = httpx.Response(200, content=b'data: {"error":{"code":"upstream_stream"}}\n\ndata: [DONE]\n\n')
     assert read_stream(err).error == "upstream_stream"
+
+
+def test_how_far_past_the_seam_answers_part_and_identical_by_prompt() -> None:
+    runs = [
+        Run(0, "a", 5, completed=True, identical=True, seam_at=40),
+        Run(0, "a", 9, completed=True, seam_at=40, diverge_at=100),
+        Run(1, "a", 3, completed=True, seam_at=30, diverge_at=50),
+        Run(1, "a", 3, completed=True, seam_at=30, diverge_at=30),  # parted at the seam: a seam fault
+        Run(2, "a", 3, error="upstream_stream", seam_at=10, diverge_at=11),  # not completed: not counted
+    ]
+    s = summarize(runs)
+    assert (s["parted_chars_after_seam_min"], s["parted_chars_after_seam_p50"], s["parted_at_or_before_seam"]) == (
+        0,
+        20.0,
+        1,
+    )
+    assert s["identical_by_prompt"] == {"0": "1/2", "1": "0/2", "2": "0/1"}
+    assert "20 characters after the seam at the median (at least 0; 1 at or before it)" in markdown(s, {})
