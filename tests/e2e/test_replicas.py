@@ -84,7 +84,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     otlp = ("--otlp-traces-endpoint", sink.url + "/v1/traces", "--enable-prefix-caching")
     spec = dataclasses.replace(
         base,
-        env={**base.env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "500"},
+        env={
+            **base.env,
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",  # vLLM's default is gRPC
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
+            "OTEL_SERVICE_NAME": "vllm",
+        },
         servers=tuple(
             dataclasses.replace(server, name=name, port=free_port(), cpu=cpu, args=(*server.args, *otlp))
             for name, cpu in (("r1", 0), ("r2", 1))
@@ -177,7 +182,8 @@ def test_a_client_trace_holds_the_gateways_spans_and_vllms_own_under_the_attempt
 
     vllm = _one(spans, "llm_request")  # exported by the vLLM server itself, over its own OTLP exporter
     assert vllm.parent_id == attempt.span_id, "vLLM's span joins the trace under the gateway's attempt"
-    assert vllm.resource.get("service.name") != "gateway-e2e"
+    assert vllm.resource["service.name"] == "vllm"
+    assert vllm.attributes["gen_ai.request.id"] == f"chatcmpl-{request.attributes['gateway.request_id']}"
     assert vllm.attributes["gen_ai.usage.completion_tokens"] == usage.completion_tokens
     print(f"\ntrace {CLIENT_TRACE}:\n{tree(spans)}")
     for s in spans:
