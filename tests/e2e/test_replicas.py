@@ -262,7 +262,9 @@ def test_a_stream_whose_replica_is_sigkilled_is_continued_on_the_other_one(stack
         "stream_options": {"include_usage": True},
     }
     plain = stack.client()
-    reference = "".join(c.choices[0].delta.content or "" for c in plain.chat.completions.create(**body) if c.choices)
+    chunks = plain.chat.completions.create(**body)
+    ref_parts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    reference = "".join(ref_parts)
     resumed_before = stack.metric(stack.gateway, "gateway_stream_resumes_total", arm=ARM, outcome="resumed")
 
     tee = _Tee()
@@ -292,14 +294,21 @@ def test_a_stream_whose_replica_is_sigkilled_is_continued_on_the_other_one(stack
     if finish == "length":
         assert usage.completion_tokens == body["max_tokens"]
     # the seam: what the dead replica delivered, then the continuation; at temperature 0 the text up to
-    # the seam is the uninterrupted answer's, and its first characters after the seam continue it (a token
-    # doubled or dropped at the seam would part from it right there)
-    seam_chars = len("".join(parts[: int(comment.group(2))]))
+    # the seam is the uninterrupted answer's, and the continuation usually goes on with it for a while
+    # (bf16 numerics part them later: docs/reliability.md); a token doubled or dropped at the seam would
+    # part from it right there
+    at = int(comment.group(2))
+    seam_chars = len("".join(parts[:at]))
     parted = next((i for i, (a, b) in enumerate(zip(text, reference, strict=False)) if a != b), None)
     print(f"\nkilled {victim} after {kill_after} chunks; seam at {seam_chars} chars; parted from the uninterrupted")
     print(f"answer at {parted}; {usage.completion_tokens} tokens; {comment.group(0)}")
-    assert text[:seam_chars] == reference[:seam_chars]
-    assert parted is None or parted > seam_chars
+    assert parts[:at] == ref_parts[:at], "up to the seam: the uninterrupted answer, token event by token event"
+    if parted is not None and parted <= seam_chars:
+        # the continuation took another token than the uninterrupted answer right at the seam: a near-tie
+        # that re-reading the text flipped (1 of 100 answers in the benchmark), or a seam fault. A fault
+        # would repeat the last token delivered, or skip the token the uninterrupted answer had next.
+        assert parts[at] != parts[at - 1], "the last delivered token again: doubled at the seam"
+        assert at + 1 >= len(ref_parts) or parts[at] != ref_parts[at + 1], "a token dropped at the seam"
     after = stack.metric(stack.gateway, "gateway_stream_resumes_total", arm=ARM, outcome="resumed")
     assert after == resumed_before + 1
 
