@@ -20,13 +20,18 @@ How a backend is killed and restarted, per backend name (both flags may be repea
     --restart-cmd NAME=CMD   a shell command that starts it again; if the last line it prints is an
                              integer, that is the new process group (e.g. "setsid vllm serve ... & echo $!")
 
-Example (the lead engineer's run: two SmolLM2 replicas of one arm)::
+Example (two SmolLM2 replicas started with ``loadtests/start_replica.sh PORT CPU``, which prints the
+process group; docs/reliability.md has the gateway config)::
 
-    python -m loadtests.resume_bench --gateway http://127.0.0.1:8080 --model smollm2 --n 100 \\
-        --pgid a=41000 --pgid b=41100 \\
-        --restart-cmd 'a=setsid scripts/serve-a.sh >/tmp/a.log 2>&1 & echo $!' \\
-        --restart-cmd 'b=setsid scripts/serve-b.sh >/tmp/b.log 2>&1 & echo $!' \\
-        --out loadtests/results/resume-bench
+    python -m loadtests.resume_bench --gateway http://127.0.0.1:8099 --model smollm2-135m --n 100 \\
+        --max-tokens 200 --pgid r1=PGID1 --pgid r2=PGID2 \\
+        --restart-cmd 'r1=loadtests/start_replica.sh 8011 0' --restart-cmd 'r2=loadtests/start_replica.sh 8012 1' \\
+        --out loadtests/results/resume-smollm2
+
+Resumable: each answer is appended to ``OUT.jsonl`` as soon as it is measured (with its text, the seam
+and where it parts from the uninterrupted answer) and the uninterrupted answers are kept in
+``OUT.refs.json``; a rerun with the same ``--out`` and ``--seed`` skips the answers done (each answer's
+kill point is drawn in order, so they are the same) and writes ``OUT.json`` / ``OUT.md`` over all of them.
 
 This script starts no vLLM server itself.
 """
