@@ -51,6 +51,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.protocol import Endpoint
 from gateway.settings import StreamingSettings
 from gateway.sse import SEP, Rename, is_token_event
+from gateway.tracing import current
 
 _STRUCTURED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
 
@@ -268,6 +269,7 @@ class Resumer:
         if body is None or self.count >= self.s.max_resumes:
             return self._count(None, "not_allowed" if body is None else "failed")
         self.count += 1
+        current().resuming(failed.backend.name, first.tokens)
         call = await self._open(body, failed.backend.name)
         if call is None:
             return self._count(None, "failed")

@@ -13,15 +13,17 @@ trace per request, a child of the client's ``traceparent`` when it sent a valid 
     ├── admission                        body, checks, budget (ends with the decision)
     │   └── route                        chosen arm, reason, every arm's predictions
     ├── upstream POST /v1/chat/completions  CLIENT, one per attempt: backend, status, attempt,
-    │                                    retry, failover; its context goes upstream as traceparent
+    │                                    retry, failover, resume; its context goes upstream as traceparent
     ├── pdr.draft / pdr.distill / pdr.refine   stages of a pdr arm
-    └── relay                            a stream: TTFT, tokens, tokens/s, event first_token
+    └── relay                            a stream: TTFT, tokens, tokens/s, resumes, events first_token
+                                         and resume (a continuation on another backend)
 
 Hooks (the only call sites): :meth:`Tracer.request` and :meth:`RequestTrace.deciding` /
 :meth:`RequestTrace.decided` in :mod:`gateway.admission`; :func:`current` then
 :meth:`RequestTrace.attempt` in :meth:`gateway.calls.Calls.open` (the trace is found through a
 context variable, set per request task, so the strategies need not carry it);
 :meth:`RequestTrace.relay` and :meth:`RequestTrace.finish` in :mod:`gateway.accounting`;
+:meth:`RequestTrace.resuming` in :mod:`gateway.resume`;
 :meth:`RequestTrace.stage` for PDR stages. Hooks never raise for a request's data and are called
 from the event loop.
 """
@@ -77,6 +79,10 @@ class RequestTrace:
     def attempt(self, backend: str, path: str, request_id: str, headers: MutableMapping[str, str]) -> Attempt:
         """An upstream POST to ``backend`` starts; adds ``traceparent``/``tracestate`` to ``headers``."""
         return NO_ATTEMPT
+
+    def resuming(self, backend: str, at_tokens: int) -> None:
+        """The stream from ``backend`` died after ``at_tokens`` token events reached the client; the next
+        attempts open its continuation (:mod:`gateway.resume`)."""
 
     def stage(self, stage: str, seconds: float) -> None:
         """A PDR stage (``draft``, ``distill``, ``refine``) just ended after ``seconds``."""

@@ -127,6 +127,7 @@ class _Trace(RequestTrace):
         "context",
         "failures",
         "relay_span",
+        "resumes",
         "route",
         "span",
         "tracer",
@@ -142,6 +143,7 @@ class _Trace(RequestTrace):
         self.arm_backends: Sequence[str] = ()
         self.attempts = 0
         self.failures = 0
+        self.resumes = 0
 
     def deciding(self) -> None:
         if self.admission is not None:
@@ -188,10 +190,18 @@ class _Trace(RequestTrace):
                 "gateway.upstream.attempt": self.attempts,
                 "gateway.upstream.retry": retry,
                 "gateway.upstream.failover": retry and backend not in self.arm_backends,
+                "gateway.upstream.resume": self.resumes > 0,
             },
         )
         _PROPAGATOR.inject(headers, context=set_span_in_context(span))
         return _Attempt(self, span)
+
+    def resuming(self, backend: str, at_tokens: int) -> None:
+        self.resumes += 1
+        if self.relay_span is not None:
+            self.relay_span.add_event(
+                "resume", attributes={"gateway.resume.from_backend": backend, "gateway.resume.at_tokens": at_tokens}
+            )
 
     def stage(self, stage: str, seconds: float) -> None:
         span = self.tracer.start_span(
@@ -213,7 +223,7 @@ class _Trace(RequestTrace):
                 open_span.end()
         self.route = self.admission = None
         if self.relay_span is not None:
-            self._end_relay(self.relay_span, out, ttft_s, tokens_per_s)
+            self._end_relay(self.relay_span, out, ttft_s, tokens_per_s, self.resumes)
         span.set_attribute("http.response.status_code", status)
         if out.live is not None:
             span.set_attributes(
@@ -242,10 +252,11 @@ class _Trace(RequestTrace):
         span.end()
 
     @staticmethod
-    def _end_relay(span: Span, out: Outcome, ttft_s: float | None, tokens_per_s: float | None) -> None:
+    def _end_relay(span: Span, out: Outcome, ttft_s: float | None, tokens_per_s: float | None, resumes: int) -> None:
         now = time.perf_counter()
         span.set_attribute("gateway.stream.tokens", out.stream_tokens)
         span.set_attribute("gateway.stream.saw_done", out.saw_done)
+        span.set_attribute("gateway.stream.resumes", resumes)
         if ttft_s is not None:
             span.set_attribute("gateway.stream.ttft_ms", round(ttft_s * 1000, 3))
         if tokens_per_s is not None:

@@ -20,13 +20,18 @@ How a backend is killed and restarted, per backend name (both flags may be repea
     --restart-cmd NAME=CMD   a shell command that starts it again; if the last line it prints is an
                              integer, that is the new process group (e.g. "setsid vllm serve ... & echo $!")
 
-Example (the lead engineer's run: two SmolLM2 replicas of one arm)::
+Example (two SmolLM2 replicas started with ``loadtests/start_replica.sh PORT CPU``, which prints the
+process group; docs/reliability.md has the gateway config)::
 
-    python -m loadtests.resume_bench --gateway http://127.0.0.1:8080 --model smollm2 --n 100 \\
-        --pgid a=41000 --pgid b=41100 \\
-        --restart-cmd 'a=setsid scripts/serve-a.sh >/tmp/a.log 2>&1 & echo $!' \\
-        --restart-cmd 'b=setsid scripts/serve-b.sh >/tmp/b.log 2>&1 & echo $!' \\
-        --out loadtests/results/resume-bench
+    python -m loadtests.resume_bench --gateway http://127.0.0.1:8099 --model smollm2-135m --n 100 \\
+        --max-tokens 200 --pgid r1=PGID1 --pgid r2=PGID2 \\
+        --restart-cmd 'r1=loadtests/start_replica.sh 8011 0' --restart-cmd 'r2=loadtests/start_replica.sh 8012 1' \\
+        --out loadtests/results/resume-smollm2
+
+Resumable: each answer is appended to ``OUT.jsonl`` as soon as it is measured (with its text, the seam
+and where it parts from the uninterrupted answer) and the uninterrupted answers are kept in
+``OUT.refs.json``; a rerun with the same ``--out`` and ``--seed`` skips the answers done (each answer's
+kill point is drawn in order, so they are the same) and writes ``OUT.json`` / ``OUT.md`` over all of them.
 
 This script starts no vLLM server itself.
 """
@@ -71,6 +76,10 @@ class Run:
     resume_s: float | None = None
     error: str | None = None
     chunks: int = 0
+    index: int = -1  # which of the ``--n`` answers (the key a restarted run skips done answers by)
+    diverge_at: int | None = None  # first character where the text departs from the uninterrupted one
+    seam_at: int | None = None  # characters the client had from the killed backend (the seam, in text)
+    text: str = ""
 
 
 @dataclass
@@ -83,28 +92,58 @@ class Stream:
     error: str | None = None
     comments: list[str] = field(default_factory=list)
     chunk_times: list[float] = field(default_factory=list)  # perf_counter of each content chunk
+    lengths: list[int] = field(default_factory=list)  # characters of text after each content chunk
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of a share ``k``/``n`` (95 % for the default ``z``); ``None`` for n = 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
+    return round(max(0.0, mid - half), 4), round(min(1.0, mid + half), 4)
 
 
 def summarize(runs: list[Run]) -> dict[str, Any]:
-    """The report's figures over ``runs`` (shares in [0, 1], times in ms)."""
+    """The report's figures over ``runs`` (shares in [0, 1] with 95 % Wilson intervals, times in ms)."""
     n = len(runs)
     times = [r.resume_s for r in runs if r.resume_s is not None]
 
+    def count(flag: str) -> int:
+        return sum(bool(getattr(r, flag)) for r in runs)
+
     def share(flag: str) -> float | None:
-        return round(sum(bool(getattr(r, flag)) for r in runs) / n, 4) if n else None
+        return round(count(flag) / n, 4) if n else None
 
     def ms(q: float) -> float | None:
         return round(pct(times, q) * 1000, 1) if times else None
 
+    # how far past the seam a completed answer that is not identical parts from the uninterrupted one
+    # (0 or less: at or before the seam, which would be a seam fault rather than numerics)
+    gaps = [
+        r.diverge_at - r.seam_at for r in runs if r.completed and r.diverge_at is not None and r.seam_at is not None
+    ]
+    by_prompt: dict[int, list[int]] = {}
+    for r in runs:
+        by_prompt.setdefault(r.prompt, [0, 0])[0] += bool(r.identical)
+        by_prompt[r.prompt][1] += 1
     return {
         "answers": n,
         "completed_share": share("completed"),
         "identical_share": share("identical"),
         "resumed_share": share("resumed"),
+        "completed_ci95": wilson(count("completed"), n),
+        "identical_ci95": wilson(count("identical"), n),
         "resume_ms_p50": ms(0.5),
         "resume_ms_p99": ms(0.99),
         "resume_ms_max": round(max(times) * 1000, 1) if times else None,
         "errors": sorted({r.error for r in runs if r.error}),
+        "parted_chars_after_seam_min": min(gaps) if gaps else None,
+        "parted_chars_after_seam_p50": pct([float(g) for g in gaps], 0.5) if gaps else None,
+        "parted_at_or_before_seam": sum(g <= 0 for g in gaps),
+        "identical_by_prompt": {str(k): f"{v[0]}/{v[1]}" for k, v in sorted(by_prompt.items())},
     }
 
 
@@ -117,6 +156,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     def t(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.0f} ms"
 
+    def ci(x: tuple[float, float] | None) -> str:
+        return "" if x is None else f" ({x[0] * 100:.1f} to {x[1] * 100:.1f})"
+
     lines = [
         "# Streams that survive a dying backend",
         "",
@@ -124,23 +166,43 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta.get('gateway')}, model `{meta.get('model')}`; the serving backend SIGKILLed after a random "
         f"{meta.get('kill_range')} content chunks, restarted after each answer.",
         "",
-        "| completed | identical to the uninterrupted answer | resumed | resume time p50 | p99 | max |",
+        "| completed (95 % CI) | identical to the uninterrupted answer (95 % CI) | resumed | resume time p50 | p99 "
+        "| max |",
         "|---|---|---|---|---|---|",
-        f"| {pc(summary['completed_share'])} | {pc(summary['identical_share'])} | {pc(summary['resumed_share'])} "
+        f"| {pc(summary['completed_share'])}{ci(summary.get('completed_ci95'))} "
+        f"| {pc(summary['identical_share'])}{ci(summary.get('identical_ci95'))} | {pc(summary['resumed_share'])} "
         f"| {t(summary['resume_ms_p50'])} | {t(summary['resume_ms_p99'])} | {t(summary['resume_ms_max'])} |",
+        "",
+        "Intervals: Wilson score, 95 %.",
     ]
+    if summary.get("parted_chars_after_seam_min") is not None:
+        lines += [
+            "",
+            f"Answers not identical part from the uninterrupted one {summary['parted_chars_after_seam_p50']:.0f} "
+            f"characters after the seam at the median (at least {summary['parted_chars_after_seam_min']}; "
+            f"{summary['parted_at_or_before_seam']} at or before it). Identical, by prompt: "
+            + ", ".join(f"{k}: {v}" for k, v in summary["identical_by_prompt"].items())
+            + ".",
+        ]
     if summary["errors"]:
         lines += ["", "Errors seen: " + "; ".join(f"`{e}`" for e in summary["errors"])]
     return "\n".join(lines) + "\n"
 
 
-def resume_time(stream: Stream, killed_at: float) -> float | None:
-    """From the kill to the first content chunk after the seam (``at_tokens`` of the comment)."""
+def seam(stream: Stream) -> int | None:
+    """Content chunks the client had from the first backend: ``at_tokens`` of the ``x-route-resumed`` comment."""
     for comment in stream.comments:
         fields = dict(part.split("=", 1) for part in comment.split()[2:] if "=" in part)
-        seam = int(fields.get("at_tokens", -1))
-        if 0 <= seam < len(stream.chunk_times):
-            return max(stream.chunk_times[seam] - killed_at, 0.0)
+        if comment.startswith(": x-route-resumed") and fields.get("at_tokens", "").isdigit():
+            return int(fields["at_tokens"])
+    return None
+
+
+def resume_time(stream: Stream, killed_at: float) -> float | None:
+    """From the kill to the first content chunk after the seam (``at_tokens`` of the comment)."""
+    at = seam(stream)
+    if at is not None and at < len(stream.chunk_times):
+        return max(stream.chunk_times[at] - killed_at, 0.0)
     return None
 
 
@@ -165,6 +227,7 @@ def read_stream(response: httpx.Response, on_chunk: Any = None) -> Stream:
             if content:
                 out.text += content
                 out.chunk_times.append(time.perf_counter())
+                out.lengths.append(len(out.text))
                 if on_chunk is not None:
                     on_chunk(len(out.chunk_times))
     return out
@@ -234,7 +297,72 @@ def one(
     return stream, killed[0] if killed else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def diverge_at(text: str, reference: str) -> int | None:
+    """The first character index where ``text`` departs from ``reference`` (``None``: identical)."""
+    if text == reference:
+        return None
+    return next(
+        (i for i, (a, b) in enumerate(zip(text, reference, strict=False)) if a != b), min(len(text), len(reference))
+    )
+
+
+def load_runs(path: Path) -> dict[int, Run]:
+    """Answers already measured, by index: one JSON object per line of ``path`` (a torn last line, left by
+    a run killed while writing, is skipped: that answer is measured again)."""
+    done: dict[int, Run] = {}
+    if not path.exists():
+        return done
+    names = set(Run.__dataclass_fields__)
+    for line in path.read_text().splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        run = Run(**{k: v for k, v in doc.items() if k in names})
+        done[run.index] = run
+    return done
+
+
+def references(client: httpx.Client, gateway: str, bodies: list[dict[str, Any]], path: Path) -> list[str]:
+    """The uninterrupted answer to each body, streamed once and kept in ``path`` (JSON) for a restarted run."""
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("bodies") == bodies:
+            return list(cached["texts"])
+    texts = []
+    for body in bodies:
+        with client.stream("POST", gateway + "/v1/chat/completions", json=body) as r:
+            texts.append(read_stream(r).text)
+    path.write_text(json.dumps({"bodies": bodies, "texts": texts}, indent=1) + "\n")
+    return texts
+
+
+def measure(
+    client: httpx.Client,
+    args: argparse.Namespace,
+    backends: Backends,
+    body: dict[str, Any],
+    reference: str,
+    i: int,
+    kill_after: int,
+) -> Run:
+    """One answer: stream it, kill its backend after ``kill_after`` chunks, compare, restart the backend."""
+    stream, killed_at = one(client, args, body, kill_after, backends.kill)
+    run = Run(i % len(PROMPTS), stream.backend, kill_after, chunks=len(stream.chunk_times), error=stream.error, index=i)
+    run.completed = stream.done and stream.error is None
+    run.identical = run.completed and stream.text == reference
+    run.diverge_at = diverge_at(stream.text, reference)
+    run.text = stream.text
+    at = seam(stream)
+    run.seam_at = stream.lengths[at - 1] if at is not None and 0 < at <= len(stream.lengths) else None
+    run.resumed = any(c.startswith(": x-route-resumed") for c in stream.comments)
+    run.resume_s = resume_time(stream, killed_at) if run.resumed and killed_at is not None else None
+    backends.restart(stream.backend)
+    wait_back(client, args.gateway, stream.backend, args.ready_timeout_s)
+    return run
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gateway", required=True, help="the gateway's base URL")
     p.add_argument("--model", required=True, help="a public model with two replicas in one arm")
@@ -246,41 +374,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart-cmd", action="append", default=[], help="NAME=CMD")
     p.add_argument("--ready-timeout-s", type=float, default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="loadtests/results/resume-bench", help="writes OUT.json and OUT.md")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--out",
+        default="loadtests/results/resume-bench",
+        help="writes OUT.json and OUT.md; each answer is appended to OUT.jsonl as it is measured and the "
+        "uninterrupted answers kept in OUT.refs.json, so a rerun with the same OUT skips answers already done",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     pairs = lambda xs: dict(x.split("=", 1) for x in xs)  # noqa: E731
     backends = Backends({k: int(v) for k, v in pairs(args.pgid).items()}, pairs(args.kill_cmd), pairs(args.restart_cmd))
     lo, hi = (int(x) for x in args.kill_range.split(","))
     rng = random.Random(args.seed)
-    runs: list[Run] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".jsonl")
+    done = load_runs(log)
     with httpx.Client(timeout=httpx.Timeout(30.0, read=300.0)) as client:
         bodies = [
             {"model": args.model, "stream": True, "temperature": 0, "max_tokens": args.max_tokens,
              "messages": [{"role": "user", "content": text}]}
             for text in PROMPTS
         ]  # fmt: skip
-        reference = []
-        for body in bodies:
-            with client.stream("POST", args.gateway + "/v1/chat/completions", json=body) as r:
-                reference.append(read_stream(r).text)
+        reference = references(client, args.gateway, bodies, out.with_suffix(".refs.json"))
         for i in range(args.n):
             k = i % len(bodies)
-            kill_after = rng.randint(lo, max(lo, min(hi, len(reference[k]) // 4)))
-            stream, killed_at = one(client, args, bodies[k], kill_after, backends.kill)
-            run = Run(k, stream.backend, kill_after, chunks=len(stream.chunk_times), error=stream.error)
-            run.completed = stream.done and stream.error is None
-            run.identical = run.completed and stream.text == reference[k]
-            run.resumed = any(c.startswith(": x-route-resumed") for c in stream.comments)
-            run.resume_s = resume_time(stream, killed_at) if run.resumed and killed_at is not None else None
-            runs.append(run)
-            print(json.dumps(asdict(run)), file=sys.stderr)
-            backends.restart(stream.backend)
-            wait_back(client, args.gateway, stream.backend, args.ready_timeout_s)
+            kill_after = rng.randint(lo, max(lo, min(hi, len(reference[k]) // 4)))  # drawn for done ones too
+            if i in done:
+                continue
+            done[i] = measure(client, args, backends, bodies[k], reference[k], i, kill_after)
+            line = json.dumps(asdict(done[i]))
+            with log.open("a") as fh:
+                fh.write(line + "\n")
+            print(line, file=sys.stderr, flush=True)
+    runs = [done[i] for i in range(args.n) if i in done]
     summary = summarize(runs)
     meta = {"gateway": args.gateway, "model": args.model, "max_tokens": args.max_tokens, "kill_range": args.kill_range}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"summary": summary, "meta": meta, "runs": [asdict(r) for r in runs]}
+    doc = {
+        "summary": summary,
+        "meta": meta,
+        "runs": [{k: v for k, v in asdict(r).items() if k != "text"} for r in runs],
+    }
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))

@@ -25,6 +25,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 # compose overrides for the gpu profile: backends on loopback (profiling), learned routing (docs/deploy.md)
 GPU_PORTS_OVERRIDE = ROOT / "deploy/compose/gpu-backend-ports.yml"
 GPU_LEARNED_OVERRIDE = ROOT / "deploy/compose/gpu-learned.yml"
+VLLM_TRACING_OVERRIDE = ROOT / "deploy/compose/vllm-tracing.yml"  # vLLM's own spans to the tracing profile
 LOCAL_GATEWAY = ROOT / "deploy/local/gateway.yaml"
 LOCAL_BACKENDS = ROOT / "deploy/local/backends.yaml"
 PROMETHEUS_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
@@ -443,3 +444,36 @@ def test_compose_file_validates_with_the_tracing_profile() -> None:
     config = yaml.safe_load(result.stdout)
     assert {"jaeger", "gateway-cpu"} <= set(config["services"])
     assert "variable is not set" not in result.stderr, result.stderr
+
+
+def test_vllm_tracing_override_adds_the_otlp_endpoint_to_every_vllm_server_and_nothing_else() -> None:
+    """deploy/compose/vllm-tracing.yml replaces each vLLM service's ``command`` (compose replaces lists): it must
+    be the base command plus ``--otlp-traces-endpoint`` towards Jaeger's OTLP/HTTP port, for every vLLM server of
+    both profiles, so that a backend added to docker-compose.yml is not silently left out or left stale."""
+    services = _services()
+    vllm = {n for n, s in services.items() if "vllm" in str(s.get("image", "")) and s.get("command")}
+    override = _yaml(VLLM_TRACING_OVERRIDE)["services"]
+    assert set(override) == vllm
+    for name, service in override.items():
+        assert service["command"] == [*services[name]["command"], "--otlp-traces-endpoint=http://jaeger:4318/v1/traces"]
+        assert service["environment"]["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf", "vLLM defaults to gRPC"
+        assert service["environment"]["OTEL_SERVICE_NAME"] == f"vllm-{name}"
+    assert "-f deploy/compose/vllm-tracing.yml" in (ROOT / "docs/deploy.md").read_text()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_compose_file_validates_with_the_vllm_tracing_override(profile: str) -> None:
+    compose = require_tool("docker-compose", "apt-get install docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "GRAFANA_", "BIND_ADDRESS"))}
+    env |= {"GRAFANA_ADMIN_PASSWORD": "a-test-password", "GATEWAY_TRACING": "1"}
+    files = ["-f", str(COMPOSE_FILE), "-f", str(VLLM_TRACING_OVERRIDE)]
+    result = run([compose, *files, "--profile", profile, "--profile", "tracing", "config"], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "variable is not set" not in result.stderr, result.stderr
+    merged = yaml.safe_load(result.stdout)["services"]
+    backends = set(_yaml(VLLM_TRACING_OVERRIDE)["services"])  # docker-compose v1 prints every profile's services
+    assert backends <= set(merged) and "jaeger" in merged
+    for name in backends:  # the override's variables join the service's own, they do not replace them
+        assert merged[name]["command"][-1] == "--otlp-traces-endpoint=http://jaeger:4318/v1/traces"
+        env_of = merged[name]["environment"]
+        assert env_of["OTEL_SERVICE_NAME"] == f"vllm-{name}" and env_of["VLLM_NO_USAGE_STATS"] == "1"

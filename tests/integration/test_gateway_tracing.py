@@ -169,6 +169,30 @@ async def test_a_retry_is_a_second_attempt_span_after_the_failed_one(upstreams: 
     assert b1.split("-")[1] == b2.split("-")[1] and b1 != b2, "one trace, one parent span per attempt"
 
 
+async def test_a_resumed_stream_marks_the_continuation_attempt_and_the_seam_on_the_relay(upstreams: Upstreams) -> None:
+    for name in ("b1", "b2"):
+        upstreams[name].tokens = ("The", " quick", " brown", " fox", ".")
+    upstreams["b1"].stream_fault, upstreams["b1"].stream_fault_after = "raise", 3  # role, "The", " quick"
+    async with traced(upstreams) as (gw, spans):
+        r = await gw.generate(stream=True)
+        assert r.status_code == 200 and ": x-route-resumed backend=b2 at_tokens=2" in r.text
+    first, second = sorted(spans.named("upstream POST /v1/chat/completions"), key=lambda s: s.start_time or 0)
+    assert first.attributes is not None and second.attributes is not None
+    assert first.attributes["gateway.backend"] == "b1" and first.attributes["gateway.upstream.resume"] is False
+    assert second.attributes["gateway.backend"] == "b2" and second.attributes["gateway.upstream.resume"] is True
+    assert second.attributes["gateway.upstream.request_id"] == f"{r.headers['x-request-id']}-r1"
+    relay = spans.one("relay")
+    assert relay.attributes is not None and relay.attributes["gateway.stream.resumes"] == 1
+    (resume,) = [e for e in relay.events if e.name == "resume"]
+    assert dict(resume.attributes or {}) == {"gateway.resume.from_backend": "b1", "gateway.resume.at_tokens": 2}
+    root = spans.one("POST /v1/chat/completions")
+    assert root.status.status_code == StatusCode.UNSET and {s.name for s in spans.children(root)} == {
+        "admission",
+        "upstream POST /v1/chat/completions",
+        "relay",
+    }
+
+
 async def test_a_refusal_ends_the_admission_with_an_error_and_calls_nobody(upstreams: Upstreams) -> None:
     async with traced(upstreams) as (gw, spans):
         r = await gw.generate(model="nope")
