@@ -16,6 +16,7 @@ Order matters: the tests run as written, and the last one kills a replica. About
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import signal
@@ -302,13 +303,18 @@ def test_a_stream_whose_replica_is_sigkilled_is_continued_on_the_other_one(stack
     parted = next((i for i, (a, b) in enumerate(zip(text, reference, strict=False)) if a != b), None)
     print(f"\nkilled {victim} after {kill_after} chunks; seam at {seam_chars} chars; parted from the uninterrupted")
     print(f"answer at {parted}; {usage.completion_tokens} tokens; {comment.group(0)}")
-    assert parts[:at] == ref_parts[:at], "up to the seam: the uninterrupted answer, token event by token event"
+    # compared as text: vLLM merges the tokens of a stream its consumer has not read yet into one event
+    # (under load "Once upon" may come as one event in one run and two in the other)
+    delivered = "".join(parts[:at])
+    assert reference.startswith(delivered), "up to the seam: the uninterrupted answer"
     if parted is not None and parted <= seam_chars:
         # the continuation took another token than the uninterrupted answer right at the seam: a near-tie
         # that re-reading the text flipped (1 of 100 answers in the benchmark), or a seam fault. A fault
         # would repeat the last token delivered, or skip the token the uninterrupted answer had next.
-        assert parts[at] != parts[at - 1], "the last delivered token again: doubled at the seam"
-        assert at + 1 >= len(ref_parts) or parts[at] != ref_parts[at + 1], "a token dropped at the seam"
+        assert not text[seam_chars:].startswith(parts[at - 1]), "the last delivered token again: doubled at the seam"
+        ends = list(itertools.accumulate(len(p) for p in ref_parts))
+        if seam_chars in ends and (k := ends.index(seam_chars) + 2) < len(ref_parts):
+            assert not text[seam_chars:].startswith(ref_parts[k]), "a token dropped at the seam"
     after = stack.metric(stack.gateway, "gateway_stream_resumes_total", arm=ARM, outcome="resumed")
     assert after == resumed_before + 1
 
