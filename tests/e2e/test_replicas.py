@@ -301,8 +301,7 @@ def test_a_stream_whose_replica_is_sigkilled_is_continued_on_the_other_one(stack
     at = int(comment.group(2))
     seam_chars = len("".join(parts[:at]))
     parted = next((i for i, (a, b) in enumerate(zip(text, reference, strict=False)) if a != b), None)
-    print(f"\nkilled {victim} after {kill_after} chunks; seam at {seam_chars} chars; parted from the uninterrupted")
-    print(f"answer at {parted}; {usage.completion_tokens} tokens; {comment.group(0)}")
+    print(f"\nkilled {victim} after {kill_after} chunks; seam at {seam_chars}, parted at {parted}; {comment.group(0)}")
     # compared as text: vLLM merges the tokens of a stream its consumer has not read yet into one event
     # (under load "Once upon" may come as one event in one run and two in the other)
     delivered = "".join(parts[:at])
