@@ -163,6 +163,15 @@ class Charge:
             self.bucket.add(self.estimate - used_tokens)
 
 
+def _bucket(table: dict[str, TokenBucket], name: str, capacity: int, now: float) -> TokenBucket:
+    """``name``'s bucket in ``table``, refilled to ``now`` (a new, full one when ``capacity`` changed)."""
+    bucket = table.get(name)
+    if bucket is None or bucket.capacity != capacity:
+        bucket = table[name] = TokenBucket(capacity, now)
+    bucket.refill(now)
+    return bucket
+
+
 class RateLimiter:
     """Per-key request and token buckets. Call from the event loop only (no locking, no awaits)."""
 
@@ -171,23 +180,14 @@ class RateLimiter:
         self._requests: dict[str, TokenBucket] = {}
         self._tokens: dict[str, TokenBucket] = {}
 
-    def _bucket(self, table: dict[str, TokenBucket], key: str, capacity: int | None, now: float) -> TokenBucket | None:
-        if capacity is None:
-            return None
-        bucket = table.get(key)
-        if bucket is None or bucket.capacity != capacity:
-            bucket = table[key] = TokenBucket(capacity, now)
-        bucket.refill(now)
-        return bucket
-
     def admit(self, key: ApiKey | None, estimate: int, count_tokens: bool = True) -> Charge:
         """Take one request and ``estimate`` tokens from ``key``'s budgets, or raise :class:`RateLimited`.
         ``count_tokens=False`` (a ``/v1/route`` dry run): the request budget only."""
         if key is None or (key.rpm is None and key.tpm is None):
             return Charge(None, 0)
         now = self.clock()
-        requests = self._bucket(self._requests, key.name, key.rpm, now)
-        tokens = self._bucket(self._tokens, key.name, key.tpm, now) if count_tokens else None
+        requests = None if key.rpm is None else _bucket(self._requests, key.name, key.rpm, now)
+        tokens = None if key.tpm is None or not count_tokens else _bucket(self._tokens, key.name, key.tpm, now)
         if requests is not None and (wait := requests.wait_s(1)) > 0:
             raise RateLimited(
                 f"Rate limit reached for key '{key.name}' on requests per minute: limit {key.rpm}. "
@@ -220,11 +220,7 @@ class PerMinute:
     def take(self, name: str, rpm: int, what: str) -> None:
         """Take one from ``name``'s budget of ``rpm`` a minute, or raise :class:`RateLimited` (429 with
         ``Retry-After``); ``what`` names the budget in the message."""
-        now = self.clock()
-        bucket = self._buckets.get(name)
-        if bucket is None or bucket.capacity != rpm:
-            bucket = self._buckets[name] = TokenBucket(rpm, now)
-        bucket.refill(now)
+        bucket = _bucket(self._buckets, name, rpm, self.clock())
         if (wait := bucket.wait_s(1)) > 0:
             raise RateLimited(
                 f"Rate limit reached for {what}: limit {rpm} per minute. Try again in {math.ceil(wait)}s.",
