@@ -106,7 +106,7 @@ class RelayResponse(Response):
         self.outcome = outcome
         self.usage_before = usage_before
         self.spaced: bool | None = None  # decided on the first JSON event
-        self.head: bytes | None = None  # the first token event (a made-up usage chunk copies its id)
+        self.head: bytes | None = None  # the first token event, renamed (a made-up usage chunk copies it)
         self.tokens = 0  # token events relayed (a made-up usage counts them)
         self.finished = False  # a choice's finish_reason was relayed
         self.broken = False
@@ -214,7 +214,7 @@ class RelayResponse(Response):
                 self.tokens += 1
                 if out.first_token_at is None:
                     out.first_token_at = now
-                    self.head = ev
+                    self.head = self.rename.event(ev)  # public already: a continuation renames another name
                 else:
                     out.itl.append(now - (out.last_token_at or now))
                 out.last_token_at = now
@@ -251,7 +251,7 @@ class RelayResponse(Response):
         out.usage_estimated = True
         if not self.strip_usage:
             keep.append(b": x-usage-estimated")
-            keep.append(self.rename.event(usage_event(self.head, usage)))
+            keep.append(usage_event(self.head, usage))  # from the renamed head: nothing left to rename
 
     async def _relay(self, send: Send, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
