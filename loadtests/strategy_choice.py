@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from lab import profiles
+from loadtests.strategy_noise import noise_oracle
 from router.bootstrap import resample_counts
 from router.encoder import load_encoder
 from router.learned import feature_names, prompt_vector
@@ -110,8 +111,28 @@ def ratio_ci(
     return float(point), float(low), float(high)
 
 
+def family_rule(tokens: np.ndarray, measured: np.ndarray, tasks: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """The task-rule baseline, out of fold: each prompt gets the arm whose throughput (ratio of sums)
+    was highest on the *other* folds' prompts of its task family. It is told the true family, which
+    the router is not (the router sees only the prompt)."""
+    seconds = tokens / measured
+    choice = np.zeros(len(tasks), dtype=int)
+    for f in np.unique(folds):
+        for t in np.unique(tasks):
+            train = (folds != f) & (tasks == t)
+            test = (folds == f) & (tasks == t)
+            if test.any() and train.any():
+                choice[test] = int(np.argmax(tokens[train].sum(axis=0) / seconds[train].sum(axis=0)))
+    return choice
+
+
 def analyse(
-    rows: dict[str, dict[str, Row]], preds: dict[str, dict[str, float]], arms: list[str], replicates: int, seed: int
+    rows: dict[str, dict[str, Row]],
+    preds: dict[str, dict[str, float]],
+    arms: list[str],
+    replicates: int,
+    seed: int,
+    folds: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     pids = sorted(p for p in rows if p in preds)
     measured = np.array([[rows[p][a].decode_tps or 0.0 for a in arms] for p in pids])
@@ -120,7 +141,10 @@ def analyse(
     choice = np.argmax(predicted, axis=1)
     oracle = np.argmax(measured, axis=1)
     idx = np.arange(len(pids))
+    tasks = np.array([rows[p][arms[0]].task for p in pids])
     rules = {f"fixed:{a}": np.full(len(pids), j) for j, a in enumerate(arms)}
+    if folds is not None:
+        rules["family rule"] = family_rule(tokens_arm, measured, tasks, np.array([folds[p] for p in pids]))
     rules["router"] = choice
     rules["oracle"] = oracle
     names = list(rules)
@@ -128,7 +152,6 @@ def analyse(
     sec = np.stack([tokens_arm[idx, rules[n]] / measured[idx, rules[n]] for n in names])
     group_ids = {g: i for i, g in enumerate(sorted({group_of(p) for p in pids}))}
     groups = np.array([group_ids[group_of(p)] for p in pids])
-    tasks = np.array([rows[p][arms[0]].task for p in pids])
     slices = {"all": np.ones(len(pids), bool), "copy/edit": np.isin(tasks, COPY_TASKS)}
     slices["free text"] = ~slices["copy/edit"]
     report: dict[str, Any] = {"arms": arms, "prompts": len(pids), "slices": {}}
@@ -150,6 +173,11 @@ def analyse(
             ],
             "router_vs_plain": list(ratio_ci(tok[:, mask], sec[:, mask], router, 0, g, replicates, seed)),
         }
+        if "family rule" in names:
+            rule = names.index("family rule")
+            t, s = tok[:, mask], sec[:, mask]
+            entry["family_rule_vs_best_fixed"] = list(ratio_ci(t, s, rule, best, g, replicates, seed))
+            entry["router_vs_family_rule"] = list(ratio_ci(t, s, router, rule, g, replicates, seed))
         report["slices"][label] = entry
     speedups = {}
     for j, a in enumerate(arms[1:], 1):
@@ -194,6 +222,22 @@ def markdown(report: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {b[1]:.3f} [{b[2]:.3f}, {b[3]:.3f}] vs {b[0].removeprefix('fixed:')}"
             + f" | {p[0]:.3f} [{p[1]:.3f}, {p[2]:.3f}] |"
+        )
+    out.append("")
+    for label, s in report["slices"].items():
+        if "router_vs_family_rule" in s:
+            r, f = s["router_vs_family_rule"], s["family_rule_vs_best_fixed"]
+            out.append(
+                f"- {label}: family rule ÷ best fixed {f[0]:.3f} [{f[1]:.3f}, {f[2]:.3f}]; "
+                f"router ÷ family rule {r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]"
+            )
+    noise = report.get("noise_oracle")
+    if noise:
+        out.append(
+            f"- Measurement noise alone: {noise['arms']} arms identical to `{noise['arm']}`, each measured once "
+            f"(per-prompt noise from two runs of it, {noise['prompts']} prompts, log-speed sd between runs "
+            f"{noise['log_sd_between_runs']:.3f}), give an oracle {noise['gain'][0]:.3f}x "
+            f"[{noise['gain'][1]:.3f}, {noise['gain'][2]:.3f}] a fixed arm's throughput."
         )
     out.append("")
     for a, s in report["speedup_vs_" + arms[0]].items():
@@ -246,12 +290,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--replicates", type=int, default=2000)
+    ap.add_argument(
+        "--repeat",
+        nargs="+",
+        help="a second, independent profile run of the first (plain) arm: estimates how much of the "
+        "oracle's headroom is measurement noise",
+    )
     args = ap.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     rows, texts = load(args.profiles, arms)
     all_rows = [r for p in rows.values() for r in p.values() if r.arm in arms]
     preds = predicted_speeds(rows, texts, arms, args.folds, args.seed, all_rows)
-    report = analyse(rows, preds, arms, args.replicates, args.seed)
+    folds = prompt_folds(sorted({r.prompt_id for r in all_rows}), args.folds, args.seed)
+    report = analyse(rows, preds, arms, args.replicates, args.seed, folds)
+    if args.repeat:
+        report["noise_oracle"] = noise_oracle(rows, profiles.load(args.repeat).rows, arms[0], len(arms), args.seed)
     report["command"] = "python -m loadtests.strategy_choice " + " ".join(argv or sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
