@@ -12,9 +12,10 @@
 # layer-skipped variant; about 16 GB): it builds the variant first (WITH_VARIANTS=1).
 # STACK=healed runs the default three arms plus SmolLM2 minus 4 layers healed by distillation, routed
 # by router/artifacts/local-healed (about 15 GB); it builds the healed variant first (WITH_HEALED=1).
-# STACK=full, the flagship, runs SmolLM2 plain and with n-gram speculation at k=2, 4 and 6, Qwen2.5-Coder
-# plain and with n-gram speculation (k=4): the router picks the model and the decoding strategy, routed by
-# router/artifacts/local-full (about 21.5 GB, shared pages counted once: nothing else beside it on 24 GB).
+# STACK=full, the flagship, runs SmolLM2 plain, with n-gram speculation at k=4 and 6 and minus 4 layers
+# healed (built first, WITH_HEALED=1), Qwen2.5-Coder plain and with n-gram speculation (k=4): the router
+# picks the model and the decoding strategy, routed by router/artifacts/local-full (about 21.5 GB, shared
+# pages counted once: nothing else beside it on 24 GB).
 # STACK=llamacpp runs the default three arms plus llama.cpp's OpenAI-compatible server on the same SmolLM2
 # GGUF, a second engine as a pinned-only arm (route.arm smollm2-llamacpp; about 0.3 GB more); its
 # environment comes from deploy/local/llamacpp-env.sh (compiles llama.cpp: about 5-12 minutes the first time).
@@ -26,7 +27,7 @@ case "${STACK:-default}" in
   default)    config=gateway.yaml;            backends=backends.yaml ;;
   strategies) config=gateway-strategies.yaml; backends=backends-strategies.yaml; export WITH_VARIANTS=1 ;;
   healed)     config=gateway-healed.yaml;     backends=backends-healed.yaml;     export WITH_HEALED=1 ;;
-  full)       config=gateway-full.yaml;       backends=backends-full.yaml ;;
+  full)       config=gateway-full.yaml;       backends=backends-full.yaml;       export WITH_HEALED=1 ;;
   llamacpp)   config=gateway-llamacpp.yaml;   backends=backends-llamacpp.yaml;   WITH_LLAMACPP=1 ;;
   *) echo "local-stack: unknown STACK='$STACK' (default | strategies | healed | full | llamacpp)" >&2; exit 2 ;;
 esac
