@@ -91,8 +91,8 @@ async def serve_granian(
         log_level=LogLevels(log_level),
         log_access=access_log,
     )
-    lifespan = LifespanProtocol(app)
-    await lifespan.startup()
+    lifespan = LifespanProtocol(app)  # type: ignore[no-untyped-call]
+    await lifespan.startup()  # type: ignore[no-untyped-call]
     if lifespan.interrupt:
         raise RuntimeError("the app's start-up failed; see the log above")
     loop = asyncio.get_running_loop()
@@ -111,7 +111,7 @@ async def serve_granian(
     serving = asyncio.create_task(server.serve())
     try:
         await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        server.stop()
+        server.stop()  # type: ignore[no-untyped-call]
         cut = await inflight.drain(drain_timeout_s, hurry)
         if cut:
             log.warning("drain timeout: %d request(s) cut", cut)
@@ -119,4 +119,4 @@ async def serve_granian(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await lifespan.shutdown()
+        await lifespan.shutdown()  # type: ignore[no-untyped-call]

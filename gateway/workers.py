@@ -57,7 +57,7 @@ def prepare_metrics_dir() -> tuple[Path, bool]:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     values = sys.modules.get("prometheus_client.values")
     if values is not None:  # imported already (by the config check): metrics made from now on use the files
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return path, True
 
 
@@ -75,10 +75,13 @@ def per_process_notes(settings: Settings, workers: int) -> list[str]:
 
 
 def _mark_dead(pid: int) -> None:
-    from prometheus_client import multiprocess
+    """Drop the live gauges of worker ``pid`` (it has exited) from the shared metrics."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        from prometheus_client import multiprocess
 
-    with contextlib.suppress(OSError):
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def supervise(workers: int, run_worker: Callable[[int], int]) -> int:
@@ -95,6 +98,16 @@ def supervise(workers: int, run_worker: Callable[[int], int]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _fork_all(workers, run_worker, children)
+        return 1 if _wait_all(children, on_signal, lambda: stopping) else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fork_all(workers: int, run_worker: Callable[[int], int], children: dict[int, int]) -> None:
     for index in range(workers):
         pid = os.fork()
         if pid == 0:  # the worker: default signal handling until its server installs its own
@@ -108,8 +121,10 @@ def supervise(workers: int, run_worker: Callable[[int], int]) -> int:
                 sys.stderr.flush()
                 os._exit(code)
         children[pid] = index
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+
+
+def _wait_all(children: dict[int, int], stop: Callable[[int, object], None], stopping: Callable[[], bool]) -> bool:
+    """Reap the workers; when one exits while not stopping, tell the others to stop. Whether one did."""
     failed = False
     while children:
         try:
@@ -118,11 +133,11 @@ def supervise(workers: int, run_worker: Callable[[int], int]) -> int:
             break
         index = children.pop(pid, None)
         _mark_dead(pid)
-        if index is not None and not stopping:
+        if index is not None and not stopping():
             log.error("worker %d (pid %d) exited with %s: stopping the others", index, pid, _describe(status))
-            failed = stopping = True
-            on_signal(signal.SIGTERM, None)
-    return 1 if failed else 0
+            failed = True
+            stop(signal.SIGTERM, None)
+    return failed
 
 
 def _describe(status: int) -> str:
