@@ -11,8 +11,7 @@ On the first signal the gateway
 
 A second SIGINT (Ctrl-C) exits at once.
 
-``server.http_server: granian`` (:mod:`gateway.server_granian`) drains the same way, except that idle
-keep-alive connections stay open until the drain ends. With ``reuse_port`` the listening socket is bound
+``server.http_server: granian`` (:mod:`gateway.server_granian`) drains the same way. With ``reuse_port`` the listening socket is bound
 with ``SO_REUSEPORT`` so that several worker processes share the port (:mod:`gateway.workers`).
 """
 

@@ -109,14 +109,16 @@ def start_gateway(
     """Write the :func:`gateway_config` to ``tmp/<name>.yaml``, start the gateway (pinned with ``taskset``
     to ``cpus`` when given; taskset execs, so the pid is the gateway's) and wait for ``/ready``.
     ``source``: a :func:`snapshot` folder to run ``python -m gateway`` from instead of ``llm-gateway``.
-    Without an ``llm-gateway`` executable, ``python -m gateway`` with the repository on ``PYTHONPATH``.
+    Without an ``llm-gateway`` executable, or with ``LOADTESTS_GATEWAY_AS_MODULE=1`` in the environment,
+    ``python -m gateway`` on this Python with the repository on ``PYTHONPATH``.
     ``server``: more ``server`` settings (``http_server``, ``workers``). Returns (base URL, process, config path)."""
     port = free_port()
     path = tmp / f"{name}.yaml"
     cfg = gateway_config(port, upstream, model, served_model, routed, log_level, server)
     path.write_text(json.dumps(cfg, indent=1) + "\n")  # JSON is YAML
     env = None
-    exe = "" if source is not None else gateway_exe(gateway_bin, fallback=True)
+    as_module = source is not None or os.environ.get("LOADTESTS_GATEWAY_AS_MODULE") == "1"
+    exe = "" if as_module else gateway_exe(gateway_bin, fallback=True)
     if not exe:
         cmd = [sys.executable, "-m", "gateway"]
         if source is None:
