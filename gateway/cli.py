@@ -208,7 +208,8 @@ def _add_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
-        help="override server.http_server: the HTTP server (granian needs the 'granian' extra)",
+        metavar="SERVER",
+        help="override server.http_server: the HTTP server, uvicorn or granian (granian needs the 'granian' extra)",
     )
     serve.add_argument(
         "--workers",
