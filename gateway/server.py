@@ -11,8 +11,9 @@ On the first signal the gateway
 
 A second SIGINT (Ctrl-C) exits at once.
 
-``server.http_server: granian`` (:mod:`gateway.server_granian`) drains the same way. With ``reuse_port`` the listening socket is bound
-with ``SO_REUSEPORT`` so that several worker processes share the port (:mod:`gateway.workers`).
+``server.http_server: granian`` (:mod:`gateway.server_granian`) drains the same way. With
+``reuse_port`` the listening socket is bound with ``SO_REUSEPORT`` so that several worker processes
+share the port (:mod:`gateway.workers`).
 """
 
 from __future__ import annotations
