@@ -16,7 +16,9 @@ What is per process — each worker has its own, nothing is shared:
   connection stays on one worker and sees the configured budget); the start-up log says so;
 * the routing policy's live statistics (latency residuals, live ratios) and the feedback memory
   (``/v1/feedback`` rates a response only on the worker that answered it: the others answer 404);
-* replica affinity tables, backend health polling and load scraping (N x the polls), circuit breakers;
+* replica affinity tables, backend health polling and load scraping (N x the polls), circuit breakers,
+  and so ``/ready``: a probe gets the answer of the worker its connection landed on (each becomes ready
+  when its own first health poll finds a backend up);
 * logs go to the same stderr; the decision log's lines are appended whole, so workers share its file.
 
 Metrics stay complete: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder (its own

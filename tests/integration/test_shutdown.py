@@ -104,7 +104,20 @@ def start_gateway(
     )
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base + "/ready", proc)
+    if setup["workers"] > 1:
+        wait_all_ready(base + "/ready", proc)
     return proc, base
+
+
+def wait_all_ready(url: str, proc: subprocess.Popen[bytes], in_a_row: int = 8) -> None:
+    """/ready is each worker's own: wait until ``in_a_row`` answers on fresh connections (spread over the
+    workers by the kernel) are all 200, so that no worker is still finding its backend healthy."""
+    ok, deadline = 0, time.monotonic() + 30.0
+    while ok < in_a_row and time.monotonic() < deadline:
+        ok = ok + 1 if httpx.get(url, timeout=2.0).status_code == 200 else 0
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+    assert ok >= in_a_row, f"{url}: not every worker ready after 30 s"
 
 
 @pytest.fixture

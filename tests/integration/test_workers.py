@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.test_shutdown import ROOT, free_port, start_upstream, stop, wait_healthy
+from tests.integration.test_shutdown import ROOT, free_port, start_upstream, stop, wait_all_ready, wait_healthy
 
 SERVERS = [pytest.param("uvicorn", id="uvicorn"), pytest.param("granian", id="granian")]
 
@@ -63,6 +63,7 @@ def start(
     )
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base + "/ready", proc)
+    wait_all_ready(base + "/ready", proc)
     return proc, base
 
 
