@@ -68,11 +68,24 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
-    if args.log_format is not None:
-        settings = settings.model_copy(
-            update={"server": settings.server.model_copy(update={"log_format": args.log_format})}
-        )
+    overrides = {
+        k: v
+        for k, v in (("log_format", args.log_format), ("http_server", args.server), ("workers", args.workers))
+        if v is not None
+    }
+    if overrides:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
     return run_server(settings, host=args.host, port=args.port, access_log=args.access_log)
+
+
+def _workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"--workers: expected a whole number from 1 to 256, got {value!r}")
+    return n
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:
@@ -88,12 +101,45 @@ def run_server(
 ) -> int:
     """Serve the gateway until it is stopped (SIGTERM drains); ``host``/``port`` override ``settings.server``."""
     from gateway import logs
-    from gateway.app import create_app
-    from gateway.server import serve
 
     host = host or settings.server.host
     port = port or settings.server.port
-    logs.configure(settings.server.log_level, settings.server.log_format)
+    server = settings.server
+    logs.configure(server.log_level, server.log_format)
+    if server.http_server == "granian" and importlib.util.find_spec("granian") is None:
+        print(
+            "llm-gateway: server.http_server: granian is not installed: pip install 'llm-gateway[granian]'",
+            file=sys.stderr,
+        )
+        return 2
+    if server.workers > 1:
+        from gateway.workers import run_workers
+
+        if _check_policy(settings) != 0:  # fail before forking, once
+            return 2
+        print(f"llm-gateway: {server.workers} workers ({server.http_server}) on {host}:{port}", flush=True)
+        return run_workers(
+            settings, server.workers, lambda index: _serve_app(settings, host, port, access_log, reuse_port=True)
+        )
+    return _serve_app(settings, host, port, access_log, reuse_port=False)
+
+
+def _check_policy(settings: Settings) -> int:
+    from gateway.arms import ArmCatalog
+
+    try:
+        settings.routing.build([live.arm for live in ArmCatalog(settings).generation_arms()])
+    except SettingsError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve_app(settings: Settings, host: str, port: int, access_log: bool, reuse_port: bool) -> int:
+    """Build the app and serve it until stopped (one process; one worker of several with ``reuse_port``)."""
+    from gateway.app import create_app
+    from gateway.server import serve
+
     try:
         app = create_app(settings)  # builds the routing policy: an artifact that cannot be used fails here
     except SettingsError as exc:
@@ -110,13 +156,10 @@ def run_server(
         settings.server.drain_timeout_s,
         host=host,
         port=port,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http_server=settings.server.http_server,
+        reuse_port=reuse_port,
         log_level=settings.server.log_level,
         access_log=access_log,
-        log_config=None,  # uvicorn's records go through the root handler (gateway.logs), in its format
-        proxy_headers=False,
-        server_header=False,
     )
     return 0
 
@@ -138,12 +181,7 @@ def _check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
-    from gateway.arms import ArmCatalog
-
-    try:
-        settings.routing.build([live.arm for live in ArmCatalog(settings).generation_arms()])
-    except SettingsError as exc:
-        print(f"llm-gateway: {exc}", file=sys.stderr)
+    if _check_policy(settings) != 0:
         return 2
     print(
         f"{args.config}: OK ({len(settings.backends)} backends, {len(settings.arms)} arms, "
@@ -166,6 +204,19 @@ def _add_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="FMT",
         help="override server.log_format (text or json); json: one JSON object per log line, and one per "
         "finished request (request id, key, arm, backend, reason, status, TTFT, tokens, latency)",
+    )
+    serve.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        metavar="SERVER",
+        help="override server.http_server: the HTTP server, uvicorn or granian (granian needs the 'granian' extra)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="override server.workers: N processes share the port (SO_REUSEPORT); rate limits, routing "
+        "statistics, feedback memory and breakers are per process, /metrics covers all (see gateway/workers.py)",
     )
     serve.set_defaults(func=_serve)
     check = sub.add_parser(

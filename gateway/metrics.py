@@ -4,14 +4,25 @@ Names and labels are public (dashboards and alerts use them); change them only w
 migration note. Call sites use the methods of :class:`GatewayMetrics`, never the collectors.
 Each app owns its own :class:`~prometheus_client.CollectorRegistry`, so tests can build many
 apps in one process and compare exposition output.
+
+Several worker processes (``server.workers`` > 1, :mod:`gateway.workers`) share one exposition through
+prometheus_client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is
+imported, every value lives in a per-process file there and :meth:`GatewayMetrics.exposition` reads all
+of them, so any worker's ``/metrics`` is the whole gateway's: counters and histograms summed over the
+workers, in-flight gauges summed over the live ones (``livesum``), health, breaker and arm-info gauges the
+largest value of a live worker (``livemax``: 1 when any worker sees it so).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 TTFT_BUCKETS = (
     0.005,
@@ -165,16 +176,25 @@ class GatewayMetrics:
             "gateway_output_tokens_total", "Generated tokens, from upstream usage.", ["model", "strategy"], registry=r
         )
         self._inflight = Gauge(
-            "gateway_inflight_requests", "Requests in flight to each backend.", ["backend"], registry=r
+            "gateway_inflight_requests",
+            "Requests in flight to each backend.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self._backend_up = Gauge(
-            "gateway_backend_up", "1 if the backend passes health checks, else 0.", ["backend"], registry=r
+            "gateway_backend_up",
+            "1 if the backend passes health checks, else 0.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self._breaker_open = Gauge(
             "gateway_backend_breaker_open",
             "1 while the backend's circuit breaker is open or half-open (request failures in a row), else 0.",
             ["backend"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self._upstream_errors = Counter(
             "gateway_upstream_errors_total",
@@ -216,6 +236,7 @@ class GatewayMetrics:
             "1 per configured (arm, backend): joins vLLM's per-backend series to arms and strategies.",
             ["arm", "model", "strategy", "backend"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self._failovers = Counter(
             "gateway_failovers_total",
@@ -353,4 +374,11 @@ class GatewayMetrics:
         self._decision_log_errors.inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: this app's registry, or with ``PROMETHEUS_MULTIPROC_DIR`` set (several
+        workers) every worker's values, read from that folder."""
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

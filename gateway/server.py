@@ -1,4 +1,4 @@
-"""Running the app under uvicorn with a graceful drain on SIGTERM / SIGINT.
+"""Running the app under uvicorn (default) or granian with a graceful drain on SIGTERM / SIGINT.
 
 On the first signal the gateway
 
@@ -10,13 +10,19 @@ On the first signal the gateway
    runs the app's shutdown (backend polling, upstream client) and exits.
 
 A second SIGINT (Ctrl-C) exits at once.
+
+``server.http_server: granian`` (:mod:`gateway.server_granian`) drains the same way. With
+``reuse_port`` the listening socket is bound with ``SO_REUSEPORT`` so that several worker processes
+share the port (:mod:`gateway.workers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
+import socket
 from types import FrameType
 from typing import Any, cast
 
@@ -82,9 +88,66 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: FastAPI, drain_timeout_s: float, **uvicorn_options: Any) -> None:
-    """Serve ``app`` until a stop signal, then drain for ``drain_timeout_s`` seconds (blocking)."""
-    config = uvicorn.Config(DrainCutoff(app), **uvicorn_options)
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (the kernel spreads new connections over
+    every process bound so), listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    app: FastAPI,
+    drain_timeout_s: float,
+    *,
+    host: str,
+    port: int,
+    http_server: str = "uvicorn",
+    reuse_port: bool = False,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> None:
+    """Serve ``app`` on ``host:port`` with ``http_server`` until a stop signal, then drain for
+    ``drain_timeout_s`` seconds (blocking). ``reuse_port``: bind with ``SO_REUSEPORT`` (several workers)."""
+    if http_server == "granian":
+        _run_granian(app, drain_timeout_s, host=host, port=port, log_level=log_level, access_log=access_log)
+        return
+    if http_server != "uvicorn":
+        raise ValueError(f"http_server: unknown server {http_server!r}; choose uvicorn or granian")
+    config = uvicorn.Config(
+        DrainCutoff(app),
+        host=host,
+        port=port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        log_level=log_level,
+        access_log=access_log,
+        log_config=None,  # uvicorn's records go through the root handler (gateway.logs), in its format
+        proxy_headers=False,
+        server_header=False,
+    )
     # uvicorn annotates it as int but only hands it to asyncio.wait_for: sub-second drains work.
     config.timeout_graceful_shutdown = cast(int, drain_timeout_s)
-    DrainingServer(config, app).run()
+    sockets = [listening_socket(host, port)] if reuse_port else None
+    DrainingServer(config, app).run(sockets=sockets)
+
+
+def _run_granian(app: FastAPI, drain_timeout_s: float, **options: Any) -> None:
+    """granian in this process's event loop (uvloop when installed); granian binds with SO_REUSEPORT itself."""
+    if importlib.util.find_spec("granian") is None:
+        raise SystemExit("server.http_server: granian is not installed: pip install 'llm-gateway[granian]'")
+    from gateway.server_granian import serve_granian
+
+    main = serve_granian(app, DrainCutoff(app), drain_timeout_s, **options)
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)

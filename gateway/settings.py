@@ -43,6 +43,18 @@ class ServerSettings(_Strict):
         "text", description="json: every log record one JSON line, and one per finished request (gateway/logs.py)."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="How long in-flight requests may finish on shutdown.")
+    http_server: Literal["uvicorn", "granian"] = Field(
+        "uvicorn",
+        description="The HTTP server: uvicorn (uvloop, httptools), or granian (Rust; the 'granian' extra). "
+        "Both drain the same way on SIGTERM (gateway/server.py).",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Processes serving the port (SO_REUSEPORT). Each keeps its own rate-limit buckets, routing "
+        "statistics, feedback memory, affinity tables and breakers; /metrics sums them (gateway/workers.py).",
+    )
 
 
 class BackendSettings(_Strict):

@@ -23,7 +23,7 @@ from loadtests.kit.report import machine, versions, write
 
 from . import __doc__ as ABOUT
 from .bench import measure_peer, n_streams
-from .peers import PEERS, Ctx, Unavailable, peer_custom
+from .peers import PEERS, Ctx, Unavailable, ours_variant, peer_custom
 from .report import chart, markdown
 
 DEFAULT_PEERS = "tcp,vllm-router,litellm,ours,ours-auto"
@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--only",
         default=DEFAULT_PEERS,
-        help=f"comma-separated peers to measure, in this order (built in: {', '.join(PEERS)}; plus "
-        f"--gateway-name with --gateway-cmd; default {DEFAULT_PEERS})",
+        help=f"comma-separated peers to measure, in this order (built in: {', '.join(PEERS)}; ours and "
+        "ours-auto take options after colons: granian or uvicorn (the HTTP server), wN (N worker processes), "
+        f"e.g. ours-auto:granian:w2; plus --gateway-name with --gateway-cmd; default {DEFAULT_PEERS})",
     )
     g.add_argument(
         "--peer-home",
@@ -212,6 +213,7 @@ async def run_peer(ctx: Ctx, name: str, start: Any, direct: Target, fake_pid: in
 
 async def run_all(a: argparse.Namespace, ctx: Ctx, names: list[str], fake_pid: int, res: dict[str, Any]) -> None:
     starts = {**PEERS, **({a.gateway_name: peer_custom} if a.gateway_cmd else {})}
+    starts.update({n: v for n in names if (v := ours_variant(n)) is not None})
     direct = Target("direct", ctx.upstream, ctx.served_model, {}, a.max_tokens)
     for name in names:
         print(f"== {name}", flush=True)
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in a.only.split(",") if n.strip()]
     if a.gateway_cmd and a.gateway_name not in names and a.only == DEFAULT_PEERS:
         names.append(a.gateway_name)
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and ours_variant(n) is None]
     if unknown:
         ap.error(f"unknown peer(s) {unknown}; known: {known}")
     if a.install:

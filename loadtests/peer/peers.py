@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loadtests.kit.gateway import describe, snapshot, start_gateway
 from loadtests.kit.procs import PROCS, REPO, NotReady, free_port, wait_http
@@ -127,8 +128,9 @@ def peer_litellm(ctx: Ctx) -> Peer:
     return Peer("litellm", p, url, "smol", dist_version(v, "litellm"), note, {"authorization": f"Bearer {key}"})
 
 
-def _ours(ctx: Ctx, name: str, routed: bool) -> Peer:
+def _ours(ctx: Ctx, name: str, routed: bool, server: dict[str, Any] | None = None) -> Peer:
     a = ctx.args
+    server = server or {}
     source = snapshot(a.gateway_ref, ctx.tmp) if a.gateway_ref else None
     artifact = None
     if routed:
@@ -143,13 +145,18 @@ def _ours(ctx: Ctx, name: str, routed: bool) -> Peer:
             served_model=ctx.served_model,
             routed=str(artifact) if artifact else None,
             log_level=a.gateway_log_level,
-            name=name,
+            name=name.replace(":", "-"),
             source=source,
+            server=server,
         )
     except NotReady as e:
         raise Unavailable(" ".join(str(e).split())[-400:]) from None
     how = f"learned policy, {a.artifact}, request model 'auto'" if routed else "one plain arm, model pinned"
-    note = f"llm-gateway serve (uvicorn, uvloop, httptools), {how}, log level {a.gateway_log_level}"
+    http = server.get("http_server", "uvicorn")
+    how_served = "uvicorn, uvloop, httptools" if http == "uvicorn" else "granian embedded, uvloop"
+    workers = server.get("workers", 1)
+    how_served += f", {workers} workers (SO_REUSEPORT)" if workers > 1 else ""
+    note = f"llm-gateway serve ({how_served}), {how}, log level {a.gateway_log_level}"
     return Peer(name, p, url, "auto" if routed else "smol", describe(a.gateway_ref), note)
 
 
@@ -159,6 +166,23 @@ def peer_ours(ctx: Ctx) -> Peer:
 
 def peer_ours_auto(ctx: Ctx) -> Peer:
     return _ours(ctx, "ours-auto", routed=True)
+
+
+def ours_variant(name: str) -> Callable[[Ctx], Peer] | None:
+    """``ours`` or ``ours-auto`` with options after colons: ``granian`` / ``uvicorn`` (the HTTP server),
+    ``wN`` (N worker processes), e.g. ``ours-auto:granian:w2``; ``None`` for any other name."""
+    base, *opts = name.split(":")
+    if base not in ("ours", "ours-auto") or not opts:
+        return None
+    server: dict[str, Any] = {}
+    for opt in opts:
+        if opt in ("uvicorn", "granian"):
+            server["http_server"] = opt
+        elif opt[:1] == "w" and opt[1:].isdigit() and int(opt[1:]) >= 1:
+            server["workers"] = int(opt[1:])
+        else:
+            return None
+    return lambda ctx: _ours(ctx, name, routed=base == "ours-auto", server=server)
 
 
 def replace_tokens(s: str, tok: dict[str, object]) -> str:

@@ -79,8 +79,9 @@ def chart(res: dict[str, Any], path: Path) -> str | None:
         hi = [max(s["via"]["gateway_cpu_ms_per_req_rounds"]) - c for c, s in zip(cpu, ss, strict=True)]
         ax_cpu.errorbar(cs, cpu, yerr=[lo, hi], marker="o", capsize=3, label=f"{r['name']} {r['version']}")
         added = [s["added_ttft_p50_ms"] for s in ss]
-        lo = [a - min(s["added_ttft_p50_per_round_ms"]) for a, s in zip(added, ss, strict=True)]
-        hi = [max(s["added_ttft_p50_per_round_ms"]) - a for a, s in zip(added, ss, strict=True)]
+        # the pooled p50 need not lie within the per-round ones (one round: rounding): no negative bar
+        lo = [max(0.0, a - min(s["added_ttft_p50_per_round_ms"])) for a, s in zip(added, ss, strict=True)]
+        hi = [max(0.0, max(s["added_ttft_p50_per_round_ms"]) - a) for a, s in zip(added, ss, strict=True)]
         ax_ttft.errorbar(cs, added, yerr=[lo, hi], marker="o", capsize=3, label=r["name"])
     ax_cpu.set_yscale("log")
     ax_cpu.set_title("peer CPU per streamed request (ms, log)")

@@ -1,4 +1,5 @@
-"""SIGTERM with real processes: ``llm-gateway serve`` in front of a slow upstream under uvicorn.
+"""SIGTERM with real processes: ``llm-gateway serve`` in front of a slow upstream, under uvicorn, under
+granian, and as two worker processes on one port (each test runs in the three set-ups).
 
 The gateway stops accepting connections at once, lets an open stream finish within
 ``server.drain_timeout_s`` and exits; a stream longer than the drain timeout is ended with an
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,10 +61,27 @@ def start_upstream(chunks: int, delay_s: float) -> tuple[subprocess.Popen[bytes]
     return proc, port
 
 
-def start_gateway(tmp_path: Path, upstream_port: int, drain_timeout_s: float) -> tuple[subprocess.Popen[bytes], str]:
+SETUPS = [
+    pytest.param({"http_server": "uvicorn", "workers": 1}, id="uvicorn"),
+    pytest.param({"http_server": "granian", "workers": 1}, id="granian"),
+    pytest.param({"http_server": "uvicorn", "workers": 2}, id="uvicorn-2-workers"),
+    pytest.param({"http_server": "granian", "workers": 2}, id="granian-2-workers"),
+]
+
+
+@pytest.fixture(params=SETUPS)
+def setup(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param["http_server"] == "granian":
+        pytest.importorskip("granian")
+    return dict(request.param)
+
+
+def start_gateway(
+    tmp_path: Path, upstream_port: int, drain_timeout_s: float, setup: dict[str, Any]
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = {
-        "server": {"port": port, "drain_timeout_s": drain_timeout_s, "log_level": "warning"},
+        "server": {"port": port, "drain_timeout_s": drain_timeout_s, "log_level": "warning", **setup},
         "backends": [
             {
                 "name": "slow",
@@ -85,7 +104,20 @@ def start_gateway(tmp_path: Path, upstream_port: int, drain_timeout_s: float) ->
     )
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base + "/ready", proc)
+    if setup["workers"] > 1:
+        wait_all_ready(base + "/ready", proc)
     return proc, base
+
+
+def wait_all_ready(url: str, proc: subprocess.Popen[bytes], in_a_row: int = 8) -> None:
+    """/ready is each worker's own: wait until ``in_a_row`` answers on fresh connections (spread over the
+    workers by the kernel) are all 200, so that no worker is still finding its backend healthy."""
+    ok, deadline = 0, time.monotonic() + 30.0
+    while ok < in_a_row and time.monotonic() < deadline:
+        ok = ok + 1 if httpx.get(url, timeout=2.0).status_code == 200 else 0
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+    assert ok >= in_a_row, f"{url}: not every worker ready after 30 s"
 
 
 @pytest.fixture
@@ -117,11 +149,11 @@ def stream_across_sigterm(base: str, gateway: subprocess.Popen[bytes]) -> tuple[
 
 
 def test_sigterm_lets_an_open_stream_finish_then_exits(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], setup: dict[str, Any]
 ) -> None:
     upstream, upstream_port = start_upstream(chunks=12, delay_s=0.2)
     processes.append(upstream)
-    gateway, base = start_gateway(tmp_path, upstream_port, drain_timeout_s=10.0)
+    gateway, base = start_gateway(tmp_path, upstream_port, 10.0, setup)
     processes.append(gateway)
 
     lines, sent_at = stream_across_sigterm(base, gateway)
@@ -138,11 +170,11 @@ def test_sigterm_lets_an_open_stream_finish_then_exits(
 
 
 def test_a_stream_longer_than_the_drain_timeout_is_ended_visibly(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], setup: dict[str, Any]
 ) -> None:
     upstream, upstream_port = start_upstream(chunks=100, delay_s=0.1)
     processes.append(upstream)
-    gateway, base = start_gateway(tmp_path, upstream_port, drain_timeout_s=1.0)
+    gateway, base = start_gateway(tmp_path, upstream_port, 1.0, setup)
     processes.append(gateway)
 
     lines, sent_at = stream_across_sigterm(base, gateway)
