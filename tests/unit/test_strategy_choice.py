@@ -55,3 +55,25 @@ def test_noise_oracle_is_one_without_noise_and_grows_with_noise_and_arms() -> No
 def test_noise_oracle_needs_enough_common_prompts() -> None:
     first, second = _runs(0.1, n=10)
     assert noise_oracle(first, second, "plain", 4, 0) is None
+
+
+def test_paired_speed_heads_learn_a_known_copy_speed_relation() -> None:
+    from loadtests.paired_speed import paired_choice
+
+    rng = np.random.default_rng(0)
+    code = "def total(items):\n    s = 0\n    for i in items:\n        s += i.price * i.qty\n    return s\n"
+    rows: dict[str, dict[str, Row]] = {}
+    texts: dict[str, str] = {}
+    for i in range(60):
+        copy = i % 2 == 0
+        pid = f"{'rename' if copy else 'chat'}/{i:03d}"
+        texts[pid] = f"Rename s to acc {i} and return the code:\n{code * (1 + i % 3)}" if copy else f"Tell me a story {i}."
+        plain = 30.0 * np.exp(rng.normal(0, 0.05))
+        spec = plain * (2.0 if copy else 0.8) * np.exp(rng.normal(0, 0.05))
+        rows[pid] = {"plain": _row(pid, "plain", plain), "spec": _row(pid, "spec", spec)}
+    pids = sorted(rows)
+    folds = np.array([i % 5 for i in range(len(pids))])
+    choice = paired_choice(rows, texts, ["plain", "spec"], pids, folds)
+    copy = np.array([p.startswith("rename") for p in pids])
+    assert choice[copy].mean() > 0.9  # speculation where the answer copies the prompt
+    assert choice[~copy].mean() < 0.1  # plain on free text
