@@ -67,7 +67,8 @@ def test_paired_speed_heads_learn_a_known_copy_speed_relation() -> None:
     for i in range(60):
         copy = i % 2 == 0
         pid = f"{'rename' if copy else 'chat'}/{i:03d}"
-        texts[pid] = f"Rename s to acc {i} and return the code:\n{code * (1 + i % 3)}" if copy else f"Tell me a story {i}."
+        edit = f"Rename s to acc {i} and return the code:\n{code * (1 + i % 3)}"
+        texts[pid] = edit if copy else f"Tell me a story {i}."
         plain = 30.0 * np.exp(rng.normal(0, 0.05))
         spec = plain * (2.0 if copy else 0.8) * np.exp(rng.normal(0, 0.05))
         rows[pid] = {"plain": _row(pid, "plain", plain), "spec": _row(pid, "spec", spec)}
