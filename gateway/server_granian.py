@@ -51,17 +51,14 @@ class InFlight:
             self.tasks.discard(task)
 
     async def drain(self, timeout_s: float, hurry: asyncio.Event) -> int:
-        """Wait up to ``timeout_s`` (or until ``hurry`` is set) for the requests in flight to end, then
-        cancel the rest and wait for them; the number cancelled."""
+        """Wait up to ``timeout_s`` in all (or until ``hurry`` is set) for the requests in flight to end,
+        then cancel the rest and wait for them; the number cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         hurried = asyncio.ensure_future(hurry.wait())
         try:
-            pending = set(self.tasks)
-            if pending:
-                await asyncio.wait([*pending, hurried], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-                while (pending := set(self.tasks)) and not hurry.is_set():
-                    done, _ = await asyncio.wait([*pending, hurried], timeout=timeout_s, return_when="ALL_COMPLETED")
-                    if not done or hurried in done:
-                        break
+            while (pending := set(self.tasks)) and not hurry.is_set() and (left_s := deadline - loop.time()) > 0:
+                await asyncio.wait([*pending, hurried], timeout=left_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             hurried.cancel()
         left = set(self.tasks)

@@ -113,6 +113,16 @@ async def test_the_drain_cancels_what_is_left_at_the_timeout() -> None:
     assert quick.done() and not quick.cancelled() and slow.cancelled()
 
 
+async def test_the_drain_timeout_counts_from_the_start_not_from_each_finished_request() -> None:
+    inflight = InFlight(_app)
+    finished, slow = await _start(inflight, 0.8, 30.0)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await inflight.drain(1.0, asyncio.Event()) == 1
+    assert loop.time() - t0 < 1.5  # a fresh 1 s wait after the 0.8 s request ended would take 1.8 s
+    assert finished.done() and not finished.cancelled() and slow.cancelled()
+
+
 async def test_a_second_signal_cuts_the_drain_short() -> None:
     inflight = InFlight(_app)
     (slow,) = await _start(inflight, 30.0)
