@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import getpass
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -101,16 +100,14 @@ def run_server(
 ) -> int:
     """Serve the gateway until it is stopped (SIGTERM drains); ``host``/``port`` override ``settings.server``."""
     from gateway import logs
+    from gateway.server import missing_http_server
 
     host = host or settings.server.host
     port = port or settings.server.port
     server = settings.server
     logs.configure(server.log_level, server.log_format)
-    if server.http_server == "granian" and importlib.util.find_spec("granian") is None:
-        print(
-            "llm-gateway: server.http_server: granian is not installed: pip install 'llm-gateway[granian]'",
-            file=sys.stderr,
-        )
+    if why := missing_http_server(server.http_server):
+        print(f"llm-gateway: {why}", file=sys.stderr)
         return 2
     if server.workers > 1:
         from gateway.workers import run_workers

@@ -137,10 +137,17 @@ def serve(
     DrainingServer(config, app).run(sockets=sockets)
 
 
+def missing_http_server(http_server: str) -> str | None:
+    """Why ``http_server`` cannot run here (its package is not installed), or ``None``."""
+    if http_server == "granian" and importlib.util.find_spec("granian") is None:
+        return "server.http_server: granian is not installed: pip install 'llm-gateway[granian]'"
+    return None
+
+
 def _run_granian(app: FastAPI, drain_timeout_s: float, **options: Any) -> None:
     """granian in this process's event loop (uvloop when installed); granian binds with SO_REUSEPORT itself."""
-    if importlib.util.find_spec("granian") is None:
-        raise SystemExit("server.http_server: granian is not installed: pip install 'llm-gateway[granian]'")
+    if why := missing_http_server("granian"):
+        raise SystemExit(why)
     from gateway.server_granian import serve_granian
 
     main = serve_granian(app, DrainCutoff(app), drain_timeout_s, **options)

@@ -4,6 +4,7 @@ granian drain (gateway/server_granian.py InFlight), and the worker supervisor's 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import sys
@@ -67,7 +68,7 @@ def test_unknown_server_is_refused_naming_it() -> None:
 
 def test_granian_missing_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     monkeypatch.setitem(sys.modules, "granian", None)  # find_spec raises ValueError for a None entry
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None if name == "granian" else object())
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "granian" else object())
     settings = load_settings(str(write(tmp_path, {"http_server": "granian"})))
     assert cli.run_server(settings) == 2
     assert "granian is not installed: pip install 'llm-gateway[granian]'" in capsys.readouterr().err
