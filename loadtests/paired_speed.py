@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = np.array([[rows[p][a].decode_tps or 0.0 for a in arms] for p in pids])
     tokens = np.array([[rows[p][a].output_tokens - 1 for a in arms] for p in pids], dtype=float)
     tasks = np.array([rows[p][arms[0]].task for p in pids])
-    per_arm = predicted_speeds(rows, texts, arms, args.folds, args.seed, all_rows)
+    per_arm = predicted_speeds(rows, texts, arms, fold_of, args.seed, all_rows)
     best_fixed = int(np.argmax(tokens.sum(axis=0) / (tokens / measured).sum(axis=0)))
     rules = {
         f"fixed:{arms[best_fixed]} (best fixed)": np.full(len(pids), best_fixed),

@@ -55,16 +55,21 @@ def load(paths: list[str], arms: list[str]) -> tuple[dict[str, dict[str, Row]], 
 
 
 def predicted_speeds(
-    rows: dict[str, dict[str, Row]], texts: dict[str, str], arms: list[str], folds: int, seed: int, all_rows: list[Row]
+    rows: dict[str, dict[str, Row]],
+    texts: dict[str, str],
+    arms: list[str],
+    fold_of: dict[str, int],
+    seed: int,
+    all_rows: list[Row],
 ) -> dict[str, dict[str, float]]:
-    """Out-of-fold predicted tokens/s per prompt and arm (the router trained on the other folds)."""
+    """Out-of-fold predicted tokens/s per prompt and arm (the router trained on the other folds;
+    ``fold_of``: :func:`router.training.prompt_folds` of every prompt in ``all_rows``)."""
     encoder = load_encoder("none")
     ids = sorted({r.prompt_id for r in all_rows})
     vectors = {i: prompt_vector(encoder, texts[i]) for i in ids}
     names = feature_names(encoder)
-    fold_of = prompt_folds(ids, folds, seed)
     out: dict[str, dict[str, float]] = {}
-    for fold in range(folds):
+    for fold in sorted(set(fold_of.values())):
         train_rows = [r for r in all_rows if fold_of[r.prompt_id] != fold and r.arm in arms]
         train_ids = sorted({r.prompt_id for r in train_rows})
         model, _ = train(
@@ -300,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     rows, texts = load(args.profiles, arms)
     all_rows = [r for p in rows.values() for r in p.values() if r.arm in arms]
-    preds = predicted_speeds(rows, texts, arms, args.folds, args.seed, all_rows)
     folds = prompt_folds(sorted({r.prompt_id for r in all_rows}), args.folds, args.seed)
+    preds = predicted_speeds(rows, texts, arms, folds, args.seed, all_rows)
     report = analyse(rows, preds, arms, args.replicates, args.seed, folds)
     if args.repeat:
         report["noise_oracle"] = noise_oracle(rows, profiles.load(args.repeat).rows, arms[0], len(arms), args.seed)

@@ -21,9 +21,9 @@ from router.training import Row
 DRAWS = 400
 
 
-def _speeds(rows: Iterable[Row], arm: str) -> dict[str, tuple[float, int]]:
+def _speeds(rows: Iterable[Row], arm: str) -> dict[str, float]:
     return {
-        r.prompt_id: (float(r.decode_tps or 0.0), r.output_tokens - 1)
+        r.prompt_id: float(r.decode_tps or 0.0)
         for r in rows
         if r.arm == arm and (r.decode_tps or 0) > 0 and r.output_tokens > 1
     }
@@ -41,7 +41,7 @@ def noise_oracle(
         return None
     tokens = np.array([first[p].output_tokens - 1 for p in common], dtype=float)
     run1 = np.array([float(first[p].decode_tps or 0.0) for p in common])
-    run2 = np.array([second[p][0] for p in common])
+    run2 = np.array([second[p] for p in common])
     run2 = run2 * (tokens / run2).sum() / (tokens / run1).sum()  # the same timing scale (ratio of sums)
     noise = np.log(run2 / run1) / np.sqrt(2.0)  # (e2 - e1) / √2 has the spread of one run's noise e
     base = np.sqrt(run1 * run2)
