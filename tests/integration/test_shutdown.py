@@ -92,9 +92,19 @@ def start_gateway(
         ],
         "arms": [{"name": "slow-plain", "model": "slow", "backends": ["slow"]}],
     }
+    return serve_config(tmp_path, config)
+
+
+def serve_config(
+    tmp_path: Path, config: dict[str, Any], env_extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m gateway serve`` on ``config`` (written to ``tmp_path/gateway.yaml``; it must name
+    ``server.port``), without the caller's ``GATEWAY_*`` and ``PROMETHEUS_*`` variables, plus
+    ``env_extra``. Returns (process, base URL) once it is ready, every worker of several."""
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_"))}
+    env.update(env_extra or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
         cwd=ROOT,
@@ -102,9 +112,9 @@ def start_gateway(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{config['server']['port']}"
     wait_healthy(base + "/ready", proc)
-    if setup["workers"] > 1:
+    if config["server"].get("workers", 1) > 1:
         wait_all_ready(base + "/ready", proc)
     return proc, base
 

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.integration.test_shutdown import ROOT, free_port, start_upstream, stop, wait_all_ready, wait_healthy
+from tests.integration.test_shutdown import free_port, serve_config, start_upstream, stop
 
 SERVERS = [pytest.param("uvicorn", id="uvicorn"), pytest.param("granian", id="granian")]
 
@@ -50,21 +48,7 @@ def start(
         "arms": [{"name": "slow-plain", "model": "slow", "backends": ["slow"]}],
         **(extra or {}),
     }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_"))}
-    env.update(env_extra or {})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base + "/ready", proc)
-    wait_all_ready(base + "/ready", proc)
-    return proc, base
+    return serve_config(tmp_path, config, env_extra)
 
 
 def worker_pids(supervisor: int) -> list[int]:
