@@ -9,7 +9,7 @@
 # Needs: python3 (>= 3.11; PYTHON=... to choose another) that can import fastapi, pydantic, uvicorn, aiohttp,
 # orjson, yaml, prometheus_client, numpy (put unpacked wheels on PYTHONPATH; the repository is added to it
 # here). vllm-router: found as $PEER_HOME/vllm-router/bin/vllm-router (loadtests/peer/install_peers.sh) or
-# on PATH; skipped otherwise. About 4 minutes on a 16-core machine (estimated, not run there); each group is cut at
+# on PATH; skipped otherwise. 202 s on a 16-core machine (measured once, docs/benchmarks.md); each group is cut at
 # GROUP_TIMEOUT_S seconds (default 110) so that the whole stays under 6 minutes (a cut group writes nothing).
 #
 # Writes to OUT_DIR: floor.{json,md}, pinned.{json,md}, auto.{json,md} (one harness run each, with its own
