@@ -32,7 +32,7 @@ import asyncio
 import copy
 import itertools
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +82,22 @@ def compact(obj: Any) -> bytes:
 
 def sse(obj: Any) -> bytes:
     return b"data: " + compact(obj) + b"\n\n"
+
+
+def leaving_client(body: bytes, gone: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive`` for one request: the whole ``body`` first; the next call waits for ``gone()``
+    and answers ``http.disconnect`` (the client has left, or uvicorn after the response's end)."""
+    read = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if not read:
+            read = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def vllm_error(message: str, etype: str, status: int, param: str | None = None) -> bytes:

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from fake_vllm import Gateway, MakeGateway, Upstreams, compact, request_body
+from fake_vllm import Gateway, MakeGateway, Upstreams, compact, leaving_client, request_body
 
 SERIES = {"model": "smol", "strategy": "plain", "endpoint": "chat"}
 
@@ -96,16 +96,12 @@ async def test_client_disconnect_cancels_a_non_streaming_request(gw: Gateway, up
     fake.fail = "hang_body"  # headers and part of the body, then nothing
     body = compact(request_body("chat"))
     sent: list[dict[str, Any]] = []
-    request_read = False
 
-    async def receive() -> dict[str, Any]:
-        nonlocal request_read
-        if not request_read:
-            request_read = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        while not fake.streams:  # the upstream is answering: now the client goes away
+    async def upstream_answering() -> None:  # the upstream is answering: now the client goes away
+        while not fake.streams:
             await asyncio.sleep(0.01)
-        return {"type": "http.disconnect"}
+
+    receive = leaving_client(body, upstream_answering)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -132,15 +128,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(gw: Gateway, ups
     body = compact(request_body("chat", stream=True))
     sent: list[dict[str, Any]] = []
     seen_three_chunks = asyncio.Event()
-    request_read = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal request_read
-        if not request_read:
-            request_read = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await seen_three_chunks.wait()
-        return {"type": "http.disconnect"}
+    receive = leaving_client(body, seen_three_chunks.wait)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)

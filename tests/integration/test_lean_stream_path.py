@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_vllm import Gateway, MakeGateway, Upstreams, compact, request_body
+from fake_vllm import Gateway, MakeGateway, Upstreams, compact, leaving_client, request_body
 
 from gateway.response_state import KEY, ResponseState
 
@@ -42,15 +42,7 @@ async def _call(gw: Gateway, scope: dict[str, Any], body: bytes) -> list[dict[st
     (uvicorn answers ``http.disconnect`` to any receive after the response's last message)."""
     sent: list[dict[str, Any]] = []
     complete = asyncio.Event()
-    request_read = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal request_read
-        if not request_read:
-            request_read = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await complete.wait()
-        return {"type": "http.disconnect"}
+    receive = leaving_client(body, complete.wait)
 
     async def send(message: dict[str, Any]) -> None:
         assert not complete.is_set(), f"a message after the response's end: {message}"

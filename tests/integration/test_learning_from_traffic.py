@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fake_vllm import Gateway, MakeGateway, Upstreams, compact
+from fake_vllm import Gateway, MakeGateway, Upstreams, compact, leaving_client
 from test_gateway_streaming import _scope
 
 from gateway.cli import main
@@ -67,15 +67,7 @@ async def test_a_client_that_leaves_mid_stream_is_logged_as_499(make_gateway: Ma
             fake.stream_fault, fake.stream_fault_after = "hang", 2
         body = compact(chat("Tell me a story.", stream=True))
         chunks = asyncio.Event()
-        read = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal read
-            if not read:
-                read = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await chunks.wait()
-            return {"type": "http.disconnect"}
+        receive = leaving_client(body, chunks.wait)
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.body" and message.get("body"):
