@@ -48,6 +48,7 @@ def cross_validated(
     kind: str,
     specs: dict[str, Any] | None = None,
     augment: Augment | None = None,
+    fit: Callable[..., tuple[Any, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate on every profiled prompt: K folds grouped by prompt, each scored by a router trained
     (with :func:`router.training.train`, as ``llm-gateway train`` does, with encoder ``kind``) on the
@@ -56,7 +57,9 @@ def cross_validated(
 
     ``augment(vectors, train_ids, test_ids)``, for experiments with extra prompt features: per fold,
     the prompt vectors to use and their feature names; it sees the fold's training prompts only as
-    such (what it fits, it fits on ``train_ids``)."""
+    such (what it fits, it fits on ``train_ids``). ``fit``, for experiments with another way of fitting
+    the router: called as :func:`router.training.train` is (the default), it returns a model and a
+    report."""
     from router.evaluation import REPLICATES, evaluate, pool
     from router.learned import LearnedPolicy
     from router.training import prompt_folds, train
@@ -73,7 +76,7 @@ def cross_validated(
         fold_vectors, fold_names = vectors, names
         if augment is not None:
             fold_vectors, fold_names = augment(vectors, train_ids, sorted({r.prompt_id for r in test_rows}))
-        model, _ = train(
+        model, _ = (fit or train)(
             train_rows,
             {i: fold_vectors[i] for i in train_ids},
             {i: len(texts[i]) / 1000 for i in train_ids},
