@@ -1,26 +1,33 @@
 """Experiment: does shrinking each arm's per-prompt quality forecast toward its neighbourhood's
-average outcome close the gap to the task-family rule?
+average outcome, or choosing the quality heads' L2 by routing utility, close the gap to the
+task-family rule?
 
 The diagnosis in docs/router.md: the task rule, told each prompt's family, routes on the family's
 *average* outcome, while the router's per-prompt quality forecasts vary within a family more than
-the outcomes do, so ``balanced`` sends the low-forecast part of a family elsewhere. Here every arm's
-raw quality forecast becomes ``(1 - alpha) * forecast + alpha * rate``, where ``rate`` is the arm's
-success rate over the ``k`` nearest labelled training prompts (standardised prompt vector, the
-same space as the heads; smoothed toward the arm's base rate by two pseudo-prompts). ``alpha`` and
-``k`` are chosen inside each training fold, on the *routing utility* of the balanced rule over the
-training prompts' inner out-of-fold forecasts (exactly the objective :mod:`router.thresholds` fits
-the balanced weight with, after refitting the isotonic maps and the weight on the blended
-forecasts); ``alpha = 0`` is the shipped router. The test fold is never seen. Cross-validated
-exactly as ``llm-gateway evaluate --cv 5`` (:func:`lab.evaluate.cross_validated`: same folds, seed
-and bootstrap):
+the outcomes do, so ``balanced`` sends the low-forecast part of a family elsewhere. Two treatments,
+each a ``fit`` for :func:`lab.evaluate.cross_validated` (same folds, seed and bootstrap as
+``llm-gateway evaluate --cv 5``), each choosing its hyper-parameters inside every training fold on
+the *routing utility* of the balanced rule over the training prompts' inner out-of-fold forecasts
+(the objective :mod:`router.thresholds` fits the balanced weight with, after refitting the isotonic
+maps and the weight on the new forecasts), never on the test fold:
+
+* ``--treatment shrink`` (:class:`ShrinkageFit`): every arm's raw quality forecast becomes
+  ``(1 - alpha) * forecast + alpha * rate``, ``rate`` the arm's success rate over the ``k`` nearest
+  labelled training prompts (the heads' standardised prompt space; smoothed toward the arm's base
+  rate by two pseudo-prompts); ``alpha`` in :data:`ALPHAS` (0: the shipped router), ``k`` in :data:`KS`.
+* ``--treatment l2`` (:class:`UtilityL2Fit`): every arm's quality head refitted as a logistic head
+  with one L2 from :data:`router.training.L2_GRID`, or kept as trained (log-loss choice), whichever
+  routes best.
 
     .venv/bin/python -m lab.shrinkage --artifact router/artifacts/local --profiles profiles/router.jsonl
     .venv/bin/python -m lab.shrinkage --artifact router/artifacts/local-full --profiles profiles/router.jsonl \\
-        profiles/router-qwen-ngram4.jsonl profiles/router-smollm2-full-avg.jsonl
+        profiles/router-qwen-ngram4.jsonl profiles/router-smollm2-full-avg.jsonl      # add --treatment l2
 
-Prints the (alpha, k) chosen per fold and, for the router's default and a few flag settings,
-accuracy and mean latency without and with shrinkage, each paired against the task rule and kNN
-(95 % bootstrap intervals, as the evaluation report), and shrunk minus shipped, paired.
+Prints the shipped router's difference to the task rule split by task family (:func:`family_gap`),
+the hyper-parameters chosen per fold and, for the router's default and a few flag settings, accuracy
+and mean latency shipped and treated, each paired against the task rule and kNN (95 % bootstrap
+intervals, as the evaluation report; the baselines decide with the treated router's balanced weight),
+and treated minus shipped, paired.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,11 +46,11 @@ import numpy as np
 from lab import profiles
 from lab.evaluate import arm_specs, cross_validated
 from router.bootstrap import bootstrap_means
-from router.linear import Array
+from router.linear import Array, fit_logistic, predict_logistic
 from router.predictor import Prediction, RouterModel
 from router.prompt_ids import group_of
 from router.thresholds import OutOfFold, calibrate
-from router.training import Row, _fit_arm, prompt_folds, train
+from router.training import L2_GRID, Row, _fit_arm, prompt_folds, train
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 KS = (10, 25, 50)
@@ -189,6 +196,61 @@ class ShrinkageFit:
         return shrunk, report
 
 
+class UtilityL2Fit:
+    """``fit`` for :func:`lab.evaluate.cross_validated`: :func:`router.training.train`, then every arm's
+    quality head refitted as a logistic head with one L2 strength from :data:`router.training.L2_GRID`,
+    or kept as trained, whichever gives the best inner out-of-fold routing utility (the balanced
+    objective, after refitting the isotonic maps and the weight), not the least log-loss."""
+
+    def __init__(self) -> None:
+        self.chosen: list[dict[str, float | None]] = []
+
+    def __call__(
+        self,
+        rows: Sequence[Row],
+        vectors: Mapping[str, Array],
+        kchars: Mapping[str, float],
+        encoder: str,
+        feature_names: Sequence[str],
+        seed: int = 0,
+        folds: int = 5,
+    ) -> tuple[RouterModel, dict[str, Any]]:
+        model, report = train(rows, vectors, kchars, encoder, feature_names, seed=seed, folds=folds)
+        ids = sorted(vectors)
+        x_of = {i: model.standardise(vectors[i]) for i in ids}
+        oof = inner_out_of_fold(rows, x_of, kchars, seed, folds)
+        labels = _labels(rows, ids, sorted(model.arms))
+        rows_in = [r for r in rows if r.prompt_id in x_of]
+        fold = prompt_folds(ids, folds, seed)
+        f_arr = np.array([fold[i] for i in ids])
+        x = np.stack([x_of[i] for i in ids])
+        best: tuple[float, float | None, Any] | None = None
+        for l2 in (None, *L2_GRID):
+            q = {p: dict(v) for p, v in oof.quality.items()}
+            if l2 is not None:
+                for arm, y in labels.items():
+                    seen = ~np.isnan(y)
+                    for f in range(folds):
+                        test, fit_rows = seen & (f_arr == f), seen & (f_arr != f)
+                        w = fit_logistic(x[fit_rows], y[fit_rows], l2)
+                        for i, v in zip(np.flatnonzero(test).tolist(), predict_logistic(w, x[test]), strict=True):
+                            q[ids[i]][arm] = float(v)
+            cal, rep = calibrate(rows_in, replace(oof, quality=q), sorted(model.arms))
+            utility = max((s["utility"] for s in rep.get("sweep", [])), default=0.0)
+            if best is None or utility > best[0] + 1e-9:
+                best = (utility, l2, cal)
+        assert best is not None
+        utility, l2, cal = best
+        self.chosen.append({"l2": l2, "utility": utility})
+        if l2 is None:
+            return model, report
+        arms = dict(model.arms)
+        for arm, y in labels.items():
+            seen = ~np.isnan(y)
+            arms[arm] = replace(arms[arm], quality_w=fit_logistic(x[seen], y[seen], l2), quality_knn_k=0)
+        return replace(model, arms=arms, calibration=cal, knn_x=None, knn_y={}), report
+
+
 def _mix(raw: float, rate: float | None, alpha: float) -> float:
     return raw if rate is None or alpha == 0 else (1.0 - alpha) * raw + alpha * rate
 
@@ -235,6 +297,40 @@ def paired_change(base: dict[str, Any], new: dict[str, Any], setting: str, seed:
     }
 
 
+def family_gap(result: dict[str, Any], setting: str, baseline: str, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Router minus ``baseline`` under ``setting``, split by task family: each family's share of the
+    accuracy difference (points over all labelled prompts) and of the latency difference (seconds over
+    all prompts), so the shares add up to the report's difference; 95 % cluster-bootstrap intervals,
+    and per family which arms the router and the baseline chose."""
+    pp = result["per_prompt"]
+    correct, e2e = np.array(pp["correct"], dtype=float), np.array(pp["e2e_s"], dtype=float)
+    rows, tasks = np.arange(len(correct)), np.array(pp["tasks"])
+    mine, theirs = np.array(pp["picks"][setting]), np.array(pp["picks"][baseline])
+    labelled = ~np.isnan(correct).any(axis=1)
+    d_acc = np.nan_to_num(correct[rows, mine] - correct[rows, theirs])
+    d_lat = e2e[rows, mine] - e2e[rows, theirs]
+    cluster: dict[str, int] = {}
+    groups = np.array([cluster.setdefault(group_of(p), len(cluster)) for p in pp["prompt_ids"]])
+    families = sorted(set(pp["tasks"]))
+    values = np.stack([v * (tasks == f) for f in families for v in (d_acc, d_lat)])
+    masks = np.stack([m for _ in families for m in (labelled, np.ones(len(rows), dtype=bool))])
+    point, low, high = bootstrap_means(values, masks, seed=seed, groups=groups)
+    arms = result["arms"]
+    out = {}
+    for n, f in enumerate(families):
+        a, t = 2 * n, 2 * n + 1
+        out[f] = {
+            "prompts": int((tasks == f).sum()),
+            "accuracy": float(point[a]),
+            "accuracy_ci": [float(low[a]), float(high[a])],
+            "latency_s": float(point[t]),
+            "latency_ci": [float(low[t]), float(high[t])],
+            "router_arms": dict(Counter(arms[j] for j in mine[tasks == f])),
+            "baseline_arms": dict(Counter(arms[j] for j in theirs[tasks == f])),
+        }
+    return out
+
+
 def _line(result: dict[str, Any], setting: str) -> str:
     point = next(p for p in result["points"] if p["name"] == setting)
     rule = setting.split(":", 1)[1]
@@ -250,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifact", required=True, help="the artifact whose arms to route between")
     ap.add_argument("--cv", type=int, default=5, help="outer folds")
     ap.add_argument("--seed", type=int, default=0, help="fold and bootstrap seed")
+    ap.add_argument(
+        "--treatment", choices=("shrink", "l2"), default="shrink", help="shrinkage, or L2 by routing utility"
+    )
     ap.add_argument("--out", help="write both pooled results here (JSON)")
     a = ap.parse_args(argv)
     data = profiles.load(a.profiles)
@@ -258,18 +357,32 @@ def main(argv: list[str] | None = None) -> int:
     specs = arm_specs(data.arm_labels)
     print("==> shipped training", flush=True)
     base = cross_validated(rows, data.texts, a.cv, a.seed, "none", specs)
-    print("==> quality shrunk toward the neighbourhood rate, alpha and k by inner CV", flush=True)
-    fit = ShrinkageFit()
+    fit: ShrinkageFit | UtilityL2Fit
+    if a.treatment == "shrink":
+        print("==> quality shrunk toward the neighbourhood rate, alpha and k by inner CV", flush=True)
+        fit = ShrinkageFit()
+    else:
+        print("==> quality heads' L2 chosen by inner-CV routing utility", flush=True)
+        fit = UtilityL2Fit()
     new = cross_validated(rows, data.texts, a.cv, a.seed, "none", specs, fit=fit)
-    print("\nchosen per outer fold: " + "; ".join(f"alpha {c['alpha']}, k {c['k']}" for c in fit.chosen))
+    print(
+        "\nchosen per outer fold: " + "; ".join(str({k: v for k, v in c.items() if k != "utility"}) for c in fit.chosen)
+    )
+    for setting in ("router:default", "router:accuracy=medium"):
+        print(f"shipped {setting} minus task rule, by family (points; s):")
+        for fam, g in family_gap(base, setting, "task-rule:" + setting.split(":", 1)[1], a.seed).items():
+            print(
+                f"  {fam:14s} {g['prompts']:4d} prompts: {_fmt(g)}; "
+                f"router {g['router_arms']}, rule {g['baseline_arms']}"
+            )
     for setting in SETTINGS:
         change = paired_change(base, new, setting, a.seed)
         print(
-            f"{setting}\n  shipped: {_line(base, setting)}\n  shrunk:  {_line(new, setting)}\n"
-            f"  shrunk - shipped: {_fmt(change)}"
+            f"{setting}\n  shipped: {_line(base, setting)}\n  treated: {_line(new, setting)}\n"
+            f"  treated - shipped: {_fmt(change)}"
         )
     if a.out:
-        Path(a.out).write_text(json.dumps({"shipped": base, "shrunk": new, "chosen": fit.chosen}) + "\n")
+        Path(a.out).write_text(json.dumps({"shipped": base, "treated": new, "chosen": fit.chosen}) + "\n")
     return 0
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lab.shrinkage import ShrinkageFit, blend, inner_rates, neighbour_rates
-from router.training import prompt_folds, train
+from lab.shrinkage import ShrinkageFit, UtilityL2Fit, blend, family_gap, inner_rates, neighbour_rates
+from router.training import L2_GRID, prompt_folds, train
 from tests.unit.test_training import synthetic
 
 
@@ -52,3 +52,33 @@ def test_alpha_zero_routes_exactly_as_the_shipped_training() -> None:
         x = shipped.standardise(vectors[pid])
         a, b = shipped.predict(x, 0.2, None, arms), shrunk.predict(x, 0.2, None, arms)
         assert {k: v.quality for k, v in a.items()} == pytest.approx({k: v.quality for k, v in b.items()})
+
+
+def test_utility_l2_returns_a_router_that_still_learns_the_signal() -> None:
+    rows, vectors, kchars = synthetic(80)
+    fit = UtilityL2Fit()
+    model, _ = fit(rows, vectors, kchars, "enc", ["a", "b", "c", "d"], seed=0)
+    assert fit.chosen[0]["l2"] in {None, *L2_GRID}
+    arms = [("maths", 1.0, 1.0, 1.0), ("chat", 1.0, 1.0, 1.0)]
+    right = [p for p in vectors if vectors[p][0] > 1]
+    wrong = [p for p in vectors if vectors[p][0] < -1]
+    q = {p: model.predict(model.standardise(vectors[p]), 0.2, None, arms)["maths"].quality for p in right + wrong}
+    assert min(q[p] for p in right) > max(q[p] for p in wrong)
+
+
+def test_family_shares_add_up_to_the_whole_difference() -> None:
+    result = {
+        "arms": ["fast", "good"],
+        "per_prompt": {
+            "prompt_ids": ["a/1", "a/2", "b/1", "c/1"],
+            "tasks": ["a", "a", "b", "c"],
+            "correct": [[0.0, 1.0], [0.0, 1.0], [0.0, 0.0], [None, None]],
+            "e2e_s": [[1.0, 5.0], [1.0, 5.0], [2.0, 4.0], [1.0, 9.0]],
+            "picks": {"router:default": [0, 1, 1, 1], "task-rule:default": [1, 1, 0, 0]},
+        },
+    }
+    gap = family_gap(result, "router:default", "task-rule:default")
+    assert gap["a"]["accuracy"] == pytest.approx(-1 / 3)  # one of three labelled prompts lost
+    assert gap["a"]["latency_s"] == pytest.approx(-4 / 4)
+    assert sum(g["latency_s"] for g in gap.values()) == pytest.approx((-4 + 0 + 2 + 8) / 4)
+    assert gap["c"]["router_arms"] == {"good": 1} and gap["c"]["baseline_arms"] == {"fast": 1}
