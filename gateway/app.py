@@ -32,7 +32,7 @@ from gateway.protocol import ModelCard, ModelList
 from gateway.serving import Proxy
 from gateway.settings import Settings
 from gateway.tracing import Tracer, build_tracer
-from gateway.upstream import AiohttpUpstream, HttpxUpstream, Upstream
+from gateway.upstream import build_upstream
 
 log = logging.getLogger("gateway.app")
 
@@ -48,7 +48,8 @@ def create_app(
     tracer: Tracer | None = None,
 ) -> FastAPI:
     """Build the gateway app. ``transport`` replaces the network for tests (e.g. ``httpx.MockTransport``);
-    without it the upstream client is the lean aiohttp one (:mod:`gateway.upstream`). ``tracer``: default
+    without it the upstream client is the one ``server.upstream_client`` names (aiohttp, or the gateway's own:
+    :func:`gateway.upstream.build_upstream`). ``tracer``: default
     from ``settings.tracing`` (:mod:`gateway.tracing`; shut down, its spans flushed, with the app)."""
     metrics = metrics or GatewayMetrics()
     metrics.known_labels([b.name for b in settings.backends], [k.name for k in settings.auth.keys])
@@ -63,9 +64,7 @@ def create_app(
     metrics.known_families(
         policy.task_families, {(live.arm.model, live.strategy_label) for live in catalog.generation_arms()}
     )
-    upstream: Upstream = (
-        AiohttpUpstream(settings.timeouts) if transport is None else HttpxUpstream(settings.timeouts, transport)
-    )
+    upstream = build_upstream(settings, transport)
     pool = BackendPool(settings.backends, settings.health, upstream, metrics)
     tracer = tracer or build_tracer(settings.tracing)
     proxy = Proxy(settings, upstream, pool, catalog, policy, metrics, tracer)

@@ -55,6 +55,11 @@ class ServerSettings(_Strict):
         description="Processes serving the port (SO_REUSEPORT). Each keeps its own rate-limit buckets, routing "
         "statistics, feedback memory, affinity tables and breakers; /metrics sums them (gateway/workers.py).",
     )
+    upstream_client: Literal["aiohttp", "lean"] = Field(
+        "aiohttp",
+        description="The HTTP client towards the backends: aiohttp, or lean (the gateway's own HTTP/1.1 client on "
+        "asyncio and httptools: less CPU per streamed chunk; gateway/upstream_lean.py).",
+    )
 
 
 class BackendSettings(_Strict):

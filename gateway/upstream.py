@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
 import httpx
 from yarl import URL
 
-from gateway.settings import TimeoutSettings
+from gateway.settings import Settings, TimeoutSettings
 
 #: Idle keep-alive connections kept per backend; more are closed when released. Above the expected
 #: per-backend concurrency, so steady load reuses connections rather than opening new ones.
@@ -125,7 +125,7 @@ class Upstream(abc.ABC):
         """Close every connection."""
 
 
-def _whole_answer_timeout(limit_s: float) -> UpstreamTimeout:
+def whole_answer_timeout(limit_s: float) -> UpstreamTimeout:
     return UpstreamTimeout("TimeoutError", f"the whole answer did not arrive within {limit_s:g} s (first_byte_s)")
 
 
@@ -157,18 +157,18 @@ class _CappedConnector(aiohttp.TCPConnector):
         super()._release(key, protocol, should_close=should_close)
 
 
-class _IdleTimer:
+class IdleTimer:
     """``idle_s`` for a streamed body without moving a timer at every read, as aiohttp's ``sock_read``
-    does (a cancel and a new timer per chunk): the reader notes when it starts waiting and when it
-    stops; the one timer, when it fires, fails the body with aiohttp's own read-timeout error if the
-    reader has waited ``idle_s`` for a chunk, and otherwise re-arms itself. Time the relay spends
-    with a chunk (a slow client) is not idle time."""
+    does (a cancel and a new timer per chunk): the reader notes when it starts waiting
+    (``waiting_since``) and when it stops (``None``); the one timer, when it fires, calls ``expire()``
+    if the reader has waited ``idle_s`` for a chunk, and otherwise re-arms itself. Time the relay
+    spends with a chunk (a slow client) is not idle time."""
 
-    __slots__ = ("content", "handle", "idle_s", "loop", "waiting_since")
+    __slots__ = ("expire", "handle", "idle_s", "loop", "waiting_since")
 
-    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+    def __init__(self, expire: Callable[[], None], idle_s: float) -> None:
         self.loop = asyncio.get_running_loop()
-        self.content, self.idle_s = content, idle_s
+        self.expire, self.idle_s = expire, idle_s
         self.waiting_since: float | None = self.loop.time()
         self.handle: asyncio.TimerHandle | None = self.loop.call_at(self.waiting_since + idle_s, self._check)
 
@@ -177,7 +177,7 @@ class _IdleTimer:
         since = self.waiting_since
         if since is not None and now - since >= self.idle_s:
             self.handle = None
-            self.content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+            self.expire()
             return
         self.handle = self.loop.call_at((now if since is None else since) + self.idle_s, self._check)
 
@@ -198,12 +198,15 @@ class _AiohttpResponse(UpstreamResponse):
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "application/json")
         self.retry_after = resp.headers.get("retry-after")
-        self._idle: _IdleTimer | None = None
+        self._idle: IdleTimer | None = None
         conn = resp.connection
         if idle_s and conn is not None and conn.protocol is not None:
             # the body's idle timeout is ours from here (aiohttp's, armed at the headers, is not re-armed)
             conn.protocol.read_timeout = None
-            self._idle = _IdleTimer(resp.content, idle_s)
+            content = resp.content
+            self._idle = IdleTimer(
+                lambda: content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket")), idle_s
+            )
 
     async def read(self) -> bytes:
         try:
@@ -213,7 +216,7 @@ class _AiohttpResponse(UpstreamResponse):
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     raise _aiohttp_error(exc) from None
         except TimeoutError:
-            raise _whole_answer_timeout(self._limit_s) from None
+            raise whole_answer_timeout(self._limit_s) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content, idle = self._resp.content, self._idle
@@ -302,7 +305,7 @@ class AiohttpUpstream(Upstream):
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     raise _aiohttp_error(exc) from None
         except TimeoutError:
-            raise _whole_answer_timeout(self._whole_s) from None
+            raise whole_answer_timeout(self._whole_s) from None
         return _AiohttpResponse(resp, deadline, self._whole_s, self._idle_s if stream else 0.0)
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
@@ -352,7 +355,7 @@ class _HttpxResponse(UpstreamResponse):
                 except httpx.HTTPError as exc:
                     raise _httpx_error(exc) from None
         except TimeoutError:
-            raise _whole_answer_timeout(self._limit_s) from None
+            raise whole_answer_timeout(self._limit_s) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -403,7 +406,7 @@ class HttpxUpstream(Upstream):
                 except httpx.HTTPError as exc:
                     raise _httpx_error(exc) from None
         except TimeoutError:
-            raise _whole_answer_timeout(self._whole_s) from None
+            raise whole_answer_timeout(self._whole_s) from None
         return _HttpxResponse(resp, deadline, self._whole_s)
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
@@ -415,3 +418,14 @@ class HttpxUpstream(Upstream):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def build_upstream(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Upstream:
+    """The client ``settings.server.upstream_client`` names, or an httpx client over ``transport``."""
+    if transport is not None:
+        return HttpxUpstream(settings.timeouts, transport)
+    if settings.server.upstream_client == "lean":
+        from gateway.upstream_lean import LeanUpstream
+
+        return LeanUpstream(settings.timeouts)
+    return AiohttpUpstream(settings.timeouts)

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         default=DEFAULT_PEERS,
         help=f"comma-separated peers to measure, in this order (built in: {', '.join(PEERS)}; ours and "
-        "ours-auto take options after colons: granian or uvicorn (the HTTP server), wN (N worker processes), "
+        "ours-auto take options after colons: granian or uvicorn (the HTTP server), lean or aiohttp (the upstream "
+        "client), wN (N worker processes), "
         f"e.g. ours-auto:granian:w2; plus --gateway-name with --gateway-cmd; default {DEFAULT_PEERS})",
     )
     g.add_argument(

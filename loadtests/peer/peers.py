@@ -154,6 +154,7 @@ def _ours(ctx: Ctx, name: str, routed: bool, server: dict[str, Any] | None = Non
     how = f"learned policy, {a.artifact}, request model 'auto'" if routed else "one plain arm, model pinned"
     http = server.get("http_server", "uvicorn")
     how_served = "uvicorn, uvloop, httptools" if http == "uvicorn" else "granian embedded, uvloop"
+    how_served += ", lean upstream client" if server.get("upstream_client") == "lean" else ""
     workers = server.get("workers", 1)
     how_served += f", {workers} workers (SO_REUSEPORT)" if workers > 1 else ""
     note = f"llm-gateway serve ({how_served}), {how}, log level {a.gateway_log_level}"
@@ -170,7 +171,8 @@ def peer_ours_auto(ctx: Ctx) -> Peer:
 
 def ours_variant(name: str) -> Callable[[Ctx], Peer] | None:
     """``ours`` or ``ours-auto`` with options after colons: ``granian`` / ``uvicorn`` (the HTTP server),
-    ``wN`` (N worker processes), e.g. ``ours-auto:granian:w2``; ``None`` for any other name."""
+    ``lean`` / ``aiohttp`` (the upstream client), ``wN`` (N worker processes), e.g. ``ours-auto:lean:w2``;
+    ``None`` for any other name."""
     base, *opts = name.split(":")
     if base not in ("ours", "ours-auto") or not opts:
         return None
@@ -178,6 +180,8 @@ def ours_variant(name: str) -> Callable[[Ctx], Peer] | None:
     for opt in opts:
         if opt in ("uvicorn", "granian"):
             server["http_server"] = opt
+        elif opt in ("aiohttp", "lean"):
+            server["upstream_client"] = opt
         elif opt[:1] == "w" and opt[1:].isdigit() and int(opt[1:]) >= 1:
             server["workers"] = int(opt[1:])
         else:

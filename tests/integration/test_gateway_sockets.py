@@ -1,6 +1,8 @@
-"""Faults on real sockets, through the production aiohttp client (not ``httpx.MockTransport``).
+"""Faults on real sockets, through the production clients (not ``httpx.MockTransport``).
 
-Each test starts the gateway app in-process with :class:`gateway.upstream.AiohttpUpstream` and
+Each test runs twice, with each client ``server.upstream_client`` can name
+(:class:`gateway.upstream.AiohttpUpstream`, :class:`gateway.upstream_lean.LeanUpstream`): it starts the
+gateway app in-process with it and
 raw asyncio upstreams (:mod:`raw_upstream`) on 127.0.0.1 that hang, stall, send garbage, cut an
 event in half, reset the connection or answer with something that is not HTTP. Timeouts are set
 to fractions of a second so the whole file runs in a few seconds.
@@ -67,8 +69,8 @@ def closed_port() -> int:
 Make = Callable[..., AbstractAsyncContextManager[Deployment]]
 
 
-@pytest.fixture
-def deployment() -> Make:
+@pytest.fixture(params=["aiohttp", "lean"])
+def deployment(request: pytest.FixtureRequest) -> Make:
     @asynccontextmanager
     async def make(mode: str, b1_url: str | None = None) -> AsyncIterator[Deployment]:
         async with RawUpstream(mode) as b1, RawUpstream("ok") as b2, RawUpstream(mode) as b3:
@@ -85,9 +87,10 @@ def deployment() -> Make:
                     ],
                     "health": {"interval_s": 3600, "unhealthy_after": 2},
                     "timeouts": TIMEOUTS,
+                    "server": {"upstream_client": request.param},
                 }
             )
-            app = create_app(settings)  # no transport: the production aiohttp client
+            app = create_app(settings)  # no transport: the production client named in the settings
             async with (
                 app.router.lifespan_context(app),
                 httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw.test", timeout=10) as c,

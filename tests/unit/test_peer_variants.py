@@ -1,4 +1,4 @@
-"""The peer harness's variants of our gateway (``ours[-auto][:granian][:wN]``) and the server settings they
+"""The peer harness's variants of our gateway (``ours[-auto][:granian][:lean][:wN]``) and the server settings they
 write into the generated gateway config."""
 
 from __future__ import annotations
@@ -9,12 +9,17 @@ from loadtests.kit.gateway import gateway_config
 from loadtests.peer.peers import ours_variant
 
 
-@pytest.mark.parametrize("name", ["ours:granian", "ours:w2", "ours-auto:granian:w8", "ours-auto:uvicorn:w1"])
+@pytest.mark.parametrize(
+    "name",
+    ["ours:granian", "ours:w2", "ours-auto:granian:w8", "ours-auto:uvicorn:w1", "ours:lean", "ours-auto:lean:w2"],
+)
 def test_variants_are_recognised(name: str) -> None:
     assert ours_variant(name) is not None
 
 
-@pytest.mark.parametrize("name", ["ours", "ours-auto", "tcp:w2", "ours:w0", "ours:wx", "ours:nginx", "litellm"])
+@pytest.mark.parametrize(
+    "name", ["ours", "ours-auto", "tcp:w2", "ours:w0", "ours:wx", "ours:nginx", "ours:httpx", "litellm"]
+)
 def test_other_names_are_not_variants(name: str) -> None:
     assert ours_variant(name) is None
 
