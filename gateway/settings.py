@@ -56,7 +56,7 @@ class ServerSettings(_Strict):
         "statistics, feedback memory, affinity tables and breakers; /metrics sums them (gateway/workers.py).",
     )
     upstream_client: Literal["aiohttp", "lean"] = Field(
-        "aiohttp",
+        "lean",
         description="The HTTP client towards the backends: aiohttp, or lean (the gateway's own HTTP/1.1 client on "
         "asyncio and httptools: less CPU per streamed chunk; gateway/upstream_lean.py).",
     )
