@@ -1,13 +1,19 @@
-"""The gateway's HTTP client towards its backends: one small interface, two implementations.
+"""The gateway's HTTP client towards its backends: one small interface, three implementations.
 
 :class:`Upstream` is all the gateway needs from an HTTP client: a POST whose response body can be
 read whole or relayed chunk by chunk as it arrives, and a GET for health checks and load scrapes.
 
-* :class:`AiohttpUpstream` — production. One ``aiohttp.ClientSession`` per process (C HTTP parser,
-  no anyio, no cookie jar, no decompression), keep-alive with at most :data:`MAX_IDLE_PER_BACKEND`
-  idle connections per backend, each dropped after :data:`KEEPALIVE_S` of idleness.
+* :class:`gateway.upstream_lean.LeanUpstream` — production, the default (``server.upstream_client:
+  lean``): the gateway's own HTTP/1.1 client on an asyncio protocol and httptools' parser.
+* :class:`AiohttpUpstream` — production (``server.upstream_client: aiohttp``). One
+  ``aiohttp.ClientSession`` per process (C HTTP parser, no anyio, no cookie jar, no decompression).
+
+Both keep at most :data:`MAX_IDLE_PER_BACKEND` idle connections per backend, each dropped after
+:data:`KEEPALIVE_S` of idleness.
 * :class:`HttpxUpstream` — any ``httpx.AsyncBaseTransport`` (``httpx.MockTransport`` in tests, or an
   injected transport); what ``create_app(settings, transport=...)`` uses.
+
+:func:`build_upstream` picks one from the settings.
 
 Timeouts (from ``settings.timeouts``): ``connect_s`` to open a connection; until the response
 headers arrive, ``first_byte_s`` (``idle_s`` for streams, whose headers come at once); between two
