@@ -109,7 +109,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         ex = self.exchange
-        if ex is None or ex.finished:  # bytes nobody asked for: the connection cannot be reused
+        if ex is None or ex._done:  # bytes nobody asked for: the connection cannot be reused
             self.close()
             return
         ex.answered = True
@@ -150,8 +150,19 @@ class _Connection(asyncio.Protocol):
             ex.headers_complete(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
-        if (ex := self._current()) is not None:
-            ex.feed(body)
+        # the per-read path: written out here rather than through _current() and _Exchange.feed()
+        ex = self.exchange
+        if ex is None or ex._done:
+            self.keep_alive = False
+            return
+        ex._chunks.append(body)
+        ex._buffered += len(body)
+        if ex._buffered > HIGH_WATER and not ex._paused and self.transport is not None:
+            ex._paused = True
+            self.transport.pause_reading()
+        waiter = ex._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         if (ex := self._current()) is not None:
@@ -221,14 +232,6 @@ class _Exchange(UpstreamResponse):
         self.status = status
         if not self._headers.done():
             self._headers.set_result(None)
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._paused and self.conn.transport is not None:
-            self._paused = True
-            self.conn.transport.pause_reading()
-        self._wake()
 
     @property
     def finished(self) -> bool:

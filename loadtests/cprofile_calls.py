@@ -30,7 +30,7 @@ from loadtests.kit.procs import PROCS, start_fake
 LAUNCHER = Path(__file__).with_name("kit") / "cprofile_launch.py"
 GROUPS = (  # (group, substrings of a file path), first match wins
     ("uvicorn (send() holds the write system call)", ("uvicorn",)),
-    ("aiohttp (upstream client)", ("aiohttp", "multidict", "yarl")),
+    ("upstream client (aiohttp, or the lean one)", ("aiohttp", "multidict", "yarl", "/gateway/upstream_lean.py")),
     ("FastAPI + Starlette", ("fastapi", "starlette")),
     ("router (routing decision)", ("/router/",)),
     ("relay, SSE, upstream wrapper", ("/gateway/relay.py", "/gateway/sse.py", "/gateway/upstream.py")),
