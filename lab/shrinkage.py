@@ -39,7 +39,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -144,6 +144,37 @@ def inner_rates(
     return out
 
 
+class _Fitted(NamedTuple):
+    """What both treatments start from: the router as trained, the training prompts standardised, the
+    inner out-of-fold forecasts and the labels."""
+
+    model: RouterModel
+    report: dict[str, Any]
+    ids: list[str]
+    x_of: dict[str, Array]
+    oof: OutOfFold
+    labels: dict[str, Array]
+    rows_in: list[Row]
+
+    @classmethod
+    def of(
+        cls,
+        rows: Sequence[Row],
+        vectors: Mapping[str, Array],
+        kchars: Mapping[str, float],
+        encoder: str,
+        feature_names: Sequence[str],
+        seed: int,
+        folds: int,
+    ) -> _Fitted:
+        model, report = train(rows, vectors, kchars, encoder, feature_names, seed=seed, folds=folds)
+        ids = sorted(vectors)
+        x_of = {i: model.standardise(vectors[i]) for i in ids}
+        oof = inner_out_of_fold(rows, x_of, kchars, seed, folds)
+        labels = _labels(rows, ids, sorted(model.arms))
+        return cls(model, report, ids, x_of, oof, labels, [r for r in rows if r.prompt_id in x_of])
+
+
 class ShrinkageFit:
     """``fit`` for :func:`lab.evaluate.cross_validated`: :func:`router.training.train`, then ``alpha``
     and ``k`` chosen on the training prompts' inner out-of-fold routing utility. ``alphas`` fixed to
@@ -163,12 +194,9 @@ class ShrinkageFit:
         seed: int = 0,
         folds: int = 5,
     ) -> tuple[RouterModel, dict[str, Any]]:
-        model, report = train(rows, vectors, kchars, encoder, feature_names, seed=seed, folds=folds)
-        ids = sorted(vectors)
-        x_of = {i: model.standardise(vectors[i]) for i in ids}
-        oof = inner_out_of_fold(rows, x_of, kchars, seed, folds)
-        labels = _labels(rows, ids, sorted(model.arms))
-        rows_in = [r for r in rows if r.prompt_id in x_of]
+        model, report, ids, x_of, oof, labels, rows_in = _Fitted.of(
+            rows, vectors, kchars, encoder, feature_names, seed, folds
+        )
         best: tuple[float, float, int, Any] | None = None
         for k in self.ks:
             rates = inner_rates(x_of, labels, ids, k, seed, folds)
@@ -215,12 +243,9 @@ class UtilityL2Fit:
         seed: int = 0,
         folds: int = 5,
     ) -> tuple[RouterModel, dict[str, Any]]:
-        model, report = train(rows, vectors, kchars, encoder, feature_names, seed=seed, folds=folds)
-        ids = sorted(vectors)
-        x_of = {i: model.standardise(vectors[i]) for i in ids}
-        oof = inner_out_of_fold(rows, x_of, kchars, seed, folds)
-        labels = _labels(rows, ids, sorted(model.arms))
-        rows_in = [r for r in rows if r.prompt_id in x_of]
+        model, report, ids, x_of, oof, labels, rows_in = _Fitted.of(
+            rows, vectors, kchars, encoder, feature_names, seed, folds
+        )
         fold = prompt_folds(ids, folds, seed)
         f_arr = np.array([fold[i] for i in ids])
         x = np.stack([x_of[i] for i in ids])
