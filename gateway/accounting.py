@@ -32,7 +32,7 @@ from gateway.backends import Backend, BackendPool
 from gateway.errors import GatewayError
 from gateway.feedback import RouteLog
 from gateway.limits import token_count, total_tokens
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, observe_many
 from gateway.protocol import prompt_text
 from gateway.request_log import RequestLog
 from router import Policy
@@ -138,8 +138,7 @@ class Accounting:
         if out.first_token_at is not None:
             ttft = out.first_token_at - ex.started
             series.ttft.observe(ttft)
-            for gap in out.itl:
-                series.itl.observe(gap)
+            observe_many(series.itl, out.itl)
             tokens, last = out.stream_tokens, out.last_token_at
             if tokens > 1 and last is not None and last > out.first_token_at:
                 tps = (tokens - 1) / (last - out.first_token_at)

@@ -16,7 +16,8 @@ largest value of a live worker (``livemax``: 1 when any worker sees it so).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -114,6 +115,28 @@ RESUME_OUTCOMES = ("resumed", "failed", "not_allowed")
 
 # `*_created` series double the exposition size and no dashboard of ours uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every value, as one update per bucket touched and one of the sum
+    instead of two locked increments per value (a 256-token stream has 255 inter-token gaps: ~0.6 µs
+    each). Uses the child histogram's bucket bounds and values as prometheus_client keeps them; where
+    it keeps them otherwise, one ``observe`` per value (tests/unit/test_metrics_batch.py checks that both
+    ways give the same exposition)."""
+    bounds: Sequence[float] | None = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= the value, as observe()
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+    total.inc(sum(values))
 
 
 @dataclass

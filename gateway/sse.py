@@ -198,10 +198,20 @@ _NOT_TOKENS = (
 )
 
 
+_USAGE_ONLY, _EMPTY_CONTENT, _EMPTY_TEXT, _EMPTY_DELTA, _ROLE_ONLY = _NOT_TOKENS
+
+
 def is_token_event(event: bytes) -> bool:
     """Whether a compact JSON chunk carries generated text (or a tool call): role-only, empty and
-    usage-only chunks do not, so TTFT and inter-token latency count from real tokens."""
-    return not any(marker in event for marker in _NOT_TOKENS)
+    usage-only chunks do not, so TTFT and inter-token latency count from real tokens. (Written out
+    rather than ``any()`` over :data:`_NOT_TOKENS`: once per streamed token, a quarter less time.)"""
+    return not (
+        _EMPTY_CONTENT in event
+        or _USAGE_ONLY in event
+        or _EMPTY_TEXT in event
+        or _EMPTY_DELTA in event
+        or _ROLE_ONLY in event
+    )
 
 
 def has_finish(event: bytes) -> bool:

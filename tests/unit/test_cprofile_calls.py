@@ -13,7 +13,8 @@ from loadtests.cprofile_calls import OTHER, breakdown, group_of
     ("path", "group"),
     [
         (".venv/lib/python3.11/site-packages/uvicorn/protocols/http/httptools_impl.py", "uvicorn"),
-        (".venv/lib/python3.11/site-packages/aiohttp/streams.py", "aiohttp"),
+        (".venv/lib/python3.11/site-packages/aiohttp/streams.py", "upstream client"),
+        ("/src/gateway/upstream_lean.py", "upstream client"),
         (".venv/lib/python3.11/site-packages/starlette/routing.py", "FastAPI + Starlette"),
         ("/src/router/learned.py", "router"),
         ("/src/gateway/relay.py", "relay, SSE"),
