@@ -7,7 +7,8 @@ overridden by section. Faults are set on ``upstreams["b1"]`` etc. (see :class:`f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,3 +50,14 @@ async def gw(make_gateway: MakeGateway) -> AsyncIterator[Gateway]:
     """The default deployment, started, with every fake backend healthy and idle."""
     async with make_gateway() as gateway:
         yield gateway
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (``llm-gateway serve``, slow upstreams): killed when it ends, however it ends."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)

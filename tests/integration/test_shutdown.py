@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,6 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not healthy after {timeout_s}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
 
 
 def start_upstream(chunks: int, delay_s: float) -> tuple[subprocess.Popen[bytes], int]:
@@ -128,14 +121,6 @@ def wait_all_ready(url: str, proc: subprocess.Popen[bytes], in_a_row: int = 8) -
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
     assert ok >= in_a_row, f"{url}: not every worker ready after 30 s"
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        stop(p)
 
 
 def stream_across_sigterm(base: str, gateway: subprocess.Popen[bytes]) -> tuple[list[str], float]:

@@ -12,24 +12,15 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.test_shutdown import free_port, serve_config, start_upstream, stop
+from tests.integration.test_shutdown import free_port, serve_config, start_upstream
 
 SERVERS = [pytest.param("uvicorn", id="uvicorn"), pytest.param("granian", id="granian")]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        stop(p)
 
 
 def start(
