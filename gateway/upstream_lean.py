@@ -58,7 +58,7 @@ _STALE = frozenset({"ServerDisconnected", "ConnectionResetError", "BrokenPipeErr
 class _Target:
     """A parsed backend URL: where to connect and the request line's start, computed once per URL."""
 
-    __slots__ = ("host", "key", "port", "prefix", "ssl")
+    __slots__ = ("host", "key", "port", "prefix", "tls")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -68,7 +68,7 @@ class _Target:
         self.host = parts.hostname
         self.port = parts.port or (443 if tls else 80)
         self.key = (parts.scheme, self.host, self.port)
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
+        self.tls = tls
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = f"[{self.host}]" if ":" in self.host else self.host
         if parts.port is not None:
@@ -136,7 +136,7 @@ class _Connection(asyncio.Protocol):
     def _current(self) -> _Exchange | None:
         """The exchange a parser callback belongs to; ``None`` (and no reuse) for a second, unasked message."""
         ex = self.exchange
-        if ex is not None and ex.finished:
+        if ex is not None and ex._done:
             self.keep_alive = False
             return None
         return ex
@@ -232,11 +232,6 @@ class _Exchange(UpstreamResponse):
         self.status = status
         if not self._headers.done():
             self._headers.set_result(None)
-
-    @property
-    def finished(self) -> bool:
-        """The whole answer has arrived."""
-        return self._done
 
     def complete(self) -> None:
         self._done = True
@@ -355,7 +350,14 @@ class LeanUpstream(Upstream):
         self.whole_s = timeouts.first_byte_s
         self._idle_s = timeouts.idle_s
         self._targets: dict[str, _Target] = {}
+        self._tls_context: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
+
+    def _tls(self) -> ssl.SSLContext:
+        """One TLS context (the system's trust store, loaded once) for every ``https://`` backend."""
+        if self._tls_context is None:
+            self._tls_context = ssl.create_default_context()
+        return self._tls_context
 
     def _target(self, url: str) -> _Target:
         t = self._targets.get(url)
@@ -389,7 +391,11 @@ class LeanUpstream(Upstream):
         try:
             async with asyncio.timeout(limit_s):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(t.key), t.host, t.port, ssl=t.ssl, server_hostname=t.host if t.ssl else None
+                    lambda: _Connection(t.key),
+                    t.host,
+                    t.port,
+                    ssl=self._tls() if t.tls else None,
+                    server_hostname=t.host if t.tls else None,
                 )
         except TimeoutError:
             raise UpstreamTimeout(
