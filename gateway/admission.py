@@ -129,8 +129,8 @@ class Admission:
         decision, asked = await self._decide(body, arms, flags, endpoint=ex.endpoint)
         span.decided(decision, body["model"], self.catalog.arms[decision.arm.name].backends)
         ex.decision, ex.asked = decision, asked
-        # counted as load on its arm from now until it reaches a backend: requests that arrive together
-        # are all decided before any is sent, and must see each other (a burst spreads over arms)
+        # counted as load on its arm from now until it reaches a backend (the backend counts it from
+        # there): a request decided meanwhile sees it, so a burst spreads over arms
         ex.pending = self.catalog.arms[decision.arm.name]
         ex.pending.pending += 1
         if self.decision_log is not None and decision.predictions and flags.arm is None and len(arms) > 1:

@@ -1,18 +1,33 @@
-"""Watching for a client that goes away while the gateway waits on its behalf.
+"""Watching for a client that goes away while the gateway works on its behalf.
 
 A non-streaming request spends its life waiting on the upstream (headers, then the whole answer)
-with nothing to send the client, so nothing notices the client leaving. :func:`unless_disconnected`
-runs that wait against the ASGI ``receive`` channel: once the request body has been read, the next
-message is ``http.disconnect``, and it cancels the wait (closing the upstream response, so vLLM
-aborts the generation) and raises :class:`starlette.requests.ClientDisconnect`. A stream's relay
-(:class:`gateway.relay.RelayResponse`) goes on watching with the same watcher task
-(:func:`watch_disconnect`): one per request, not one per wait.
+with nothing to send the client, and a stream's relay sends nothing while the upstream is silent, so
+nothing notices the client leaving unless something reads the ASGI ``receive`` channel: once the
+request body has been read, its next message is ``http.disconnect``.
+
+:class:`DisconnectWatch` is that reader, one task per request. The work itself runs in the request's
+own task, not in a task of its own raced against the watcher (that cost a task and an
+``asyncio.wait`` per wait, two per stream): while the watch is *armed* a disconnect cancels the
+request's task, and the code that armed it takes that cancellation back (``Task.uncancel``) and
+answers it as a disconnect:
+
+* :meth:`DisconnectWatch.guard` awaits the wait for the upstream and raises
+  :class:`starlette.requests.ClientDisconnect` instead (the upstream call is cancelled, its response
+  closed, so vLLM aborts the generation);
+* a stream's relay (:class:`gateway.relay.RelayResponse`) arms the same watch for its whole relay and
+  disarms it once the client has the whole answer (uvicorn answers ``receive`` with
+  ``http.disconnect`` as soon as a response is complete: that is not the client leaving).
+
+A cancellation that is not the watch's — the drain cutoff (``gateway/server.py``) cancels a request
+that outlives the drain — is never taken back: :meth:`DisconnectWatch.taken` says so, and it goes on
+as before. A disconnect seen while the watch is disarmed is kept: the next :meth:`arm` reports it.
+
+Async-safety: one watch per request, used by that request's task only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -22,39 +37,66 @@ from starlette.types import Receive
 T = TypeVar("T")
 
 
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-def watch_disconnect(receive: Receive) -> asyncio.Task[None]:
-    """A task that ends when the client disconnects (or, under uvicorn, once the response is complete).
+class DisconnectWatch:
+    """Reads ``receive`` until ``http.disconnect``; cancels the armed task then (module docstring).
     Start it only after the request body has been read in full (``receive`` yields nothing else then)."""
-    return asyncio.ensure_future(_disconnected(receive))
 
+    __slots__ = ("_watcher", "armed", "fired", "gone", "task")
 
-async def stop(watcher: asyncio.Task[None]) -> None:
-    """Cancel ``watcher`` and let it end."""
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    def __init__(self, receive: Receive) -> None:
+        self.task: asyncio.Task[object] | None = None  # the task armed, if any
+        self.armed = False
+        self.gone = False  # the client disconnected (or, under uvicorn, the response is complete)
+        self.fired = False  # this watch cancelled the armed task and nobody took it back yet
+        self._watcher = asyncio.ensure_future(self._watch(receive))
 
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self.armed and self.task is not None:
+            self.armed, self.fired = False, True
+            self.task.cancel()
 
-async def unless_disconnected(work: Awaitable[T], watcher: asyncio.Task[None]) -> T:
-    """The result of ``work``, unless ``watcher`` (:func:`watch_disconnect`) ends first: then ``work`` is
-    cancelled (and awaited, so its clean-up has run) and :class:`ClientDisconnect` is raised. The
-    watcher is left running when ``work`` wins (and stopped when the wait is cancelled): its owner
-    stops it or hands it on."""
-    task = asyncio.ensure_future(work)
-    try:
-        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    raise ClientDisconnect()
+    def arm(self) -> bool:
+        """Cancel the current task if the client disconnects from now on; ``False`` (and not armed) if
+        it already has."""
+        if self.gone:
+            return False
+        self.task = asyncio.current_task()
+        self.armed = True
+        return True
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def taken(self) -> bool:
+        """Called while a ``CancelledError`` is handled in the armed task: whether it is this watch's
+        alone. If so it is taken back and the caller answers a disconnect; if not (another cancel came
+        too, or only another) the caller re-raises."""
+        self.armed = False
+        if not self.fired or self.task is None:
+            return False
+        self.fired = False
+        return self.task.uncancel() == 0
+
+    async def guard(self, work: Awaitable[T]) -> T:
+        """The result of ``work``, awaited in this task; :class:`ClientDisconnect` if the client
+        disconnects first (``work`` is then cancelled: its clean-up has run when this raises)."""
+        if not self.arm():
+            if hasattr(work, "close"):
+                work.close()  # a coroutine never awaited: no "never awaited" warning
+            raise ClientDisconnect()
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self.taken():
+                raise ClientDisconnect() from None
+            raise
+        finally:
+            self.armed = False
+
+    def close(self) -> None:
+        """Stop watching (the watcher task is cancelled; nothing is awaited)."""
+        self.armed = False
+        self._watcher.cancel()

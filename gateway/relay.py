@@ -35,7 +35,6 @@ closed and :meth:`gateway.accounting.Accounting.finish` gets the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -45,6 +44,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import response_state
 from gateway.accounting import Accounting, Outcome
 from gateway.calls import Call, upstream_error
+from gateway.disconnect import DisconnectWatch
 from gateway.errors import ShutDown, UpstreamError
 from gateway.limits import estimate_prompt_tokens, token_count
 from gateway.response_state import ResponseState
@@ -117,45 +117,31 @@ class RelayResponse(Response):
         self.started = False  # the response's start was sent (gateway.lean_app reads it)
         self.complete = False  # [DONE] was sent, with the end of the response
         self.state: ResponseState | None = None
-        self.watcher: asyncio.Task[None] | None = None  # the request's disconnect watcher, if it has one
+        self.watch: DisconnectWatch | None = None  # the request's disconnect watch, if it has one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.state = response_state.of(scope)
 
         raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
-        relay = asyncio.ensure_future(self._relay(send, raw_headers))
-        watcher = self.watcher or asyncio.ensure_future(self._watch_disconnect(receive))
+        watch = self.watch = self.watch or DisconnectWatch(receive)
         try:
-            done, _ = await asyncio.wait((relay, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if relay not in done and self.complete:
-                await relay  # the client has the whole answer; the upstream is read to its end
-            elif relay not in done:
-                self.outcome.disconnected = True
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await relay
+            if watch.arm():  # the relay runs in this task; a disconnect cancels it (disarmed at the end)
+                await self._relay(send, raw_headers)
             else:
-                relay.result()
+                self.outcome.disconnected = True
         except OSError:
             self.outcome.disconnected = True
-        except asyncio.CancelledError:  # the drain timed out (gateway/server.py): the relay ends first
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await relay
-            if self.outcome.error is None:
-                self.outcome.error = ShutDown("the gateway shut down before the answer was complete")
-            raise
+        except asyncio.CancelledError:
+            if watch.taken():  # the client left: the upstream response is closed below
+                self.outcome.disconnected = True
+            else:  # the drain timed out (gateway/server.py)
+                if self.outcome.error is None:
+                    self.outcome.error = ShutDown("the gateway shut down before the answer was complete")
+                raise
         finally:
-            watcher.cancel()
+            watch.close()
             await self.call.aclose()
             self.accounting.finish(self.outcome)
-
-    @staticmethod
-    async def _watch_disconnect(receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
 
     def _process(self, events: list[bytes], now: float) -> bytes:
         out = self.outcome
@@ -279,6 +265,8 @@ class RelayResponse(Response):
 
     def _end(self) -> None:
         self.complete = True
+        if self.watch is not None:
+            self.watch.disarm()  # the client has the whole answer; the upstream is read to its end
         if self.state is not None:
             self.state.open = False
 

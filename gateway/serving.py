@@ -9,7 +9,7 @@ One direction for a generation request::
 
 A request that no arm answers (refused, or every upstream attempt failed) is accounted for here and
 answered with an OpenAI error; a client that leaves while the gateway waits cancels the upstream
-call (:func:`gateway.disconnect.unless_disconnected`; a stream's relay goes on with the same watcher).
+call (:class:`gateway.disconnect.DisconnectWatch`; a stream's relay goes on with the same watch).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gateway.auth import ApiKey
 from gateway.backends import BackendPool
 from gateway.calls import Calls
 from gateway.decision_log import DecisionLog
-from gateway.disconnect import stop, unless_disconnected, watch_disconnect
+from gateway.disconnect import DisconnectWatch
 from gateway.errors import GatewayError, error_response
 from gateway.feedback import FeedbackLog, RouteLog
 from gateway.feedback_endpoint import FeedbackEndpoint
@@ -88,16 +88,16 @@ class Proxy:
             await self.admission.admit(ex, request)
             assert ex.decision is not None
             run = self.executors[ex.decision.arm.name].run(ex)
-            watcher = watch_disconnect(request.receive)
+            watch = DisconnectWatch(request.receive)
             try:
-                response = await unless_disconnected(run, watcher)  # a client gone cancels the wait
+                response = await watch.guard(run)  # a client gone cancels the wait
             except BaseException:
-                await stop(watcher)
+                watch.close()
                 raise
             if isinstance(response, RelayResponse):
-                response.watcher = watcher  # the relay goes on watching with it
+                response.watch = watch  # the relay goes on watching with it
             else:
-                await stop(watcher)
+                watch.close()
             return response
         except GatewayError as exc:
             self.accounting.refused(ex, exc.status, exc)

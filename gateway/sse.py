@@ -66,7 +66,7 @@ class EventSplitter:
         *events, rest = buf.split(SEP)
         if len(buf) > self.limit and (len(rest) > self.limit or any(len(e) > self.limit for e in events)):
             raise EventTooLarge(len(buf))
-        if any(not ev or ev[0] == 10 for ev in events):  # a run of blank lines ends one event, not several
+        if buf[0] == 10 or b"\n\n\n" in buf:  # a run of blank lines ends one event, not several
             events = [stripped for ev in events if (stripped := ev.lstrip(b"\n"))]
         self.buf = rest.lstrip(b"\n") if rest[:1] == b"\n" else rest
         return events

@@ -64,7 +64,16 @@ def breakdown(stats: pstats.Stats, requests: int) -> dict[str, object]:
         "groups": {g: {"share": time[g] / total, "calls_per_request": calls[g] / requests} for g in time},
         "calls_per_request": sum(calls.values()) / requests,
         "reads_per_stream": reads / requests,
+        "top": top_functions(stats, requests),
     }
+
+
+def top_functions(stats: pstats.Stats, requests: int, n: int = 40) -> list[tuple[str, float, float]]:
+    """The ``n`` functions with the most self time: (file:line(name), share of self time, calls per request)."""
+    rows = stats.stats.items()  # type: ignore[attr-defined]
+    total = sum(v[2] for _, v in rows) or 1.0
+    ranked = sorted(rows, key=lambda kv: -kv[1][2])[:n]
+    return [(f"{Path(p).name}:{ln}({fn})", v[2] / total, v[1] / requests) for (p, ln, fn), v in ranked]
 
 
 async def _profile(url: str, pid: int, routed: bool, a: argparse.Namespace) -> None:
@@ -102,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="profiled streams")
     ap.add_argument("--conc", type=int, default=16, help="concurrent streams")
     ap.add_argument("--routed", action="store_true", help="model auto with router/artifacts/local")
+    ap.add_argument("--top", type=int, default=0, help="also print the N functions with the most self time")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cprofile-") as d:
         res = {describe(ref): profile(ref, Path(d), a) for ref in a.refs}
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         groups: dict[str, dict[str, float]] = r["groups"]  # type: ignore[assignment]
         for g, v in sorted(groups.items(), key=lambda kv: -kv[1]["share"]):
             print(f"  {g:45s} {100 * v['share']:5.1f} %  {v['calls_per_request']:7.0f} calls/request")
+        for fn, share, per in r["top"][: a.top]:  # type: ignore[index]
+            print(f"    {fn:70s} {100 * share:5.1f} %  {per:6.1f} calls/request")
     return 0
 
 

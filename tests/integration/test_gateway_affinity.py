@@ -9,6 +9,7 @@ import copy
 from collections import Counter
 from typing import Any
 
+import httpx
 from fake_vllm import CONFIG, Gateway, MakeGateway, Upstreams
 
 SYSTEM = {"role": "system", "content": "You are terse."}
@@ -86,9 +87,19 @@ async def test_a_replica_that_goes_down_moves_only_its_own_sessions(
         assert after == before, "back up: every session returns to its replica"
 
 
-async def test_a_burst_decided_before_any_request_is_sent_still_spreads_over_arms(make_gateway: MakeGateway) -> None:
-    """Requests that arrive together are all routed before the first reaches a backend; each counts
-    as load on its arm from its decision on, so least-loaded routing spreads them over both arms."""
+async def test_a_burst_spreads_over_arms(make_gateway: MakeGateway, upstreams: Upstreams) -> None:
+    """Requests that arrive together each count as load on their arm from the decision on (pending,
+    then in flight on the backend), so least-loaded routing spreads them over both arms. The fake
+    upstreams answer after a turn of the event loop, as a real socket does (the mock transport would
+    otherwise answer each request before the next is even read)."""
+    for name in ("b1", "b2"):
+        fake = upstreams[name]
+
+        async def after_a_turn(request: httpx.Request, handle: Any = fake.handle) -> httpx.Response:
+            await asyncio.sleep(0)
+            return await handle(request)
+
+        fake.handle = after_a_turn  # type: ignore[method-assign]
     arms = [
         {"name": "smol-a", "model": "smol", "backends": ["b1"]},
         {"name": "smol-b", "model": "smol", "backends": ["b2"]},

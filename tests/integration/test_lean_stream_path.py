@@ -37,9 +37,12 @@ def _scope(path: str, body: bytes, method: str = "POST") -> dict[str, Any]:
     }
 
 
-async def _call(gw: Gateway, scope: dict[str, Any], body: bytes) -> list[dict[str, Any]]:
+async def _call(
+    gw: Gateway, scope: dict[str, Any], body: bytes, tasks: set[asyncio.Task[Any] | None] | None = None
+) -> list[dict[str, Any]]:
     """Drive the app as uvicorn does: once the response is complete, ``receive`` says the client is gone
-    (uvicorn answers ``http.disconnect`` to any receive after the response's last message)."""
+    (uvicorn answers ``http.disconnect`` to any receive after the response's last message). ``tasks``
+    collects the tasks the messages were sent from."""
     sent: list[dict[str, Any]] = []
     complete = asyncio.Event()
     receive = leaving_client(body, complete.wait)
@@ -47,10 +50,13 @@ async def _call(gw: Gateway, scope: dict[str, Any], body: bytes) -> list[dict[st
     async def send(message: dict[str, Any]) -> None:
         assert not complete.is_set(), f"a message after the response's end: {message}"
         sent.append(message)
+        if tasks is not None:
+            tasks.add(asyncio.current_task())
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             complete.set()
 
-    await asyncio.wait_for(gw.app(scope, receive, send), 5)
+    async with asyncio.timeout(5):
+        await gw.app(scope, receive, send)
     return sent
 
 
@@ -189,24 +195,25 @@ async def test_events_of_one_read_leave_in_one_message_each_renamed(
 
 
 async def test_a_stream_has_one_disconnect_watcher(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wait for the upstream's headers and the relay watch the client with the same task."""
+    """The wait for the upstream's headers and the relay watch the client with the same watch, and
+    the relay runs in the request's own task (no task of its own, no race of two)."""
     import gateway.disconnect
-    import gateway.relay
 
-    watchers = 0
-    original = gateway.disconnect._disconnected
+    watches = 0
+    original = gateway.disconnect.DisconnectWatch._watch
 
-    async def counted(receive: Any) -> None:
-        nonlocal watchers
-        watchers += 1
-        await original(receive)
+    async def counted(self: Any, receive: Any) -> None:
+        nonlocal watches
+        watches += 1
+        await original(self, receive)
 
-    monkeypatch.setattr(gateway.disconnect, "_disconnected", counted)
-    monkeypatch.setattr(gateway.relay.RelayResponse, "_watch_disconnect", staticmethod(counted))
+    monkeypatch.setattr(gateway.disconnect.DisconnectWatch, "_watch", counted)
     body = compact(request_body("chat", stream=True))
-    sent = await _call(gw, _scope("/v1/chat/completions", body), body)
+    senders: set[asyncio.Task[Any] | None] = set()
+    sent = await _call(gw, _scope("/v1/chat/completions", body), body, senders)
     assert sent[-1]["body"].endswith(b"data: [DONE]\n\n")
-    assert watchers == 1
+    assert watches == 1
+    assert senders == {asyncio.current_task()}, "every message is sent from the request's task"
     assert gw.metric("gateway_requests_total", **SERIES, status="200") == 1
 
 
