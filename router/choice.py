@@ -67,8 +67,10 @@ def choose(
     preds: dict[str, Prediction],
     floor: float | None,
     weight: float,
+    family: str | None = None,
 ) -> Decision:
-    """Apply the contract above; ``floor`` is the accuracy floor already resolved to a probability."""
+    """Apply the contract above; ``floor`` is the accuracy floor already resolved to a probability.
+    ``family``: the prompt's task family, carried by the decision."""
     max_lat = flags.max_latency_ms / 1000 if flags.max_latency_ms else None
     max_ttft = flags.max_ttft_ms / 1000 if flags.max_ttft_ms else None
     order = {s.arm.name: i for i, s in enumerate(healthy)}
@@ -98,7 +100,8 @@ def choose(
 
     accurate = [s for s in healthy if floor is None or preds[s.arm.name].quality >= floor]
     fitting = [s for s in healthy if _fits(preds[s.arm.name], max_lat, max_ttft)]
-    feasible = [s for s in accurate if s in fitting]
+    fit_names = {s.arm.name for s in fitting}  # arm names are unique; a set, not ArmState equality per test
+    feasible = [s for s in accurate if s.arm.name in fit_names]
     prefer = flags.prefer or ("speed" if flags.accuracy is not None else "balanced")
     key: Key
     if feasible:
@@ -119,9 +122,10 @@ def choose(
             pool, key, reason = fitting, by_quality_in(fitting), "accuracy-unmet"
             why = f"no arm that fits the flags reaches the accuracy floor {floor:.2f}; chose the highest quality"
         ranked = sorted(pool, key=key)
-    rest = sorted((s for s in healthy if s not in ranked), key=by_latency)
+    ranked_names = {s.arm.name for s in ranked}
+    rest = sorted((s for s in healthy if s.arm.name not in ranked_names), key=by_latency)
     arms = tuple(s.arm for s in [*ranked, *rest])
-    return Decision(arm=arms[0], reason=reason, ranked=arms, predictions=preds, explanation=why)
+    return Decision(arm=arms[0], reason=reason, ranked=arms, predictions=preds, explanation=why, family=family)
 
 
 def _refuse(

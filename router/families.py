@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -30,10 +31,15 @@ class FamilyClassifier:
     names: tuple[str, ...]
     weights: Array  # shape (features + 1, families)
 
+    @cached_property
+    def _split(self) -> tuple[Array, Array]:
+        """(weights, biases) as contiguous arrays, sliced once rather than per prompt."""
+        return np.ascontiguousarray(self.weights[:-1]), self.weights[-1].copy()
+
     def predict(self, x: Array) -> str:
         """The most likely family of the standardised prompt vector ``x``."""
-        z = x @ self.weights[:-1] + self.weights[-1]
-        return self.names[int(np.argmax(z))]
+        weights, bias = self._split
+        return self.names[int((x @ weights + bias).argmax())]
 
 
 def fit_families(

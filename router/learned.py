@@ -214,7 +214,7 @@ class LearnedPolicy(Policy):
             raise NoArmAvailable("no candidate arm has a healthy backend")
         preds = self.predict(request, healthy)
         floor = self.accuracy_floor(request.flags.accuracy, preds)
-        decision = replace(choose(request.flags, healthy, preds, floor, self.weight), family=family)
+        decision = choose(request.flags, healthy, preds, floor, self.weight, family)
         if self.explore > 0:
             return self._explored(decision, request.flags, healthy, floor)
         return decision

@@ -17,7 +17,7 @@ length / speed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
@@ -121,15 +121,19 @@ class ArmModel:
         ttft_ratio: float = 1.0,
         speed_ratio: float = 1.0,
         slow: float = 1.0,
+        calibrate: Callable[[float], float] | None = None,
     ) -> Prediction:
         """Combine the three heads' linear outputs with the arm's speed into a :class:`Prediction`.
 
         ``quality_z`` is a logit, ``length_z`` a ``log1p(tokens)`` and ``speed_z`` a log speed factor
         (clipped to +-2). ``ttft_ratio`` / ``speed_ratio``: the live corrections (measured ÷ forecast
         on the arm's recent streams; 1 without). ``slow`` (>= 1, load on the arm) stretches TTFT and
-        decode time alike. Plain-float maths: this runs for every arm of every routed request.
+        decode time alike. ``calibrate``: the arm's raw → calibrated quality map, if it has one.
+        Plain-float maths: this runs for every arm of every routed request.
         """
         quality = 1.0 / (1.0 + math.exp(-min(30.0, max(-30.0, quality_z))))
+        if calibrate is not None:
+            quality = calibrate(quality)
         length = max(1.0, math.expm1(min(length_z, 30.0)))
         if max_tokens is not None:
             length = min(length, float(max_tokens))
@@ -223,7 +227,7 @@ class RouterModel:
             if arm.quality_knn_k and order is not None:
                 r = neighbours.rate(self.knn_y[name], order, arm.quality_knn_k)
                 quality_z = math.log(r / (1.0 - r))
-            p = arm.forecast(quality_z, z[c + 1], z[c + 2], kchars, max_tokens, ttft_ratio, speed_ratio, slow)
-            calibrate = maps.get(name)
-            out[name] = p if calibrate is None else p.replaced(quality=calibrate(p.quality))
+            out[name] = arm.forecast(
+                quality_z, z[c + 1], z[c + 2], kchars, max_tokens, ttft_ratio, speed_ratio, slow, maps.get(name)
+            )
         return out
