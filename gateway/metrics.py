@@ -295,6 +295,9 @@ class GatewayMetrics:
             registry=r,
         )
         self._series: dict[tuple[str, str], RequestSeries] = {}
+        # per-request counters' children by label values (bounded: configured models, strategies,
+        # endpoints, reasons, families, HTTP statuses), resolved once instead of by labels() each time
+        self._counted: dict[tuple[object, ...], Counter] = {}
 
     def known_labels(self, backends: Iterable[str], keys: Iterable[str] = ()) -> None:
         """Export the rejection and upstream-error counters at zero for every known label set: every
@@ -332,8 +335,17 @@ class GatewayMetrics:
             self._series[key] = s
         return s
 
+    def _count(self, counter: Counter, *values: str) -> None:
+        """``counter.labels(*values).inc()``, the child looked up in a dict after its first use (not
+        prometheus_client's lock, checks and ``str()`` of every value on each request)."""
+        key = (counter, *values)
+        child = self._counted.get(key)
+        if child is None:
+            child = self._counted[key] = counter.labels(*values)
+        child.inc()
+
     def request_done(self, model: str, strategy: str, endpoint: str, status: int) -> None:
-        self._requests.labels(model, strategy, endpoint, str(status)).inc()
+        self._count(self._requests, model, strategy, endpoint, str(status))
 
     def observe_usage(self, series: RequestSeries, prompt_tokens: int, output_tokens: int) -> None:
         if prompt_tokens > 0:
@@ -354,10 +366,10 @@ class GatewayMetrics:
         self._upstream_errors.labels(backend, kind).inc()
 
     def decision(self, model: str, strategy: str, reason: str, seconds: float, family: str | None = None) -> None:
-        self._decisions.labels(model, strategy, reason).inc()
+        self._count(self._decisions, model, strategy, reason)
         self._decision_seconds.observe(seconds)
         if family is not None:
-            self._family_decisions.labels(family, model, strategy).inc()
+            self._count(self._family_decisions, family, model, strategy)
 
     def known_families(self, families: Iterable[str], arms: Iterable[tuple[str, str]]) -> None:
         """Export ``gateway_routing_family_decisions_total`` at zero for every family and (model,
