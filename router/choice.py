@@ -105,7 +105,7 @@ def choose(
     prefer = flags.prefer or ("speed" if flags.accuracy is not None else "balanced")
     key: Key
     if feasible:
-        key = {"speed": by_latency, "quality": by_quality_in(feasible)}.get(prefer, by_balance)
+        key = by_latency if prefer == "speed" else by_quality_in(feasible) if prefer == "quality" else by_balance
         ranked, reason = sorted(feasible, key=key), f"prefer-{prefer}"
         why = f"{len(feasible)} of {len(healthy)} arms meet the flags; chose by {prefer}"
     else:
