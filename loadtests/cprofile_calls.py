@@ -5,8 +5,9 @@ switched on only for the measured requests (SIGUSR1 on, SIGUSR2 off and dump), i
 upstream; ``--n`` streams at ``--conc`` go through it (``model: auto`` with ``--routed``, else the pinned
 model). Printed per revision: the share of profiled time and the Python calls per request of each group
 (uvicorn, aiohttp, FastAPI + Starlette, router, ...), and the upstream reads per stream (calls per
-request grow with them, so compare revisions at similar reads). cProfile over-weights code made of many
-small calls: read shares as a ranking, calls as counts.
+request grow with them, so compare revisions at similar reads); ``--top N`` adds the N functions with the
+most self time. cProfile over-weights code made of many small calls, and counts every resumption of a
+coroutine as a call: read shares as a ranking, calls as counts.
 
     .venv/bin/python -m loadtests.cprofile_calls df843f1 HEAD --routed --n 2000
 """
