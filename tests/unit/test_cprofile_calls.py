@@ -39,3 +39,5 @@ def test_breakdown_sums_per_request_and_counts_reads() -> None:
     assert out["reads_per_stream"] == 15
     assert out["calls_per_request"] == 35
     assert out["groups"][group_of("/x/uvicorn/a.py")]["share"] == pytest.approx(0.75)
+    # the functions with the most self time first: (file:line(name), share of self time, calls per request)
+    assert out["top"] == [("a.py:1(send)", pytest.approx(0.75), 20), ("sse.py:42(feed)", pytest.approx(0.25), 15)]
