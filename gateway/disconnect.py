@@ -14,13 +14,13 @@ answers it as a disconnect:
 * :meth:`DisconnectWatch.guard` awaits the wait for the upstream and raises
   :class:`starlette.requests.ClientDisconnect` instead (the upstream call is cancelled, its response
   closed, so vLLM aborts the generation);
-* a stream's relay (:class:`gateway.relay.RelayResponse`) arms the same watch for its whole relay and
-  disarms it once the client has the whole answer (uvicorn answers ``receive`` with
+* a stream's relay (:class:`gateway.relay.RelayResponse`) runs its whole relay under the same watch's
+  :meth:`~DisconnectWatch.guard` and disarms it once the client has the whole answer (uvicorn answers ``receive`` with
   ``http.disconnect`` as soon as a response is complete: that is not the client leaving).
 
 A cancellation that is not the watch's — the drain cutoff (``gateway/server.py``) cancels a request
-that outlives the drain — is never taken back: :meth:`DisconnectWatch.taken` says so, and it goes on
-as before. A disconnect seen while the watch is disarmed is kept: the next :meth:`arm` reports it.
+that outlives the drain — is never taken back: :meth:`DisconnectWatch.guard` re-raises it, and it goes
+on as before. A disconnect seen while the watch is disarmed is kept: the next :meth:`arm` reports it.
 
 Async-safety: one watch per request, used by that request's task only.
 """
@@ -70,11 +70,10 @@ class DisconnectWatch:
     def disarm(self) -> None:
         self.armed = False
 
-    def taken(self) -> bool:
+    def _taken(self) -> bool:
         """Called while a ``CancelledError`` is handled in the armed task: whether it is this watch's
         alone. If so it is taken back and the caller answers a disconnect; if not (another cancel came
         too, or only another) the caller re-raises."""
-        self.armed = False
         if not self.fired or self.task is None:
             return False
         self.fired = False
@@ -90,7 +89,7 @@ class DisconnectWatch:
         try:
             return await work
         except asyncio.CancelledError:
-            if self.taken():
+            if self._taken():
                 raise ClientDisconnect() from None
             raise
         finally:

@@ -38,6 +38,7 @@ import asyncio
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -125,19 +126,14 @@ class RelayResponse(Response):
         raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
         watch = self.watch = self.watch or DisconnectWatch(receive)
         try:
-            if watch.arm():  # the relay runs in this task; a disconnect cancels it (disarmed at the end)
-                await self._relay(send, raw_headers)
-            else:
-                self.outcome.disconnected = True
-        except OSError:
+            # the relay runs in this task; a disconnect cancels it until the client has the whole answer
+            await watch.guard(self._relay(send, raw_headers))
+        except (ClientDisconnect, OSError):  # the client left: the upstream response is closed below
             self.outcome.disconnected = True
-        except asyncio.CancelledError:
-            if watch.taken():  # the client left: the upstream response is closed below
-                self.outcome.disconnected = True
-            else:  # the drain timed out (gateway/server.py)
-                if self.outcome.error is None:
-                    self.outcome.error = ShutDown("the gateway shut down before the answer was complete")
-                raise
+        except asyncio.CancelledError:  # the drain timed out (gateway/server.py)
+            if self.outcome.error is None:
+                self.outcome.error = ShutDown("the gateway shut down before the answer was complete")
+            raise
         finally:
             watch.close()
             await self.call.aclose()
