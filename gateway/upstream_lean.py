@@ -37,6 +37,7 @@ from gateway import upstream as _limits
 from gateway.settings import TimeoutSettings
 from gateway.upstream import (
     IdleTimer,
+    Sink,
     Upstream,
     UpstreamConnectError,
     UpstreamIOError,
@@ -155,6 +156,18 @@ class _Connection(asyncio.Protocol):
         if ex is None or ex._done:
             self.keep_alive = False
             return
+        sink = ex._sink
+        if sink is not None:  # the reader's sink takes it here and now (_Exchange.feed)
+            try:
+                if sink(body):
+                    if (idle := ex._idle) is not None:
+                        idle.waiting_since = idle.loop.time()
+                    return
+            except Exception as exc:  # raised by feed(), in the reader's task
+                ex._sink_error = exc
+            ex._sink = None
+            ex._wake()
+            return
         ex._chunks.append(body)
         ex._buffered += len(body)
         if ex._buffered > HIGH_WATER and not ex._paused and self.transport is not None:
@@ -188,6 +201,8 @@ class _Exchange(UpstreamResponse):
         "_idle",
         "_length_known",
         "_paused",
+        "_sink",
+        "_sink_error",
         "_upstream",
         "_waiter",
         "answered",
@@ -206,6 +221,8 @@ class _Exchange(UpstreamResponse):
         self._done = self._paused = self._length_known = self.answered = False
         self._error: UpstreamIOError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None  # takes each body chunk in the read callback (feed)
+        self._sink_error: Exception | None = None
         self._idle: IdleTimer | None = None
         self.deadline: float | None = None  # loop time by which read() must have the whole body
         self.status = 0
@@ -329,6 +346,45 @@ class _Exchange(UpstreamResponse):
         finally:
             if idle is not None:
                 idle.stop()
+
+    async def feed(self, sink: Sink) -> bool:
+        """:meth:`UpstreamResponse.feed` with ``sink`` called in the connection's read callback: what
+        was buffered first (here, in one piece), then each chunk as it is parsed; this task wakes only
+        when the body ends, fails, or ``sink`` stops (or raises)."""
+        idle = self._idle
+        pending = self._chunks
+        if pending:
+            self._chunks, self._buffered = [], 0
+            if self._paused:
+                self._paused = False
+                if self.conn.transport is not None:
+                    self.conn.transport.resume_reading()
+            if not sink(pending[0] if len(pending) == 1 else b"".join(pending)):
+                return False
+        if self._done or self._error is not None:
+            if idle is not None:
+                idle.stop()
+            if self._error is not None:
+                raise self._error
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        self._sink = sink
+        if idle is not None:
+            idle.waiting_since = loop.time()
+        try:
+            await waiter
+            stopped = self._sink is None  # on_body let go of it: the sink stopped (or raised)
+        finally:
+            self._waiter = self._sink = None
+            if idle is not None:
+                idle.waiting_since = None
+        if (error := self._sink_error) is not None:
+            self._sink_error = None
+            raise error
+        if stopped:
+            return False  # what came after it waits for the next call
+        return await self.feed(sink)  # ended or failed: settled as above
 
     async def aclose(self) -> None:
         if self._idle is not None:
