@@ -1,8 +1,8 @@
 """Where does a streamed request's CPU go, by group of code, at one or more git revisions? cProfile.
 
 Each revision's gateway (``git archive`` snapshot, as :mod:`loadtests.revisions`) runs under cProfile,
-switched on only for the measured requests (SIGUSR1 on, SIGUSR2 off and dump), in front of a fresh fake
-upstream; ``--n`` streams at ``--conc`` go through it (``model: auto`` with ``--routed``, else the pinned
+switched on only for the measured requests (SIGUSR1 on, SIGUSR2 off and dump; ``--keep DIR`` keeps the
+dumps), in front of a fresh fake upstream; ``--n`` streams at ``--conc`` go through it (``model: auto`` with ``--routed``, else the pinned
 model). Printed per revision: the share of profiled time and the Python calls per request of each group
 (uvicorn, aiohttp, FastAPI + Starlette, router, ...), and the upstream reads per stream (calls per
 request grow with them, so compare revisions at similar reads); ``--top N`` adds the N functions with the
@@ -19,6 +19,7 @@ import asyncio
 import collections
 import os
 import pstats
+import shutil
 import signal
 import sys
 import tempfile
@@ -101,6 +102,9 @@ def profile(ref: str, tmp: Path, a: argparse.Namespace) -> dict[str, object]:
             gateway_bin=str(LAUNCHER), name=source.name,
         )  # fmt: skip
         asyncio.run(_profile(url, p.pid, a.routed, a))
+        if a.keep:
+            Path(a.keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(out, Path(a.keep) / f"{source.name}{'-routed' if a.routed else ''}.prof")
         return breakdown(pstats.Stats(str(out)), a.n)
     finally:
         PROCS.stop_all()
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conc", type=int, default=16, help="concurrent streams")
     ap.add_argument("--routed", action="store_true", help="model auto with router/artifacts/local")
     ap.add_argument("--top", type=int, default=0, help="also print the N functions with the most self time")
+    ap.add_argument("--keep", metavar="DIR", help="keep each revision's cProfile dump in DIR (for pstats)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cprofile-") as d:
         res = {describe(ref): profile(ref, Path(d), a) for ref in a.refs}

@@ -16,6 +16,7 @@ healthy at start-up); a generation ``POST`` gets the behaviour named by :attr:`R
 ``bad_status``  answers with a line that is not HTTP, then closes
 ``not_json``    non-stream: 200 ``application/json`` whose body is an HTML page
 ``trickle``     non-stream: status line and headers, then the body one byte every 0.1 s
+``long``        stream (chunked): 2,000 token events of about 1 KiB each, then usage and ``[DONE]``
 ==============  =========================================================================
 """
 
@@ -38,6 +39,16 @@ USAGE = _event({**HEAD, "choices": [], "usage": {"prompt_tokens": 3, "completion
 DONE = b"data: [DONE]\n\n"
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+#: Token events in a ``long`` stream.
+LONG_EVENTS = 2000
+
+
+def long_event(i: int) -> bytes:
+    """The ``i``-th token event of a ``long`` stream (its content starts with ``<i>|``)."""
+    content = f"{i}|" + "y" * 1000
+    return _event({**HEAD, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]})
 
 
 def _chunk(data: bytes) -> bytes:
@@ -148,6 +159,12 @@ class RawUpstream:
             await asyncio.sleep(0.05)
             w.transport.abort()
             return
+        elif mode == "long":  # LONG_EVENTS token events of about 1 KiB, one chunk each, then usage and [DONE]
+            w.write(CHUNKED_HEAD + _chunk(ROLE))
+            for i in range(LONG_EVENTS):
+                await w.drain()
+                w.write(_chunk(long_event(i)))
+            w.write(_chunk(HELLO + USAGE + DONE) + b"0\r\n\r\n")
         elif mode == "bad_event":
             w.write(SSE_HEAD + ROLE + b"data: {this is not json\n\n" + DONE)
         else:
