@@ -6,6 +6,12 @@ name to the public one, drops the usage-only chunk when the client did not ask f
 timestamps token events for TTFT / inter-token latency, and writes what it has in one ASGI message;
 the message that holds ``[DONE]`` ends the response (one write with the chunked terminator), and
 nothing after ``[DONE]`` is relayed (the upstream is still read to its end, for its connection).
+Each read is relayed where it arrives: :meth:`gateway.calls.Call.feed` hands it to the relay's sink in
+the upstream connection's read callback (lean client), and the sink writes it with a ``send`` that
+need not be awaited (:mod:`gateway.direct_send`, under uvicorn); only when the client's socket is
+full (or the server's ``send`` must be awaited) does the sink stop and leave the write to the
+request's task, which then feeds on. So a stream wakes its task for its headers and its end, not
+once per read.
 JSON is parsed only for the usage chunk (and for every event of an upstream that writes spaced
 JSON, normalised once per event: :func:`gateway.sse.compact`).
 

@@ -4,7 +4,9 @@ The same :class:`~gateway.upstream.Upstream` contract as :class:`~gateway.upstre
 (timeouts, error kinds, keep-alive, a stream closed early closes its connection), built for the one
 thing a gateway does with it: send a small request and relay the answer's body as it arrives.
 An :class:`asyncio.Protocol` per connection feeds httptools' C parser (llhttp, the parser uvicorn
-uses on the server side); each body chunk is one callback that appends to a list and wakes the reader.
+uses on the server side); each body chunk is one callback that appends to a list and wakes the reader,
+or, for a reader that uses :meth:`~gateway.upstream.UpstreamResponse.feed`, hands the chunk to its sink
+right there (a stream's relay writes it to the client without a task wake-up).
 There is no request object, header multidict, URL object, tracing signal, cookie jar or per-read
 timer: a 16-token stream costs a few dozen Python calls in here instead of aiohttp's ~460.
 
@@ -122,6 +124,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             ex.fail(UpstreamIOError("HttpParserError", f"malformed response from the backend: {exc}"))
             self.close()
+        if ex._sink is not None and ex._chunks:
+            ex.hand_over()
 
     def eof_received(self) -> bool:
         self.open = False
@@ -156,23 +160,13 @@ class _Connection(asyncio.Protocol):
         if ex is None or ex._done:
             self.keep_alive = False
             return
-        sink = ex._sink
-        if sink is not None:  # the reader's sink takes it here and now (_Exchange.feed)
-            try:
-                if sink(body):
-                    if (idle := ex._idle) is not None:
-                        idle.waiting_since = idle.loop.time()
-                    return
-            except Exception as exc:  # raised by feed(), in the reader's task
-                ex._sink_error = exc
-            ex._sink = None
-            ex._wake()
-            return
         ex._chunks.append(body)
         ex._buffered += len(body)
         if ex._buffered > HIGH_WATER and not ex._paused and self.transport is not None:
             ex._paused = True
             self.transport.pause_reading()
+        if ex._sink is not None:
+            return  # data_received hands the read's chunks over at once (a reader that feeds)
         waiter = ex._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -276,6 +270,32 @@ class _Exchange(UpstreamResponse):
             detail = type(exc).__name__ if exc is not None else "IncompleteBody"
             self.fail(UpstreamIOError(detail, "the backend closed the connection before the body ended"))
 
+    def _take_chunks(self) -> bytes:
+        """The body bytes buffered so far, in one piece (reading resumes if it had stopped)."""
+        pending = self._chunks
+        self._chunks, self._buffered = [], 0
+        if self._paused:
+            self._paused = False
+            if self.conn.transport is not None:
+                self.conn.transport.resume_reading()
+        return pending[0] if len(pending) == 1 else b"".join(pending)
+
+    def hand_over(self) -> None:
+        """Give the sink what one read held, in one call however many chunks it was parsed into (so
+        one write to the client per read, as a reader woken once per read gets); the reader's task
+        wakes only if the sink stops or raises."""
+        sink = self._sink
+        assert sink is not None
+        try:
+            if sink(self._take_chunks()):
+                if (idle := self._idle) is not None:
+                    idle.waiting_since = idle.loop.time()
+                return
+        except Exception as exc:  # raised by feed(), in the reader's task
+            self._sink_error = exc
+        self._sink = None
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -321,14 +341,8 @@ class _Exchange(UpstreamResponse):
         loop = asyncio.get_running_loop()
         try:
             while True:
-                pending = self._chunks
-                if pending:
-                    self._chunks, self._buffered = [], 0
-                    if self._paused:
-                        self._paused = False
-                        if self.conn.transport is not None:
-                            self.conn.transport.resume_reading()
-                    yield pending[0] if len(pending) == 1 else b"".join(pending)
+                if self._chunks:
+                    yield self._take_chunks()
                     continue
                 if self._done:
                     return
@@ -349,18 +363,11 @@ class _Exchange(UpstreamResponse):
 
     async def feed(self, sink: Sink) -> bool:
         """:meth:`UpstreamResponse.feed` with ``sink`` called in the connection's read callback: what
-        was buffered first (here, in one piece), then each chunk as it is parsed; this task wakes only
-        when the body ends, fails, or ``sink`` stops (or raises)."""
+        was buffered first (here, in one piece), then once per read (:meth:`hand_over`); this task
+        wakes only when the body ends, fails, or ``sink`` stops (or raises)."""
         idle = self._idle
-        pending = self._chunks
-        if pending:
-            self._chunks, self._buffered = [], 0
-            if self._paused:
-                self._paused = False
-                if self.conn.transport is not None:
-                    self.conn.transport.resume_reading()
-            if not sink(pending[0] if len(pending) == 1 else b"".join(pending)):
-                return False
+        if self._chunks and not sink(self._take_chunks()):
+            return False
         if self._done or self._error is not None:
             if idle is not None:
                 idle.stop()
