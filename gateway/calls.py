@@ -24,7 +24,7 @@ upstream response (so a client that goes away makes vLLM abort the generation).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -35,7 +35,7 @@ from gateway.errors import NoHealthyBackend, UpstreamError, UpstreamHTTPError
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import Endpoint
 from gateway.tracing import current
-from gateway.upstream import Sink, Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
+from gateway.upstream import Upstream, UpstreamIOError, UpstreamResponse, UpstreamTimeout
 
 PATHS: dict[str, str] = {
     "chat": "/v1/chat/completions",
@@ -83,11 +83,6 @@ class Call:
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises :class:`UpstreamIOError` (the relay maps it, phase ``stream``)."""
         return self.response.chunks()
-
-    def feed(self, sink: Sink) -> Awaitable[bool]:
-        """The body handed to ``sink`` as it arrives (:meth:`UpstreamResponse.feed`); raises
-        :class:`UpstreamIOError` (the relay maps it, phase ``stream``)."""
-        return self.response.feed(sink)
 
     async def read_json(self) -> tuple[bytes, dict[str, Any]]:
         """The whole body, raw and parsed; closes the call. A read failure or a body that is not a JSON

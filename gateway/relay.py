@@ -6,12 +6,6 @@ name to the public one, drops the usage-only chunk when the client did not ask f
 timestamps token events for TTFT / inter-token latency, and writes what it has in one ASGI message;
 the message that holds ``[DONE]`` ends the response (one write with the chunked terminator), and
 nothing after ``[DONE]`` is relayed (the upstream is still read to its end, for its connection).
-Each read is relayed where it arrives: :meth:`gateway.calls.Call.feed` hands it to the relay's sink in
-the upstream connection's read callback (lean client), and the sink writes it with a ``send`` that
-need not be awaited (:mod:`gateway.direct_send`, under uvicorn); only when the client's socket is
-full (or the server's ``send`` must be awaited) does the sink stop and leave the write to the
-request's task, which then feeds on. So a stream wakes its task for its headers and its end, not
-once per read.
 JSON is parsed only for the usage chunk (and for every event of an upstream that writes spaced
 JSON, normalised once per event: :func:`gateway.sse.compact`).
 
@@ -51,7 +45,6 @@ from starlette.types import Receive, Scope, Send
 from gateway import response_state
 from gateway.accounting import Accounting, Outcome
 from gateway.calls import Call, upstream_error
-from gateway.direct_send import SendNow, sync_send
 from gateway.disconnect import DisconnectWatch
 from gateway.errors import ShutDown, UpstreamError
 from gateway.limits import estimate_prompt_tokens, token_count
@@ -126,13 +119,9 @@ class RelayResponse(Response):
         self.complete = False  # [DONE] was sent, with the end of the response
         self.state: ResponseState | None = None
         self.watch: DisconnectWatch | None = None  # the request's disconnect watch, if it has one
-        self.send_now: SendNow | None = None  # send without awaiting (gateway.direct_send), if the server can
-        self.splitter = EventSplitter(max_event_bytes)  # the current call's
-        self.blocked: bytes | None = None  # relayed data the sink left for the task to send
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.state = response_state.of(scope)
-        self.send_now = sync_send(send)
 
         raw_headers = _HEADERS + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.route_headers.items()]
         watch = self.watch = self.watch or DisconnectWatch(receive)
@@ -277,41 +266,18 @@ class RelayResponse(Response):
         if self.state is not None:
             self.state.open = False
 
-    def _take(self, chunk: bytes) -> bool:
-        """The sink of :meth:`gateway.calls.Call.feed`: one upstream read, relayed now when the server's
-        ``send`` allows it (:mod:`gateway.direct_send`), else kept in :attr:`blocked` for the task to
-        send (``False``: stop feeding until then). ``False`` too once the answer broke."""
-        events = self.splitter.feed(chunk)
-        if events is None:
-            return True
-        data = self._process(events, time.perf_counter())
-        if data and not self._send_now(data):
-            self.blocked = data
-            return False
-        return not self.broken
-
-    def _send_now(self, data: bytes) -> bool:
-        """:meth:`_write` without awaiting; ``False`` (nothing sent) when ``send`` would have to wait."""
-        if self.send_now is None:
-            return False
-        done = self.outcome.saw_done
-        if done:
-            self._end()
-        if not self.send_now({"type": "http.response.body", "body": data, "more_body": not done}):
-            return False
-        if self.sent is not None:
-            self.sent.append(data)
-        return True
-
     async def _pump(self, send: Send) -> bool:
         """Relay the current call to its end; ``True`` when its backend died (read error, idle timeout,
         end without ``[DONE]``): the stream may be resumed."""
         out = self.outcome
-        splitter = self.splitter = EventSplitter(self.max_event_bytes)
+        splitter = EventSplitter(self.max_event_bytes)
         try:
-            while not await self.call.feed(self._take):
-                if self.blocked is not None:  # the client's socket is full, or the server's send awaits
-                    data, self.blocked = self.blocked, None
+            async for chunk in self.call.chunks():
+                events = splitter.feed(chunk)
+                if events is None:
+                    continue
+                data = self._process(events, time.perf_counter())
+                if data:
                     await self._write(send, data)
                 if self.broken:
                     return False

@@ -86,10 +86,6 @@ class UpstreamTimeout(UpstreamIOError):
             self.kind = "connect_timeout"
 
 
-#: What :meth:`UpstreamResponse.feed` hands each body chunk to; ``False``: stop for now.
-Sink = Callable[[bytes], bool]
-
-
 class UpstreamResponse(abc.ABC):
     """An upstream response whose headers have arrived; the body is read with :meth:`read` or
     :meth:`chunks` (once), then :meth:`aclose` must be called (it never raises)."""
@@ -106,24 +102,6 @@ class UpstreamResponse(abc.ABC):
     def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (transfer encoding removed, no buffering).
         Raises :class:`UpstreamIOError`."""
-
-    async def feed(self, sink: Sink) -> bool:
-        """Hand the body to ``sink`` as it arrives, chunk by chunk, instead of :meth:`chunks` (use one
-        or the other): ``True`` once the body has ended; ``False`` as soon as ``sink`` returns ``False``
-        (call again to go on: nothing is lost, later chunks wait). Raises :class:`UpstreamIOError`, or
-        what ``sink`` raised.
-
-        This default awaits :meth:`chunks` and calls ``sink`` from the caller's task. A client that
-        can (:class:`gateway.upstream_lean.LeanUpstream`) calls ``sink`` in its connection's read
-        callback instead, so a relay that can write without waiting costs no task wake-up per read:
-        ``sink`` must then neither block nor take long."""
-        body = self.__dict__.get("_fed")
-        if body is None:
-            body = self.__dict__["_fed"] = self.chunks()
-        async for chunk in body:
-            if not sink(chunk):
-                return False
-        return True
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -4,9 +4,7 @@ The same :class:`~gateway.upstream.Upstream` contract as :class:`~gateway.upstre
 (timeouts, error kinds, keep-alive, a stream closed early closes its connection), built for the one
 thing a gateway does with it: send a small request and relay the answer's body as it arrives.
 An :class:`asyncio.Protocol` per connection feeds httptools' C parser (llhttp, the parser uvicorn
-uses on the server side); each body chunk is one callback that appends to a list and wakes the reader,
-or, for a reader that uses :meth:`~gateway.upstream.UpstreamResponse.feed`, hands the chunk to its sink
-right there (a stream's relay writes it to the client without a task wake-up).
+uses on the server side); each body chunk is one callback that appends to a list and wakes the reader.
 There is no request object, header multidict, URL object, tracing signal, cookie jar or per-read
 timer: a 16-token stream costs a few dozen Python calls in here instead of aiohttp's ~460.
 
@@ -39,7 +37,6 @@ from gateway import upstream as _limits
 from gateway.settings import TimeoutSettings
 from gateway.upstream import (
     IdleTimer,
-    Sink,
     Upstream,
     UpstreamConnectError,
     UpstreamIOError,
@@ -124,8 +121,6 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             ex.fail(UpstreamIOError("HttpParserError", f"malformed response from the backend: {exc}"))
             self.close()
-        if ex._sink is not None and ex._chunks:
-            ex.hand_over()
 
     def eof_received(self) -> bool:
         self.open = False
@@ -165,8 +160,6 @@ class _Connection(asyncio.Protocol):
         if ex._buffered > HIGH_WATER and not ex._paused and self.transport is not None:
             ex._paused = True
             self.transport.pause_reading()
-        if ex._sink is not None:
-            return  # data_received hands the read's chunks over at once (a reader that feeds)
         waiter = ex._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -195,8 +188,6 @@ class _Exchange(UpstreamResponse):
         "_idle",
         "_length_known",
         "_paused",
-        "_sink",
-        "_sink_error",
         "_upstream",
         "_waiter",
         "answered",
@@ -215,8 +206,6 @@ class _Exchange(UpstreamResponse):
         self._done = self._paused = self._length_known = self.answered = False
         self._error: UpstreamIOError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._sink: Sink | None = None  # takes each body chunk in the read callback (feed)
-        self._sink_error: Exception | None = None
         self._idle: IdleTimer | None = None
         self.deadline: float | None = None  # loop time by which read() must have the whole body
         self.status = 0
@@ -270,32 +259,6 @@ class _Exchange(UpstreamResponse):
             detail = type(exc).__name__ if exc is not None else "IncompleteBody"
             self.fail(UpstreamIOError(detail, "the backend closed the connection before the body ended"))
 
-    def _take_chunks(self) -> bytes:
-        """The body bytes buffered so far, in one piece (reading resumes if it had stopped)."""
-        pending = self._chunks
-        self._chunks, self._buffered = [], 0
-        if self._paused:
-            self._paused = False
-            if self.conn.transport is not None:
-                self.conn.transport.resume_reading()
-        return pending[0] if len(pending) == 1 else b"".join(pending)
-
-    def hand_over(self) -> None:
-        """Give the sink what one read held, in one call however many chunks it was parsed into (so
-        one write to the client per read, as a reader woken once per read gets); the reader's task
-        wakes only if the sink stops or raises."""
-        sink = self._sink
-        assert sink is not None
-        try:
-            if sink(self._take_chunks()):
-                if (idle := self._idle) is not None:
-                    idle.waiting_since = idle.loop.time()
-                return
-        except Exception as exc:  # raised by feed(), in the reader's task
-            self._sink_error = exc
-        self._sink = None
-        self._wake()
-
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -341,8 +304,14 @@ class _Exchange(UpstreamResponse):
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if self._chunks:
-                    yield self._take_chunks()
+                pending = self._chunks
+                if pending:
+                    self._chunks, self._buffered = [], 0
+                    if self._paused:
+                        self._paused = False
+                        if self.conn.transport is not None:
+                            self.conn.transport.resume_reading()
+                    yield pending[0] if len(pending) == 1 else b"".join(pending)
                     continue
                 if self._done:
                     return
@@ -360,38 +329,6 @@ class _Exchange(UpstreamResponse):
         finally:
             if idle is not None:
                 idle.stop()
-
-    async def feed(self, sink: Sink) -> bool:
-        """:meth:`UpstreamResponse.feed` with ``sink`` called in the connection's read callback: what
-        was buffered first (here, in one piece), then once per read (:meth:`hand_over`); this task
-        wakes only when the body ends, fails, or ``sink`` stops (or raises)."""
-        idle = self._idle
-        if self._chunks and not sink(self._take_chunks()):
-            return False
-        if self._done or self._error is not None:
-            if idle is not None:
-                idle.stop()
-            if self._error is not None:
-                raise self._error
-            return True
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        self._sink = sink
-        if idle is not None:
-            idle.waiting_since = loop.time()
-        try:
-            await waiter
-            stopped = self._sink is None  # on_body let go of it: the sink stopped (or raised)
-        finally:
-            self._waiter = self._sink = None
-            if idle is not None:
-                idle.waiting_since = None
-        if (error := self._sink_error) is not None:
-            self._sink_error = None
-            raise error
-        if stopped:
-            return False  # what came after it waits for the next call
-        return await self.feed(sink)  # ended or failed: settled as above
 
     async def aclose(self) -> None:
         if self._idle is not None:

@@ -2,12 +2,12 @@
 
 Each revision's gateway (``git archive`` snapshot, as :mod:`loadtests.revisions`) runs under cProfile,
 switched on only for the measured requests (SIGUSR1 on, SIGUSR2 off and dump; ``--keep DIR`` keeps the
-dumps), in front of a fresh fake upstream; ``--n`` streams at ``--conc`` go through it (``model: auto`` with ``--routed``, else the pinned
-model). Printed per revision: the share of profiled time and the Python calls per request of each group
-(uvicorn, aiohttp, FastAPI + Starlette, router, ...), and the upstream reads per stream (calls per
-request grow with them, so compare revisions at similar reads); ``--top N`` adds the N functions with the
-most self time. cProfile over-weights code made of many small calls, and counts every resumption of a
-coroutine as a call: read shares as a ranking, calls as counts.
+dumps), in front of a fresh fake upstream; ``--n`` streams at ``--conc`` go through it (``model: auto``
+with ``--routed``, else the pinned model). Printed per revision: the share of profiled time and the
+Python calls per request of each group (uvicorn, aiohttp, FastAPI + Starlette, router, ...), and the
+upstream reads per stream (calls per request grow with them, so compare revisions at similar reads);
+``--top N`` adds the N functions with the most self time. cProfile over-weights code made of many small
+calls, and counts every resumption of a coroutine as a call: read shares as a ranking, calls as counts.
 
     .venv/bin/python -m loadtests.cprofile_calls df843f1 HEAD --routed --n 2000
 """

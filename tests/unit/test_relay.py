@@ -5,7 +5,7 @@ renamed whatever the reads' boundaries."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -15,7 +15,6 @@ from gateway.accounting import Outcome
 from gateway.admission import Exchange
 from gateway.relay import RelayResponse
 from gateway.sse import Rename
-from gateway.upstream import Sink, UpstreamResponse
 
 HEAD = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 2, "model": "served"}
 REFINE_USAGE = {"prompt_tokens": 40, "completion_tokens": 7, "total_tokens": 47}
@@ -41,29 +40,15 @@ class Backend:
     name = "b1"
 
 
-class ScriptedResponse(UpstreamResponse):
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-
-    async def read(self) -> bytes:
-        return b"".join(self.pieces)
+class ScriptedCall:
+    def __init__(self, raw: bytes, size: int) -> None:
+        self.pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
+        self.backend = Backend()
+        self.closed = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for piece in self.pieces:
             yield piece
-
-    async def aclose(self) -> None:
-        pass
-
-
-class ScriptedCall:
-    def __init__(self, raw: bytes, size: int) -> None:
-        self.response = ScriptedResponse([raw[i : i + size] for i in range(0, len(raw), size)])
-        self.backend = Backend()
-        self.closed = False
-
-    def feed(self, sink: Sink) -> Awaitable[bool]:
-        return self.response.feed(sink)
 
     async def aclose(self) -> None:
         self.closed = True

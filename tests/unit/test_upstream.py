@@ -212,72 +212,6 @@ async def test_a_stream_arms_no_timer_per_chunk(
     assert timers - before <= 3
 
 
-async def _fed(resp: Any, stop_every: bool = False, pause_s: float = 0.0) -> list[bytes]:
-    """The body through ``feed``: a sink that keeps going, or stops after every chunk (then this task
-    sleeps ``pause_s``, as a relay waits for a slow client, and feeds again)."""
-    got: list[bytes] = []
-
-    def sink(chunk: bytes) -> bool:
-        got.append(chunk)
-        return not stop_every
-
-    while not await resp.feed(sink):
-        await asyncio.sleep(pause_s)
-    return got
-
-
-async def test_feed_hands_over_the_body_and_says_when_it_ended(server: Server, client: Upstream) -> None:
-    server.gap = 0.02
-    resp = await client.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
-    got = await _fed(resp)
-    await resp.aclose()
-    assert got == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"], "one call per read: nothing buffered"
-    resp = await client.post(f"http://127.0.0.1:{server.port}/json", b"{}", {}, stream=False)
-    await resp.read()
-    await resp.aclose()
-    assert server.connections == 1, "a body fed to its end returns its connection to the pool"
-
-
-async def test_a_sink_that_stops_loses_nothing(server: Server, client: Upstream) -> None:
-    server.count = 200  # no gap: many chunks arrive in one read, after the sink stopped
-    resp = await client.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
-    got = await _fed(resp, stop_every=True)
-    await resp.aclose()
-    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(200))
-
-
-async def test_feed_raises_what_the_sink_raised(server: Server, client: Upstream) -> None:
-    server.gap = 0.02
-    resp = await client.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
-
-    def sink(chunk: bytes) -> bool:
-        raise ValueError(chunk)
-
-    with pytest.raises(ValueError, match="data: 0"):
-        await resp.feed(sink)
-    await resp.aclose()
-    await asyncio.wait_for(server.stream_closed_early.wait(), 2)
-
-
-async def test_silence_mid_feed_times_out_and_a_stopped_sink_is_not_idle(server: Server, make: Make) -> None:
-    up = make(TimeoutSettings(connect_s=1.0, first_byte_s=1.0, idle_s=0.3))
-    await up.start()
-    try:
-        resp = await up.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
-        slow = await _fed(resp, stop_every=True, pause_s=0.4)  # each pause longer than idle_s
-        await resp.aclose()
-        resp = await up.post(f"http://127.0.0.1:{server.port}/stall", b"{}", {}, stream=True)
-        got: list[bytes] = []
-        with pytest.raises(UpstreamTimeout) as info:
-            await resp.feed(lambda chunk: got.append(chunk) is None)
-        await resp.aclose()
-    finally:
-        await up.aclose()
-    assert b"".join(slow) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
-    assert b"".join(got) == b"data: 0\n\ndata: 1\n\n"
-    assert info.value.kind == "timeout" and not info.value.connecting
-
-
 async def test_refused_connection_is_a_connect_error(client: Upstream) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -363,22 +297,6 @@ async def test_lean_stops_reading_while_the_reader_lags(
     assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(400))
 
 
-async def test_lean_feeds_the_sink_from_the_read_callback(server: Server, lean: LeanUpstream) -> None:
-    """The point of feed: the chunks after the first read reach the sink in the connection's read
-    callback, not in a task woken for each."""
-    server.count, server.gap = 5, 0.02
-    resp = await lean.post(f"http://127.0.0.1:{server.port}/stream", b"{}", {}, stream=True)
-    tasks: list[asyncio.Task[Any] | None] = []
-
-    def sink(chunk: bytes) -> bool:
-        tasks.append(asyncio.current_task())
-        return True
-
-    assert await resp.feed(sink) is True
-    await resp.aclose()
-    assert len(tasks) == 5 and tasks[1:] == [None] * 4
-
-
 LEAN_ON_UVLOOP = [
     test_post_reads_whole_body_and_reuses_the_connection,
     test_stream_yields_chunks_as_they_arrive,
@@ -390,10 +308,6 @@ LEAN_ON_UVLOOP = [
     test_lean_sends_again_when_a_reused_connection_was_closed_unanswered,
     test_lean_refuses_a_header_that_would_split_the_request,
     test_lean_stops_reading_while_the_reader_lags,
-    test_feed_hands_over_the_body_and_says_when_it_ended,
-    test_a_sink_that_stops_loses_nothing,
-    test_feed_raises_what_the_sink_raised,
-    test_lean_feeds_the_sink_from_the_read_callback,
 ]
 
 
