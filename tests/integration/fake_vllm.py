@@ -100,6 +100,16 @@ def leaving_client(body: bytes, gone: Callable[[], Awaitable[object]]) -> Callab
     return receive
 
 
+def app_metric(app: Any, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` with exactly ``labels`` in gateway ``app``'s exposition, or
+    ``None`` if it is absent."""
+    for family in text_string_to_metric_families(app.state.metrics.exposition().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
 def vllm_error(message: str, etype: str, status: int, param: str | None = None) -> bytes:
     return compact({"error": {"message": message, "type": etype, "param": param, "code": status}})
 
@@ -412,12 +422,7 @@ class Gateway:
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one sample in the gateway's exposition, or ``None`` if it is absent."""
-        text = self.app.state.metrics.exposition().decode()
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and s.labels == labels:
-                    return float(s.value)
-        return None
+        return app_metric(self.app, name, **labels)
 
     @staticmethod
     def events(response: httpx.Response) -> list[Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from fake_vllm import app_metric
 from raw_upstream import RawUpstream
 
 from gateway.app import create_app
@@ -43,11 +43,7 @@ class Deployment:
         return await self.client.post("/v1/chat/completions", json=body)
 
     def metric(self, name: str, **labels: str) -> float | None:
-        for family in text_string_to_metric_families(self.app.state.metrics.exposition().decode()):
-            for s in family.samples:
-                if s.name == name and s.labels == labels:
-                    return float(s.value)
-        return None
+        return app_metric(self.app, name, **labels)
 
 
 def events(r: httpx.Response) -> list[Any]:

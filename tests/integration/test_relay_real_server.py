@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
+from fake_vllm import app_metric
 from raw_upstream import LONG_EVENTS, RawUpstream
 
 from gateway.app import create_app
 from gateway.settings import Settings
 
+SERIES = {"model": "smol", "strategy": "plain", "endpoint": "chat"}
 BODY = json.dumps(
     {"model": "smol", "messages": [{"role": "user", "content": "hi"}], "stream": True}, separators=(",", ":")
 ).encode()
@@ -30,12 +31,9 @@ class Served:
     def __init__(self, app: Any, port: int, upstream: RawUpstream) -> None:
         self.app, self.port, self.upstream = app, port, upstream
 
-    def metric(self, name: str, **labels: str) -> float | None:
-        for family in text_string_to_metric_families(self.app.state.metrics.exposition().decode()):
-            for s in family.samples:
-                if s.name == name and s.labels.items() >= labels.items():
-                    return float(s.value)
-        return None
+    def requests(self, status: str) -> float | None:
+        """``gateway_requests_total`` of the one chat series with ``status``."""
+        return app_metric(self.app, "gateway_requests_total", **SERIES, status=status)
 
     async def post(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket()
@@ -115,7 +113,7 @@ async def test_a_client_that_does_not_read_holds_the_stream_back_and_loses_nothi
     assert [int(c.split("|", 1)[0]) for c in got[1:-1]] == list(range(LONG_EVENTS)), "every event, in order"
     assert events.count("[DONE]") == 1 and events[-1] == "[DONE]"
     assert not any(isinstance(e, dict) and "error" in e for e in events)
-    assert served.metric("gateway_requests_total", model="smol", status="200") == 1
+    assert served.requests("200") == 1
 
 
 async def test_a_client_that_leaves_mid_stream_closes_the_upstream(served: Served) -> None:
@@ -123,8 +121,8 @@ async def test_a_client_that_leaves_mid_stream_closes_the_upstream(served: Serve
     await reader.readexactly(64 * 1024)
     writer.transport.abort()
     for _ in range(100):
-        if served.upstream.open_connections == 0 and served.metric("gateway_requests_total", status="499"):
+        if served.upstream.open_connections == 0 and served.requests("499"):
             break
         await asyncio.sleep(0.05)
     assert served.upstream.open_connections == 0, "the upstream connection is closed (vLLM aborts)"
-    assert served.metric("gateway_requests_total", model="smol", status="499") == 1
+    assert served.requests("499") == 1

@@ -4,6 +4,7 @@ other cancellation goes on as it was."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,14 +27,27 @@ class Client:
         self.left.set()
 
 
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+@pytest.fixture
+async def watch(client: Client) -> AsyncIterator[DisconnectWatch]:
+    """A watch on ``client``, closed after the test."""
+    w = DisconnectWatch(client.receive)
+    yield w
+    w.close()
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
 
 
-async def test_guard_returns_the_work_result_and_leaves_the_task_uncancelled() -> None:
-    client = Client()
-    watch = DisconnectWatch(client.receive)
+async def test_guard_returns_the_work_result_and_leaves_the_task_uncancelled(
+    client: Client, watch: DisconnectWatch
+) -> None:
 
     async def work() -> int:
         await asyncio.sleep(0)
@@ -46,12 +60,11 @@ async def test_guard_returns_the_work_result_and_leaves_the_task_uncancelled() -
     assert watch.gone and not watch.fired
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
-    watch.close()
 
 
-async def test_a_disconnect_cancels_the_work_and_raises_client_disconnect() -> None:
-    client = Client()
-    watch = DisconnectWatch(client.receive)
+async def test_a_disconnect_cancels_the_work_and_raises_client_disconnect(
+    client: Client, watch: DisconnectWatch
+) -> None:
     cleaned = asyncio.Event()
 
     async def work() -> None:
@@ -67,12 +80,11 @@ async def test_a_disconnect_cancels_the_work_and_raises_client_disconnect() -> N
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0, "the watch took its cancellation back"
     await asyncio.sleep(0)  # the task goes on awaiting normally: no cancellation is pending
-    watch.close()
 
 
-async def test_a_disconnect_before_the_guard_raises_without_running_the_work() -> None:
-    client = Client()
-    watch = DisconnectWatch(client.receive)
+async def test_a_disconnect_before_the_guard_raises_without_running_the_work(
+    client: Client, watch: DisconnectWatch
+) -> None:
     client.leave()
     await _settle()
     ran = False
@@ -85,12 +97,9 @@ async def test_a_disconnect_before_the_guard_raises_without_running_the_work() -
         await watch.guard(work())
     assert not ran
     assert watch.arm() is False, "a disconnect seen while disarmed is reported by the next arm"
-    watch.close()
 
 
-async def test_another_cancellation_is_not_taken_for_a_disconnect() -> None:
-    client = Client()
-    watch = DisconnectWatch(client.receive)
+async def test_another_cancellation_is_not_taken_for_a_disconnect(client: Client, watch: DisconnectWatch) -> None:
 
     async def request() -> None:
         await watch.guard(asyncio.sleep(30))
@@ -100,13 +109,12 @@ async def test_another_cancellation_is_not_taken_for_a_disconnect() -> None:
     task.cancel()  # the drain cutoff, say
     with pytest.raises(asyncio.CancelledError):
         await task
-    watch.close()
 
 
 @pytest.mark.parametrize("leave_first", [True, False])
-async def test_a_disconnect_and_another_cancellation_together_stay_a_cancellation(leave_first: bool) -> None:
-    client = Client()
-    watch = DisconnectWatch(client.receive)
+async def test_a_disconnect_and_another_cancellation_together_stay_a_cancellation(
+    leave_first: bool, client: Client, watch: DisconnectWatch
+) -> None:
     outcome: list[str] = []
 
     async def request() -> None:
@@ -130,24 +138,18 @@ async def test_a_disconnect_and_another_cancellation_together_stay_a_cancellatio
     with pytest.raises(asyncio.CancelledError):
         await task
     assert outcome == ["cancelled"]
-    watch.close()
 
 
-async def test_a_disarmed_watch_cancels_nothing() -> None:
-    client = Client()
-    watch = DisconnectWatch(client.receive)
+async def test_a_disarmed_watch_cancels_nothing(client: Client, watch: DisconnectWatch) -> None:
     assert watch.arm()
     watch.disarm()
     client.leave()
     await _settle()
     await asyncio.sleep(0.01)  # would raise CancelledError had the watch cancelled this task
     assert watch.gone and not watch.fired
-    watch.close()
 
 
-async def test_close_stops_the_watcher() -> None:
-    client = Client()
-    watch = DisconnectWatch(client.receive)
+async def test_close_stops_the_watcher(client: Client, watch: DisconnectWatch) -> None:
     watch.close()
     await _settle()
     client.leave()
